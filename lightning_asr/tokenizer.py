@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -196,10 +197,13 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> WhisperTokenizer:
         if not (built / "tokenizer_config.json").exists():
             tokenizer = build_tokenizer_from_ranks(fetch_bpe_ranks())
             validate_tokenizer(tokenizer, "the built-in BPE ranks")
-            tmp = Path(tempfile.mkdtemp(dir=built.parent if built.parent.exists() else None))
-            tokenizer.save_pretrained(tmp)
             built.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, built) if not built.exists() else None
+            staging = Path(tempfile.mkdtemp(dir=built.parent))
+            tokenizer.save_pretrained(staging)
+            try:
+                os.replace(staging, built)  # atomic: a concurrent build leaves one complete copy
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
         spec = built
     tokenizer = WhisperTokenizer.from_pretrained(str(spec))
     validate_tokenizer(tokenizer, str(spec))
@@ -210,3 +214,8 @@ def load_processor(spec: str | os.PathLike | None = None, chunk_length: int = 30
     """Feature extractor (80 log-mel bins, 16 kHz, ``chunk_length`` s windows) plus the validated tokenizer."""
     feature_extractor = WhisperFeatureExtractor(chunk_length=chunk_length)
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=load_tokenizer(spec))
+
+
+if __name__ == "__main__":
+    built = load_tokenizer()
+    print(f"Whisper tokenizer ready: {len(built)} tokens, cached under {cache_dir()}")

@@ -1,0 +1,158 @@
+"""Run configuration: OmegaConf structured configs. Configs are data: YAML files plus ``key=value`` overrides.
+
+Every key is checked against the schema below before merging, so a typo is an error that names the key,
+where it came from and the closest valid key, instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "whisper-tiny-random"  # preset, local HF directory or hub id
+    tokenizer: Optional[str] = None  # None: the model directory's own, else the built-in one
+    init_seed: int = 0  # random weights of presets
+
+
+@dataclass
+class SpecAugmentConfig:
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_mask_param: int = 15
+    time_masks: int = 2
+    time_mask_param: int = 40
+
+
+@dataclass
+class DataConfig:
+    train_manifests: list[str] = field(default_factory=list)
+    val_manifests: list[str] = field(default_factory=list)  # the first one is monitored (val/loss)
+    test_manifests: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    bucket_size: int = 64  # batches are drawn from buckets of this many similar-length utterances
+    skip_bad_lines: bool = False
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
+@dataclass
+class AdapterConfig:
+    name: str = "full_ft"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["default"])
+    frozen_modules: list[str] = field(default_factory=list)  # full_ft: parameter-name patterns kept frozen
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+
+
+@dataclass
+class DecodeConfig:
+    num_beams: int = 1
+    max_new_tokens: int = 48
+    language: str = "manifest"  # per-utterance from the manifest, a fixed code such as "ko", or "auto"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    val_check_interval: Optional[int] = None  # steps between validations; None: once per epoch
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_val_batches: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> None:
+    if not isinstance(values, dict) or not is_dataclass(schema):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys here: {', '.join(known)}"
+            raise ConfigError(f"{origin}: unknown config key '{dotted}'{hint}")
+        factory = known[key].default_factory
+        if factory is not MISSING and is_dataclass(factory):
+            _check_keys(value, factory, origin, dotted + ".")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig) -> DictConfig:
+    """Merge the schema's defaults, a YAML file and ``key=value`` overrides; unknown keys are errors."""
+    config = OmegaConf.structured(schema)
+    sources = []
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file does not exist")
+        sources.append((str(path), OmegaConf.load(path)))
+    if overrides:
+        sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for origin, values in sources:
+        _check_keys(OmegaConf.to_container(values, resolve=False), schema, origin)
+        try:
+            config = OmegaConf.merge(config, values)
+        except Exception as err:  # type errors: "max_steps=abc"
+            raise ConfigError(f"{origin}: {err}") from err
+    OmegaConf.set_readonly(config, False)
+    return config
+
+
+def structured(schema: type, values: dict) -> DictConfig:
+    """``values`` (a plain dict, e.g. from a checkpoint) checked and typed against ``schema``."""
+    _check_keys(values, schema, "config")
+    return OmegaConf.merge(OmegaConf.structured(schema), values)
+
+
+def to_dict(config: DictConfig) -> dict:
+    return OmegaConf.to_container(config, resolve=True)
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: for logging configs as parameters."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

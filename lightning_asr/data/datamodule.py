@@ -1,0 +1,167 @@
+"""From manifests to batches: audio -> Whisper log-mel (padded to the model's window) and prefixed labels.
+
+Labels are ``<|startoftranscript|><|lang|><|transcribe|><|notimestamps|> text <|endoftext|>`` with each
+utterance's own (matrix) language, padded with -100; the leading ``<|startoftranscript|>`` is dropped
+because the model prepends it when it shifts labels into decoder inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torchaudio
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_asr.audio import read_audio
+from lightning_asr.data.manifest import ManifestError, Utterance, read_manifest
+from lightning_asr.tokenizer import WHISPER_LANGUAGES
+
+IGNORE_INDEX = -100
+
+
+def set_name(manifest: str | Path) -> str:
+    """``.../ko-en/test.jsonl`` -> ``ko-en/test``: how evaluation sets are named in logs and tables."""
+    path = Path(manifest)
+    return f"{path.parent.name}/{path.stem}"
+
+
+class UtteranceDataset(Dataset):
+    def __init__(self, utterances: list[Utterance]):
+        self.utterances = utterances
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[Utterance, np.ndarray]:
+        utterance = self.utterances[index]
+        return utterance, read_audio(utterance.audio_filepath, utterance.offset, utterance.duration if utterance.offset else None)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar duration: sort within shuffled buckets, then shuffle the batches.
+    Deterministic given ``seed`` and the epoch (``set_epoch``), so a resumed run sees the same order."""
+
+    def __init__(self, durations: list[float], batch_size: int, bucket_size: int, shuffle: bool = True, seed: int = 0):
+        self.durations, self.batch_size, self.bucket_size = durations, batch_size, max(bucket_size, batch_size)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = list(range(len(self.durations)))
+        rng = random.Random(self.seed * 100003 + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.bucket_size):
+            bucket = sorted(order[start : start + self.bucket_size], key=self.durations.__getitem__)
+            batches += [bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return sum(math.ceil(min(self.bucket_size, len(self.durations) - s) / self.batch_size)
+                   for s in range(0, len(self.durations), self.bucket_size))
+
+
+@dataclass
+class Collator:
+    """Batches utterances into log-mel features and labels. SpecAugment only when ``augment``."""
+
+    feature_extractor: object
+    tokenizer: object
+    augment: torch.nn.Module | None = None
+
+    def label_ids(self, utterance: Utterance) -> list[int]:
+        tokenizer = self.tokenizer
+        prefix = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{utterance.language}|>", "<|transcribe|>", "<|notimestamps|>"])
+        return prefix[1:] + tokenizer.encode(utterance.text, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    def __call__(self, items: list[tuple[Utterance, np.ndarray]]) -> dict:
+        utterances = [u for u, _ in items]
+        features = self.feature_extractor([a for _, a in items], sampling_rate=16000, return_tensors="pt").input_features
+        if self.augment is not None:
+            features = torch.stack([self.augment(f) for f in features])
+        labels = [self.label_ids(u) for u in utterances]
+        padded = torch.full((len(labels), max(map(len, labels))), IGNORE_INDEX, dtype=torch.long)
+        for row, ids in enumerate(labels):
+            padded[row, : len(ids)] = torch.tensor(ids)
+        return {"input_features": features, "labels": padded, "texts": [u.text for u in utterances],
+                "langs": [u.lang for u in utterances], "speakers": [u.speaker for u in utterances]}
+
+
+def spec_augment(freq_masks: int, freq_mask_param: int, time_masks: int, time_mask_param: int) -> torch.nn.Module:
+    masks = [torchaudio.transforms.FrequencyMasking(freq_mask_param) for _ in range(freq_masks)]
+    masks += [torchaudio.transforms.TimeMasking(time_mask_param) for _ in range(time_masks)]
+    return torch.nn.Sequential(*masks)
+
+
+class ManifestDataModule(L.LightningDataModule):
+    """Train/val/test manifests -> DataLoaders. Every manifest line is checked when the module is set up;
+    utterances longer than the model's input window are errors (cropping would cut words off the audio)."""
+
+    def __init__(self, processor, train_manifests=(), val_manifests=(), test_manifests=(), batch_size: int = 8,
+                 eval_batch_size: int = 16, num_workers: int = 0, bucket_size: int = 64, skip_bad_lines: bool = False,
+                 spec_augment_config: dict | None = None, seed: int = 0):
+        super().__init__()
+        self.processor = processor
+        self.manifests = {"train": list(train_manifests), "val": list(val_manifests), "test": list(test_manifests)}
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.bucket_size, self.skip_bad_lines, self.seed = bucket_size, skip_bad_lines, seed
+        augment = dict(spec_augment_config or {})
+        self.augment = spec_augment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.get("enabled") else None
+        self.sets: dict[str, dict[str, list[Utterance]]] = {}
+        self.window_seconds = processor.feature_extractor.chunk_length
+
+    def read(self, manifest: str | Path) -> list[Utterance]:
+        utterances = read_manifest(manifest, self.skip_bad_lines, known_languages=set(WHISPER_LANGUAGES))
+        too_long = [u for u in utterances if u.duration > self.window_seconds + 1e-3]
+        if too_long:
+            problems = [f"{u.manifest}:{u.line}: {u.duration:.2f} s is longer than the model's {self.window_seconds} s "
+                        "input window — fix: segment the recording, or use a model with a longer window" for u in too_long]
+            if not self.skip_bad_lines:
+                raise ManifestError(problems)
+            utterances = [u for u in utterances if u.duration <= self.window_seconds + 1e-3]
+        return utterances
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, manifests in self.manifests.items():
+            if split not in self.sets:
+                self.sets[split] = {set_name(m): self.read(m) for m in manifests}
+
+    def _collator(self, augment: bool) -> Collator:
+        return Collator(self.processor.feature_extractor, self.processor.tokenizer, self.augment if augment else None)
+
+    def train_dataloader(self) -> DataLoader:
+        utterances = [u for us in self.sets["train"].values() for u in us]
+        if not utterances:
+            raise ManifestError(["no training manifest given — fix: set data.train_manifests"])
+        sampler = BucketBatchSampler([u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed)
+        return DataLoader(UtteranceDataset(utterances), batch_sampler=sampler, collate_fn=self._collator(True),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [DataLoader(UtteranceDataset(us), batch_size=self.eval_batch_size, shuffle=False,
+                           collate_fn=self._collator(False), num_workers=self.num_workers)
+                for us in self.sets[split].values()]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def set_names(self, split: str) -> list[str]:
+        return [set_name(m) for m in self.manifests[split]]
+
+    def set_langs(self, split: str) -> list[str]:
+        self.setup()
+        return [us[0].lang for us in self.sets[split].values()]

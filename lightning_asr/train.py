@@ -1,0 +1,95 @@
+"""The training and evaluation path in one place: config -> data -> ``ASRModule`` -> ``Trainer``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_asr.config import to_dict
+from lightning_asr.data.datamodule import ManifestDataModule
+from lightning_asr.module import ASRModule
+
+
+class OutputExistsError(FileExistsError):
+    """A finished or interrupted run is in the output folder; nothing is overwritten without being asked."""
+
+
+@dataclass
+class TrainResult:
+    module: ASRModule
+    best_checkpoint: str
+    last_checkpoint: str
+    validation: dict[str, float]
+
+
+def make_datamodule(config: dict, processor) -> ManifestDataModule:
+    data = config["data"]
+    return ManifestDataModule(processor, data["train_manifests"], data["val_manifests"], data["test_manifests"],
+                              data["batch_size"], data["eval_batch_size"], data["num_workers"], data["bucket_size"],
+                              data["skip_bad_lines"], data["spec_augment"], config["seed"])
+
+
+def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trainer:
+    trainer = dict(config["trainer"])
+    val_check_interval = trainer.pop("val_check_interval")
+    kwargs = dict(trainer, callbacks=list(callbacks), logger=logger if logger is not None else False,
+                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
+    if val_check_interval:
+        kwargs.update(val_check_interval=val_check_interval, check_val_every_n_epoch=None)
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def train(config, resume: bool = False, force: bool = False, logger=None, extra_callbacks=()) -> TrainResult:
+    """Train with ``config`` (a DictConfig or dict). ``output_dir`` holds checkpoints and CSV logs; a run
+    already there is resumed with ``resume``, replaced with ``force``, and otherwise refused."""
+    config = to_dict(config) if not isinstance(config, dict) else config
+    output = Path(config["output_dir"])
+    checkpoints = output / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
+        if not force:
+            raise OutputExistsError(f"{output} already holds a run — fix: pass --resume to continue it, "
+                                    "--force to replace it, or choose another output_dir")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    module = ASRModule(config)
+    datamodule = make_datamodule(config, module.processor)
+    datamodule.setup()
+    module.set_eval_sets("val", list(zip(datamodule.set_names("val"), datamodule.set_langs("val"))))
+    has_val = bool(config["data"]["val_manifests"])
+    checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss" if has_val else None,
+                                 mode="min", save_last=True, save_top_k=1)
+    callbacks = [checkpoint, *extra_callbacks]
+    loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
+    callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = make_trainer(config, callbacks, loggers, limit_val_batches=config["trainer"]["limit_val_batches"] if has_val else 0)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+    validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = checkpoint.best_model_path or str(last)
+    return TrainResult(module, best, str(last), validation)
+
+
+def evaluate(module: ASRModule, manifests: list[str], config_overrides: dict | None = None, logger=None) -> dict[str, float]:
+    """Test ``module`` on each manifest; return ``{"test/<set>/<metric>": value}``. Per-utterance predictions
+    are left in ``module.predictions``."""
+    config = dict(module.config)
+    config["data"] = dict(config["data"], test_manifests=list(manifests), train_manifests=[], val_manifests=[])
+    if config_overrides:
+        config.update(config_overrides)
+    module.config = config
+    datamodule = make_datamodule(config, module.processor)
+    datamodule.setup()
+    module.set_eval_sets("test", list(zip(datamodule.set_names("test"), datamodule.set_langs("test"))))
+    trainer = make_trainer(config, logger=logger, limit_test_batches=None)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

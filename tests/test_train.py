@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from lightning_asr.cli import main
+from lightning_asr.config import ConfigError, load_config
+from lightning_asr.data.datamodule import ManifestDataModule
+from lightning_asr.module import ASRModule
+
+
+def config_dict(corpus, tmp_path, **overrides):
+    from lightning_asr.config import to_dict
+
+    base = [f"output_dir={tmp_path / 'run'}", f"data.train_manifests=[{corpus}/ko-en/train.jsonl]",
+            f"data.val_manifests=[{corpus}/ko-en/dev.jsonl]", "data.batch_size=4", "data.spec_augment.enabled=false"]
+    return to_dict(load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()]))
+
+
+def test_tiny_whisper_overfits_one_batch(corpus, tmp_path):
+    torch.manual_seed(0)
+    module = ASRModule(config_dict(corpus, tmp_path))
+    dm = ManifestDataModule(module.processor, [corpus / "en/train.jsonl"], batch_size=4, bucket_size=4)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = module.forward_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2, losses
+
+
+def test_label_positions_loss_equals_the_models_own(corpus, tmp_path):
+    module = ASRModule(config_dict(corpus, tmp_path))
+    dm = ManifestDataModule(module.processor, [corpus / "zh-en/train.jsonl"], batch_size=3)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    ours, n_tokens = module.forward_loss(batch)
+    reference = module.model(input_features=batch["input_features"], labels=batch["labels"]).loss
+    assert torch.allclose(ours, reference, atol=1e-5) and n_tokens == int((batch["labels"] != -100).sum())
+
+
+def test_train_cli_validates_checkpoints_and_evaluate_loads(corpus, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+output_dir: {tmp_path / 'run'}
+data:
+  train_manifests: [{corpus}/ko-en/train.jsonl]
+  val_manifests: [{corpus}/ko-en/dev.jsonl, {corpus}/ko/dev.jsonl]
+  batch_size: 4
+trainer:
+  max_steps: 4
+  val_check_interval: 2
+decode:
+  max_new_tokens: 8
+""")
+    assert main(["train", "--config", str(config), "optim.warmup_steps=1"]) == 0
+    out = capsys.readouterr().out
+    assert "val/ko-en/dev/mer" in out and "val/ko/dev/cer" in out
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert best.exists() and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # a second run into the same folder is refused, not overwritten
+    assert main(["train", "--config", str(config)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    predictions = tmp_path / "pred.jsonl"
+    assert main(["evaluate", "--checkpoint", str(best), "--manifest", f"{corpus}/en/test.jsonl", "--predictions", str(predictions)]) == 0
+    out = capsys.readouterr().out
+    assert "test/en/test/wer" in out
+    assert len(predictions.read_text().splitlines()) == 4
+    # the evaluated weights are the checkpoint's, not a fresh random model
+    reloaded = ASRModule.from_checkpoint(best)
+    fresh = ASRModule(reloaded.config)
+    assert not torch.equal(reloaded.model.proj_out.weight, fresh.model.proj_out.weight)
+
+
+def test_unknown_config_key_names_the_closest_valid_one(tmp_path):
+    (tmp_path / "c.yaml").write_text("trainer:\n  max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'trainer.max_step'; did you mean 'trainer.max_steps'"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="command line: unknown config key 'optim.learning_rate'"):
+        load_config(overrides=["optim.learning_rate=1"])
