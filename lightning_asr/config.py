@@ -49,12 +49,23 @@ class DataConfig:
 
 @dataclass
 class AdapterConfig:
-    name: str = "full_ft"
+    """One strategy is chosen by ``name``; keys another strategy ignores keep their defaults."""
+
+    name: str = "full_ft"  # full_ft, frozen, lora, glora, blora
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
+    # presets (default, self_attn, cross_attn, attn, all-linear) or regular expressions over module names
     target_modules: list[str] = field(default_factory=lambda: ["default"])
     frozen_modules: list[str] = field(default_factory=list)  # full_ft: parameter-name patterns kept frozen
+    type: int = 1  # glora: 1-4 (lightning_asr/adapters/glora.py)
+    prior_std: float = 0.01  # blora: N(0, prior_std^2) prior on every entry
+    kl_weight: float = 1.0e-4  # blora: beta in CE + beta * KL
+    kl_reduction: str = "mean"  # blora: mean (authors: per-matrix mean, summed) or elbo (sum / num_train_examples)
+    noise: str = "flipout"  # blora: flipout, reparam or local_reparam
+    bayesian_b: bool = True  # blora: B Bayesian too (else only A)
+    rho_init: list[float] = field(default_factory=lambda: [-5.5, -4.5])  # blora: rho_A ~ U(low, high)
+    num_train_examples: Optional[int] = None  # blora elbo: filled in from the training data when unset
 
 
 @dataclass

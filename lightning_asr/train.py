@@ -62,6 +62,9 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
     L.seed_everything(config["seed"], workers=True, verbose=False)
+    if config["adapter"].get("kl_reduction") == "elbo" and not config["adapter"].get("num_train_examples"):
+        config["adapter"]["num_train_examples"] = sum(
+            1 for manifest in config["data"]["train_manifests"] for line in open(manifest, encoding="utf-8") if line.strip())
     module = ASRModule(config)
     datamodule = make_datamodule(config, module.processor)
     datamodule.setup()

@@ -81,3 +81,43 @@ def test_unknown_config_key_names_the_closest_valid_one(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="command line: unknown config key 'optim.learning_rate'"):
         load_config(overrides=["optim.learning_rate=1"])
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(corpus, processor):
+    dm = ManifestDataModule(processor, [corpus / "ko-en/train.jsonl"], batch_size=4, bucket_size=4)
+    dm.setup()
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("name,glora_type", [("full_ft", 1), ("lora", 1), ("glora", 1), ("glora", 2), ("glora", 3), ("glora", 4), ("blora", 1)])
+def test_a_few_steps_with_each_strategy_lower_the_loss(name, glora_type, corpus, tmp_path, fixed_batch):
+    config = config_dict(corpus, tmp_path, **{"adapter.name": name, "adapter.rank": 4, "adapter.type": glora_type})
+    torch.manual_seed(0)
+    module = ASRModule(config)
+    module.train()
+    optimizer = torch.optim.AdamW([p for _, p in module.strategy.trainable_parameters()], lr=1e-2 if name != "full_ft" else 1e-3)
+    losses = []
+    for _ in range(8):
+        loss = module.forward_loss(fixed_batch)[0] + module.strategy.regularizer()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1 and losses[-1] == min(losses), losses
+
+
+def test_blora_monte_carlo_decoding_reports_disagreement(corpus, tmp_path, fixed_batch):
+    from lightning_asr.adapters.blora import monte_carlo_transcribe
+
+    module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "blora", "adapter.rank": 4, "decode.max_new_tokens": 4}))
+    module.eval()
+    with torch.no_grad():
+        for layer in module.strategy.layers().values():
+            layer.lora_B.rho.fill_(0.0)  # wide posteriors: draws must disagree
+            layer.lora_A.rho.fill_(0.0)
+    results = monte_carlo_transcribe(module, fixed_batch["input_features"], fixed_batch["langs"], samples=3)
+    assert len(results) == 4 and all(len(r["samples"]) == 3 for r in results)
+    assert max(r["disagreement"] for r in results) > 0
+    mean_texts, _ = module.transcribe(fixed_batch["input_features"], fixed_batch["langs"])
+    assert [r["text"] for r in results] == mean_texts  # the sample is cleared afterwards

@@ -13,6 +13,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lightning_asr.adapters.export import base_fingerprint, read_adapter_tensors, save_adapter
+from lightning_asr.adapters.sparsity import sparsity_report
+
 STRATEGIES: dict[str, type["AdapterStrategy"]] = {}
 
 
@@ -47,8 +50,10 @@ class AdapterStrategy(ABC):
         self.model: nn.Module | None = None
 
     def attach(self, model: nn.Module) -> nn.Module:
-        """Inject this strategy's modules into ``model`` and set ``requires_grad``; return the model."""
+        """Inject this strategy's modules into ``model`` and set ``requires_grad``; return the model.
+        The base is fingerprinted first, so adapters saved later refuse to load onto another base."""
         self.model = model
+        self.base_fingerprint = base_fingerprint(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         return model
@@ -80,6 +85,27 @@ class AdapterStrategy(ABC):
 
     def unmerge(self) -> None:
         """Undo ``merge``."""
+
+    def save_adapter(self, directory, overwrite: bool = False):
+        """Adapter-only export (safetensors + JSON; PEFT files for LoRA and BLoRA). See ``adapters.export``."""
+        return save_adapter(self, directory, overwrite)
+
+    def load_adapter(self, directory, ignore_fingerprint: bool = False) -> None:
+        """Load an exported adapter; refuses another strategy, another base model or missing files."""
+        self.load_adapter_state_dict(read_adapter_tensors(self, directory, ignore_fingerprint), strict=True)
+
+    def factor_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The adapter's own tensors per adapted module (none for strategies without adapter modules)."""
+        return {}
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """The effective change of each adapted weight matrix, by module name."""
+        return {}
+
+    def sparsity_stats(self) -> dict:
+        """Histograms of |entries| and fractions below 1e-1 ... 1e-6, per module and overall."""
+        with torch.no_grad():
+            return sparsity_report(self.factor_tensors(), self.delta_weights())
 
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,252 @@
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lightning_asr.adapters import build_strategy
+from lightning_asr.adapters.blora import NOISE_MODES, GaussianFactor
+from lightning_asr.adapters.export import AdapterFileError, SIDE_JSON, SIDE_TENSORS
+from lightning_asr.adapters.glora import GLORA_TYPES, GLoRALinear
+from lightning_asr.config import AdapterConfig
+from lightning_asr.models import load_base_model
+
+STRATEGY_CONFIGS = {
+    "full_ft": {"name": "full_ft"},
+    "lora": {"name": "lora", "rank": 4, "alpha": 8},
+    **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
+    "blora": {"name": "blora", "rank": 4, "alpha": 8},
+}
+
+
+def adapter_config(**values):
+    return OmegaConf.merge(OmegaConf.structured(AdapterConfig), values)
+
+
+def attached(name_or_values, seed=0):
+    values = STRATEGY_CONFIGS[name_or_values] if isinstance(name_or_values, str) else name_or_values
+    model = load_base_model("whisper-tiny-random", seed=seed)
+    strategy = build_strategy(adapter_config(**values))
+    strategy.attach(model)
+    return model, strategy
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    return {"input_features": torch.randn(2, 80, 600), "decoder_input_ids": torch.tensor([[50258, 50264, 50359, 50363, 400, 500], [50258, 50259, 50359, 50363, 600, 700]])}
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def randomize_adapter(strategy, scale=0.05):
+    with torch.no_grad():
+        for _, p in strategy.trainable_parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CONFIGS))
+def test_every_strategy_equals_the_base_at_step_0(name, batch):
+    base = load_base_model("whisper-tiny-random").eval()
+    model, strategy = attached(name)
+    model.eval()
+    assert torch.equal(logits(model, batch), logits(base, batch))
+    model.train()  # BLoRA's training noise on B is ~1e-22 at the start: still the base
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    assert torch.allclose(logits(model, batch), logits(base, batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CONFIGS))
+def test_only_adapter_parameters_train(name):
+    model, strategy = attached(name)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if name == "full_ft":
+        assert len(trainable) == len(list(model.parameters()))
+        return
+    assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n for n in trainable)
+    assert all(n.split(".")[-3] in ("q_proj", "v_proj") or n.split(".")[-2] in ("q_proj", "v_proj") for n in trainable)
+    counts = strategy.parameter_counts()
+    assert counts["trainable"] == sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_full_ft_frozen_modules():
+    _, strategy = attached({"name": "full_ft", "frozen_modules": [r"embed_tokens", r"embed_positions"]})
+    names = [n for n, _ in strategy.trainable_parameters()]
+    assert names and not any("embed_" in n for n in names)
+
+
+def test_target_presets_and_no_match_error():
+    model, strategy = attached({"name": "lora", "rank": 2, "target_modules": ["all-linear"]})
+    assert len(strategy.target_names) == 2 * (4 + 2) + 2 * (8 + 2)  # per layer: attention q,k,v,out (x2 in the decoder), fc1, fc2
+    _, cross = attached({"name": "lora", "rank": 2, "target_modules": ["cross_attn"]})
+    assert cross.target_names and all("encoder_attn" in n for n in cross.target_names)
+    with pytest.raises(ValueError, match="match no linear layer"):
+        attached({"name": "lora", "target_modules": ["no_such_layer"]})
+
+
+def test_lora_equals_peft_oracle(batch):
+    from peft import LoraConfig, get_peft_model
+
+    model, strategy = attached("lora")
+    randomize_adapter(strategy)
+    oracle = get_peft_model(load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names))
+    with torch.no_grad():
+        for name, layer in strategy.layers().items():
+            peft_layer = oracle.base_model.model.get_submodule(name)
+            peft_layer.lora_A["default"].weight.copy_(layer.lora_A.weight)
+            peft_layer.lora_B["default"].weight.copy_(layer.lora_B.weight)
+    model.eval(), oracle.eval()
+    assert torch.allclose(logits(model, batch), logits(oracle, batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lora", "blora"])
+def test_merge_and_unmerge_are_exact(name, batch):
+    model, strategy = attached(name)
+    model.eval()
+    randomize_adapter(strategy)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    unmerged = logits(model, batch)
+    strategy.merge()
+    assert torch.allclose(logits(model, batch), unmerged, atol=1e-5)
+    strategy.unmerge()
+    assert all(torch.allclose(before[n], p, atol=1e-6) for n, p in model.state_dict().items())
+
+
+def test_glora_cannot_merge():
+    _, strategy = attached("glora1")
+    with pytest.raises(NotImplementedError, match="cannot be folded"):
+        strategy.merge()
+
+
+@pytest.mark.parametrize("glora_type", sorted(GLORA_TYPES))
+def test_glora_parameter_counts_follow_the_documented_formulas(glora_type):
+    r, d_in, d_out = 4, 64, 96
+    layer = GLoRALinear(torch.nn.Linear(d_in, d_out), rank=r, alpha=8, glora_type=glora_type)
+    lora_params = r * d_in + d_out * r
+    own = sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base_layer"))
+    expected = {1: 2 * r * r + 2 * r, 2: 2 * r * d_in + d_in, 3: r * d_out + d_out, 4: 2 * r * r + 2 * r + r * d_out + d_out}
+    assert own - lora_params == expected[glora_type] == layer.extra_parameter_count()
+
+
+def test_blora_kl_matches_torch_distributions_and_shrinks_mu():
+    model, strategy = attached({"name": "blora", "rank": 4, "alpha": 8, "prior_std": 0.05})
+    randomize_adapter(strategy, 0.01)
+    prior = 0.05
+    expected = []
+    for layer in strategy.layers().values():
+        for factor in layer.bayesian_factors():
+            posterior = torch.distributions.Normal(factor.weight.double(), factor.sigma.double())
+            expected.append(torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, prior)).mean())
+    assert torch.allclose(strategy.kl(), torch.stack(expected).sum())
+    assert strategy.kl().dtype == torch.float64
+    layer = next(iter(strategy.layers().values()))
+    mu_before = layer.lora_A.weight.detach().abs().sum()
+    strategy.kl().backward()
+    with torch.no_grad():
+        layer.lora_A.weight -= 1e-3 * layer.lora_A.weight.grad / layer.lora_A.weight.grad.abs().max()
+    assert layer.lora_A.weight.abs().sum() < mu_before
+
+
+def test_blora_elbo_reduction_sums_and_divides_by_the_data_size():
+    model, strategy = attached({"name": "blora", "rank": 4, "kl_reduction": "elbo", "num_train_examples": 100})
+    total = sum(f.kl_entries(0.01).sum() for layer in strategy.layers().values() for f in layer.bayesian_factors())
+    assert torch.allclose(strategy.kl(), total / 100)
+
+
+@pytest.mark.parametrize("noise", NOISE_MODES)
+def test_noise_modes_have_the_posterior_mean_and_variance(noise):
+    torch.manual_seed(0)
+    factor = GaussianFactor(6, 3, bayesian=True, rho_init=(-2.0, -1.0))
+    with torch.no_grad():
+        factor.weight.normal_()
+    factor.noise = noise
+    factor.train()
+    x = torch.randn(1, 6)
+    draws = torch.stack([factor(x) for _ in range(20000)]).squeeze(1)
+    mean = x @ factor.weight.T
+    variance = (x * x) @ (factor.sigma ** 2).T
+    assert torch.allclose(draws.mean(0), mean.squeeze(0), atol=4 * variance.sqrt().max().item() / 20000 ** 0.5)
+    assert torch.allclose(draws.var(0), variance.squeeze(0), rtol=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CONFIGS))
+def test_export_import_is_bit_exact(name, tmp_path):
+    model, strategy = attached(name)
+    randomize_adapter(strategy)
+    strategy.save_adapter(tmp_path / "adapter")
+    fresh, fresh_strategy = attached(name)
+    fresh_strategy.load_adapter(tmp_path / "adapter")
+    ours = strategy.adapter_state_dict()
+    theirs = fresh_strategy.adapter_state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(FileExistsError):
+        strategy.save_adapter(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("name", ["lora", "blora"])
+def test_peft_loads_our_exports_with_equal_logits(name, tmp_path, batch):
+    from peft import PeftModel
+
+    model, strategy = attached(name)
+    randomize_adapter(strategy)
+    model.eval()
+    strategy.save_adapter(tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(load_base_model("whisper-tiny-random"), tmp_path / "adapter").eval()
+    assert torch.allclose(logits(peft_model, batch), logits(model, batch), atol=1e-5)
+
+
+def test_plain_peft_lora_directory_imports(tmp_path, batch):
+    from peft import LoraConfig, get_peft_model
+
+    _, strategy = attached("lora")
+    oracle = get_peft_model(load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names))
+    with torch.no_grad():
+        for name, parameter in oracle.named_parameters():
+            if "lora_" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    oracle.save_pretrained(tmp_path / "peft")
+    model, strategy = attached("lora")
+    strategy.load_adapter(tmp_path / "peft")
+    assert torch.allclose(logits(model.eval(), batch), logits(oracle.eval(), batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["glora1", "blora"])
+def test_missing_side_file_is_refused(name, tmp_path):
+    _, strategy = attached(name)
+    strategy.save_adapter(tmp_path / "adapter")
+    (tmp_path / "adapter" / SIDE_JSON).unlink()
+    (tmp_path / "adapter" / SIDE_TENSORS).unlink()
+    _, fresh = attached(name)
+    with pytest.raises(AdapterFileError, match="no lightning_asr_adapter.json"):
+        fresh.load_adapter(tmp_path / "adapter")
+
+
+def test_other_base_model_or_strategy_is_refused(tmp_path):
+    _, strategy = attached("lora")
+    strategy.save_adapter(tmp_path / "adapter")
+    _, other_base = attached("lora", seed=1)
+    with pytest.raises(AdapterFileError, match="weights differ"):
+        other_base.load_adapter(tmp_path / "adapter")
+    other_base.load_adapter(tmp_path / "adapter", ignore_fingerprint=True)
+    _, other_strategy = attached("blora")
+    with pytest.raises(AdapterFileError, match="holds a 'lora' adapter"):
+        other_strategy.load_adapter(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("name", ["lora", "blora", "full_ft"])
+def test_sparsity_stats(name):
+    _, strategy = attached(name)
+    randomize_adapter(strategy, 1e-3)
+    report = strategy.sparsity_stats()
+    overall = report["overall"]["delta_w"]
+    assert overall["count"] > 0 and sum(overall["histogram"]) == overall["count"]
+    below = [overall["below"][k] for k in report["thresholds"]]
+    assert below == sorted(below, reverse=True)  # fewer entries below smaller thresholds
+    assert set(report["modules"]) == set(strategy.delta_weights())
+    if name == "blora":
+        assert report["snr"]["median"] > 0
