@@ -26,5 +26,15 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# PROFILE=embedded|smoke|path.yaml; SEEDS=1,2,3 overrides the profile's seeds
+bench-forgetting: setup
+	$(BIN)/python benchmarks/forgetting.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS))
+
+MLFLOW_PORT ?= 5000
+# The MLflow UI on loopback, against the benchmark's store, with one worker (2 processes, ~0.5 GiB)
+mlflow-ui: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \
+		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
 clean:
 	rm -rf runs data_manifests/smoke .pytest_cache

@@ -82,6 +82,7 @@ class DecodeConfig:
     num_beams: int = 1
     max_new_tokens: int = 48
     language: str = "manifest"  # per-utterance from the manifest, a fixed code such as "ko", or "auto"
+    in_validation: bool = True  # decode during validation (error rates); false: validation loss only
 
 
 @dataclass
@@ -112,7 +113,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def _check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> None:
+def check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> None:
+    """Raise ``ConfigError`` for the first key of ``values`` that ``schema`` (a dataclass) does not have."""
     if not isinstance(values, dict) or not is_dataclass(schema):
         return
     known = {f.name: f for f in fields(schema)}
@@ -124,7 +126,7 @@ def _check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> Non
             raise ConfigError(f"{origin}: unknown config key '{dotted}'{hint}")
         factory = known[key].default_factory
         if factory is not MISSING and is_dataclass(factory):
-            _check_keys(value, factory, origin, dotted + ".")
+            check_keys(value, factory, origin, dotted + ".")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig) -> DictConfig:
@@ -139,7 +141,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     for origin, values in sources:
-        _check_keys(OmegaConf.to_container(values, resolve=False), schema, origin)
+        check_keys(OmegaConf.to_container(values, resolve=False), schema, origin)
         try:
             config = OmegaConf.merge(config, values)
         except Exception as err:  # type errors: "max_steps=abc"
@@ -150,7 +152,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def structured(schema: type, values: dict) -> DictConfig:
     """``values`` (a plain dict, e.g. from a checkpoint) checked and typed against ``schema``."""
-    _check_keys(values, schema, "config")
+    check_keys(values, schema, "config")
     return OmegaConf.merge(OmegaConf.structured(schema), values)
 
 

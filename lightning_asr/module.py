@@ -100,8 +100,10 @@ class ASRModule(L.LightningModule):
         name, lang = self.eval_sets[split][dataloader_idx]
         key = f"{split}__{_key(name)}"
         loss, n_tokens = self.forward_loss(batch)
-        texts, cap_hits = self.transcribe(batch["input_features"], batch["langs"])
         self.eval_losses[key]["loss"].update(loss.detach(), weight=n_tokens)
+        if split == "val" and not self.config["decode"].get("in_validation", True):
+            return
+        texts, cap_hits = self.transcribe(batch["input_features"], batch["langs"])
         self.eval_losses[key]["cap_hits"].update(torch.tensor(cap_hits / len(texts)), weight=len(texts))
         metrics = self.eval_metrics[key]
         for metric in metrics.values():
@@ -121,9 +123,11 @@ class ASRModule(L.LightningModule):
             losses, metrics = self.eval_losses[key], self.eval_metrics[key]
             if losses["loss"].update_count == 0:
                 continue
-            values = {"loss": losses["loss"].compute(), "cap_hit_rate": losses["cap_hits"].compute()}
-            values.update({metric_name: metric.compute() for metric_name, metric in metrics.items()})
-            values["error"] = values[METRIC_NAMES[primary_unit(lang)]]
+            values = {"loss": losses["loss"].compute()}
+            if losses["cap_hits"].update_count:
+                values["cap_hit_rate"] = losses["cap_hits"].compute()
+                values.update({metric_name: metric.compute() for metric_name, metric in metrics.items()})
+                values["error"] = values[METRIC_NAMES[primary_unit(lang)]]
             for metric_name, value in values.items():
                 self.log(f"{split}/{name}/{metric_name}", value, add_dataloader_idx=False, prog_bar=False)
                 results[f"{split}/{name}/{metric_name}"] = float(value)

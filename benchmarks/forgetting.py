@@ -1,0 +1,457 @@
+"""Forgetting benchmark: which adaptation strategy learns the target domain and keeps the source domains?
+
+    make bench-forgetting [PROFILE=embedded|smoke|path/to/config.yaml] [SEEDS=1,2,3]
+    .venv/bin/python benchmarks/forgetting.py --profile embedded [--seeds 1,2,3] [--force]
+
+Stages, each cached or skipped when its result exists:
+  0. data and base model: build the synthetic corpus; pretrain the preset base on the source training sets
+     (cached under .cache/bases by a hash of its config, the corpus checksum and the recipe version);
+     a hub id or a local directory skips pretraining.
+  1. evaluate the base model on every source and target test set;
+  2. adapt: every (strategy, seed) cell trains on the target training set with the same budget, schedule and
+     batch; the best checkpoint by target dev loss is kept;
+  3. evaluate each adapted model on all test sets;
+  4. compare: forgetting, adaptation gain, backward gain and forward loss against the reference strategy
+     (lightning_asr/forgetting.py has the formulas), with intervals.
+Everything is logged to MLflow: a parent run per invocation, a child run per cell. A rerun reuses finished
+cells (found by their tags) and resumes an interrupted cell from its last checkpoint, in the same MLflow run;
+``--force`` trains every cell again in new runs (old runs stay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import OmegaConf
+
+import lightning_asr
+import lightning_asr.models
+from lightning_asr.config import ConfigError, TrainConfig, check_keys, flatten, load_config, to_dict
+from lightning_asr.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
+from lightning_asr.text import primary_unit
+from lightning_asr import tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_RECIPE_VERSION = 1  # bump when the pretraining code path changes what a cached base would be
+
+
+@dataclass
+class CorpusSection:
+    build: bool = True  # false: use manifests already under ``root`` (<root>/<set>/<split>.jsonl)
+    root: str = "data_manifests/synth"
+    seed: int = 0
+    train: int = 800
+    dev: int = 50
+    test: int = 50
+    target_train: int = 400
+
+
+@dataclass
+class BaseSection:
+    spec: str = "whisper-toy"  # preset, local directory or hub id
+    pretrain: bool = True  # pretrain a preset on the source training sets (ignored for directories and hub ids)
+    train: dict = field(default_factory=dict)  # run-config overrides for pretraining
+    require_vocabulary_coverage: bool = True  # stop if a target token never occurs in the source training text
+    cache_dir: str = ".cache/bases"
+
+
+@dataclass
+class BenchConfig:
+    name: str = "forgetting-embedded"  # the MLflow experiment
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    base: BaseSection = field(default_factory=BaseSection)
+    source_sets: list[str] = field(default_factory=lambda: ["en", "ko", "zh"])
+    target_set: str = "ko-en"
+    strategies: list[Any] = field(default_factory=list)  # [{label, adapter: {...}, optim: {...}, ...}]
+    reference: str = "lora"
+    seeds: list[int] = field(default_factory=lambda: [1])
+    adapt: dict = field(default_factory=dict)  # run-config overrides shared by every cell
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    output_dir: str = "runs/bench"
+    bootstrap: int = 1000
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_bench_config(profile: str, overrides: list[str] | None = None):
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / "bench" / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path}: no such benchmark profile — fix: use embedded, smoke or a YAML path")
+    return load_config(path, overrides, schema=BenchConfig), path
+
+
+class Benchmark:
+    def __init__(self, bench, config_path: Path, force: bool = False):
+        self.bench, self.config_path, self.force = bench, config_path, force
+        self.root = Path(bench.corpus.root)
+        self.out = Path(bench.output_dir) / bench.name
+        self.source_tests = [str(self.root / s / "test.jsonl") for s in bench.source_sets]
+        self.target = {split: str(self.root / bench.target_set / f"{split}.jsonl") for split in ("train", "dev", "test")}
+        self.test_manifests = self.source_tests + [self.target["test"]]
+        self.source_names = [f"{s}/test" for s in bench.source_sets]
+        self.target_name = f"{bench.target_set}/test"
+        check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
+        labels = [entry["label"] for entry in bench.strategies]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{config_path}: strategy labels must be unique, got {labels}")
+        if bench.reference not in labels:
+            raise ConfigError(f"{config_path}: reference {bench.reference!r} is not among the strategies {labels}")
+
+    # ---- stage 0 ----------------------------------------------------------------------------------------------
+    def prepare_data(self) -> str:
+        started = time.perf_counter()
+        c = self.bench.corpus
+        if c.build:
+            from lightning_asr.data.synth import CorpusSpec, build_corpus
+
+            sets = list(dict.fromkeys([*self.bench.source_sets, self.bench.target_set]))
+            say(f"stage 0: synthetic corpus {self.root} ({', '.join(sets)})")
+            build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train, sets), self.root)
+        checksum = hashlib.sha256()
+        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+            if not Path(manifest).exists():
+                raise ConfigError(f"{manifest} does not exist — fix: build the corpus (corpus.build: true) or correct corpus.root")
+            checksum.update(Path(manifest).read_bytes())
+        say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
+        return checksum.hexdigest()
+
+    def source_train_manifests(self) -> list[str]:
+        return [str(self.root / s / "train.jsonl") for s in self.bench.source_sets]
+
+    def check_vocabulary_coverage(self, tokenizer) -> None:
+        """A base pretrained here has trained embeddings only for tokens of its source data; adapters that
+        cannot touch embeddings cannot learn target tokens it never saw. Stop before wasting the run."""
+        from lightning_asr.data.manifest import read_manifest
+
+        def tokens(manifests):
+            return {t for m in manifests for u in read_manifest(m) for t in tokenizer.encode(u.text, add_special_tokens=False)}
+
+        source, target = tokens(self.source_train_manifests()), tokens([self.target["train"], self.target["test"]])
+        unseen = sorted(target - source)
+        if unseen:
+            raise ConfigError(f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
+                              f"({[tokenizer.decode([t]) for t in unseen[:10]]}...) — fix: extend the source text pools so "
+                              "the pretrained base has trained embeddings for every target token")
+
+    def prepare_base(self, corpus_checksum: str) -> str:
+        base = self.bench.base
+        if not (base.pretrain and base.spec in lightning_asr.models.PRESETS):
+            say(f"stage 0: base model {base.spec} (no pretraining)")
+            return base.spec
+        overrides = OmegaConf.to_container(base.train, resolve=True)
+        check_keys(overrides, TrainConfig, f"{self.config_path}: base.train")
+        config = to_dict(OmegaConf.merge(OmegaConf.structured(TrainConfig), overrides, {
+            "model": {"spec": base.spec},
+            "data": {"train_manifests": self.source_train_manifests(),
+                     "val_manifests": [str(self.root / s / "dev.jsonl") for s in self.bench.source_sets]}}))
+        key = digest({"config": {k: v for k, v in config.items() if k != "output_dir"}, "corpus": corpus_checksum,
+                      "recipe": PRETRAIN_RECIPE_VERSION, "version": lightning_asr.__version__})[:12]
+        target = Path(base.cache_dir) / f"{base.spec}-{key}"
+        if (target / "config.json").exists():
+            say(f"stage 0: reusing pretrained base {target}")
+            return str(target)
+        config["output_dir"] = str(self.out / "pretrain" / key)
+        from lightning_asr.models import load_model_processor
+
+        if base.require_vocabulary_coverage:
+            self.check_vocabulary_coverage(load_model_processor(base.spec)[1].tokenizer)
+        resume = (Path(config["output_dir"]) / "checkpoints" / "last.ckpt").exists()
+        say(f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config['trainer']['max_steps']} "
+            f"steps{' (resuming)' if resume else ''}")
+        started = time.perf_counter()
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import train
+
+        result = train(config, resume=resume, force=not resume)
+        module = ASRModule.from_checkpoint(result.best_checkpoint)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        module.model.save_pretrained(staging)
+        module.processor.save_pretrained(staging)
+        (staging / "pretraining.json").write_text(json.dumps({"validation": result.validation, "config": config}, indent=2))
+        os.replace(staging, target)
+        say(f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: " +
+            ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")))
+        return str(target)
+
+    # ---- stages 1-3 -------------------------------------------------------------------------------------------
+    def cell_config(self, entry: dict, seed: int, base_spec: str) -> dict:
+        entry = dict(entry)
+        label = entry.pop("label")
+        check_keys(entry, TrainConfig, f"{self.config_path}: strategy {label}")
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), self.bench.adapt, entry, {
+            "seed": seed, "model": {"spec": base_spec},
+            "data": {"train_manifests": [self.target["train"]], "val_manifests": [self.target["dev"]], "test_manifests": []}})
+        config = to_dict(merged)
+        config["output_dir"] = str(self.out / "cells" / f"{label}-seed{seed}-{digest(config)[:8]}")
+        return config
+
+    def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import evaluate
+
+        decode = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), self.bench.adapt).decode)
+        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, decode, self.manifest_sizes()])[:12]}.json"
+        if cache.exists() and not self.force:
+            say(f"stage 1: reusing the base evaluation {cache}")
+            rows = json.loads(cache.read_text())
+        else:
+            started = time.perf_counter()
+            say(f"stage 1: evaluating the base model on {len(self.test_manifests)} test sets")
+            config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
+            module = ASRModule(config)
+            results = evaluate(module, self.test_manifests)
+            rows = module.predictions
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(rows, ensure_ascii=False))
+            say(f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: " +
+                ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error")))
+        return {name: Scores.from_rows(r) for name, r in rows.items()}
+
+    def manifest_sizes(self) -> list[int]:
+        return [Path(m).stat().st_size for m in self.test_manifests]
+
+    def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
+        query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
+        runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"])
+        finished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) == "finished"]
+        unfinished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) != "finished"]
+        return finished, unfinished
+
+    def run_cell(self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str) -> tuple[str, dict[str, Scores]]:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import evaluate, train
+
+        label = entry["label"]
+        config = self.cell_config(entry, seed, base_spec)
+        config_hash = digest(config)
+        cell = f"{label}-seed{seed}"
+        finished, unfinished = self.find_cell_runs(client, experiment, cell, config_hash)
+        if finished and not self.force:
+            run = finished[0]
+            say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
+            client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
+            path = client.download_artifacts(run.info.run_id, "predictions.json", tempfile.mkdtemp())
+            return run.info.run_id, {name: Scores.from_rows(rows) for name, rows in json.loads(Path(path).read_text()).items()}
+        output = Path(config["output_dir"])
+        resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
+        if resume:
+            run_id = unfinished[0].info.run_id
+            say(f"cell {cell}: resuming run {run_id} from {output / 'checkpoints' / 'last.ckpt'}")
+            client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+        else:
+            if output.exists():
+                shutil.rmtree(output)
+            adapter = config["adapter"]
+            tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": cell, tracking.TAG_BENCH: self.bench.name,
+                    tracking.TAG_CELL: cell, tracking.TAG_CONFIG: config_hash, tracking.TAG_STATUS: "running",
+                    "strategy": adapter["name"], "label": label, "seed": str(seed), "base_model": base_spec,
+                    "dataset": self.bench.target_set, "git_commit": git_commit(),
+                    "glora_type": str(adapter["type"]) if adapter["name"] == "glora" else "-"}
+            run_id = client.create_run(experiment, tags=tags).info.run_id
+            for key, value in flatten(config).items():
+                client.log_param(run_id, key, str(value)[:500])
+            say(f"cell {cell}: adapting ({adapter['name']}, {config['trainer']['max_steps']} steps) in run {run_id}")
+        started = time.perf_counter()
+        timer = StepTimer()
+        logger = MLFlowLogger(tracking_uri=self.bench.tracking_uri, run_id=run_id)
+        result = train(config, resume=resume, force=not resume, logger=logger, extra_callbacks=[timer])
+        train_seconds = time.perf_counter() - started
+        module = ASRModule.from_checkpoint(result.best_checkpoint)
+        say(f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})")
+        test_metrics = evaluate(module, self.test_manifests)
+        self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds)
+        client.set_tag(run_id, tracking.TAG_STATUS, "finished")
+        client.set_terminated(run_id, "FINISHED")
+        say(f"cell {cell}: done in {time.perf_counter() - started:.0f} s: " +
+            ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error")))
+        return run_id, {name: Scores.from_rows(rows) for name, rows in module.predictions.items()}
+
+    def log_cell(self, client, run_id: str, module, config: dict, test_metrics: dict, timer, train_seconds: float) -> None:
+        from lightning_asr.adapters.sparsity import scalar_metrics
+
+        strategy = module.strategy
+        report = strategy.sparsity_stats()
+        counts = strategy.parameter_counts()
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter_dir = strategy.save_adapter(Path(tmp) / "adapter")
+            adapter_bytes = sum(f.stat().st_size for f in adapter_dir.iterdir())
+            client.log_artifacts(run_id, str(adapter_dir), "adapter")
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+            client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
+            (Path(tmp) / "predictions.json").write_text(json.dumps(module.predictions, ensure_ascii=False))
+            client.log_artifact(run_id, str(Path(tmp) / "predictions.json"))
+        metrics = {**test_metrics, **scalar_metrics(report), "params/trainable": counts["trainable"],
+                   "params/total": counts["total"], "adapter/bytes": adapter_bytes,
+                   "train/step_time_s": timer.median(), "train/seconds": train_seconds}
+        for key, value in tracking.finite_metrics(metrics).items():
+            client.log_metric(run_id, key, value)
+        if report["overall"]["delta_w"]["count"]:
+            figure = tracking.sparsity_figure(report, f"{config['adapter']['name']}: |delta W|")
+            client.log_figure(run_id, figure, "sparsity/histogram.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+            client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
+
+    # ---- stage 4 ----------------------------------------------------------------------------------------------
+    def run(self, seeds: list[int]) -> list[dict]:
+        started = time.perf_counter()
+        bench = self.bench
+        corpus_checksum = self.prepare_data()
+        base_spec = self.prepare_base(corpus_checksum)
+        client = tracking.client_for(bench.tracking_uri)
+        experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
+        parent = client.create_run(experiment, tags={"mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                                      tracking.TAG_BENCH: bench.name, "git_commit": git_commit(),
+                                                      "base_model": base_spec, "dataset": bench.target_set})
+        parent_id = parent.info.run_id
+        say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
+        try:
+            base_scores = self.evaluate_base(base_spec)
+            for name, value in errors(base_scores).items():
+                client.log_metric(parent_id, f"base/{name}/error", value)
+            cells: dict[str, dict[int, dict[str, Scores]]] = {}
+            cell_runs = {}
+            for entry in bench.strategies:
+                entry = OmegaConf.to_container(entry, resolve=True)
+                for seed in seeds:
+                    run_id, scores = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
+                    cells.setdefault(entry["label"], {})[seed] = scores
+                    cell_runs[(entry["label"], seed)] = run_id
+            rows, reasons = compare(base_scores, cells, bench.reference, self.source_names, self.target_name,
+                                    bench.bootstrap if len(seeds) == 1 else 0)
+            for (label, seed), run_id in cell_runs.items():
+                values, _ = derived_metrics(errors(base_scores), errors(cells[bench.reference][seed]),
+                                            errors(cells[label][seed]), self.source_names, self.target_name)
+                for key, value in tracking.finite_metrics(values).items():
+                    client.log_metric(run_id, f"cl/{key}", value)
+            self.log_comparison(client, parent_id, rows, reasons, base_scores, seeds)
+            client.set_terminated(parent_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
+        return rows
+
+    def log_comparison(self, client, parent_id: str, rows: list[dict], reasons: dict, base_scores, seeds) -> None:
+        import pandas as pd
+
+        interval = "95 % t-interval over seeds" if len(seeds) > 1 else "95 % paired bootstrap over utterances"
+        columns = ["strategy", "target_error", "adaptation_gain", "source_error", "forgetting", "backward_gain",
+                   "relative_source_gain", "forward_loss"]
+        base_errors = errors(base_scores)
+        table_rows = [["base", base_errors[self.target_name], 0.0,
+                       sum(base_errors[s] for s in self.source_names) / len(self.source_names), 0.0, math.nan, math.nan, math.nan]]
+        table_rows += [[row["strategy"]] + [row[c] for c in columns[1:]] for row in rows]
+        frame = pd.DataFrame(table_rows, columns=columns)
+        lows = {c: [math.nan] + [row.get(f"{c}_low", math.nan) for row in rows] for c in columns[1:]}
+        highs = {c: [math.nan] + [row.get(f"{c}_high", math.nan) for row in rows] for c in columns[1:]}
+        detailed = frame.copy()
+        for column in columns[1:]:
+            detailed[f"{column}_low"], detailed[f"{column}_high"] = lows[column], highs[column]
+        for name in self.source_names:
+            detailed[f"forgetting/{name}"] = [0.0] + [row[f"forgetting/{name}"] for row in rows]
+        printable = [[r[0]] + [self.with_interval(r[i], lows[c][j], highs[c][j]) for i, c in enumerate(columns[1:], 1)]
+                     for j, r in enumerate(table_rows)]
+        markdown = tracking.markdown_table(columns, printable)
+        notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
+        with tempfile.TemporaryDirectory() as tmp:
+            detailed.to_csv(Path(tmp) / "comparison.csv", index=False)
+            summary = (f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
+                       f"(WER for en, CER for ko/zh); target = {self.target_name} ({primary_unit(self.bench.target_set)} error "
+                       f"rate). Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
+                       + (f"\nUndefined values:\n{notes}\n" if notes else ""))
+            (Path(tmp) / "comparison.md").write_text(summary)
+            (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
+            (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
+            client.log_artifacts(parent_id, tmp)
+        client.log_table(parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json")
+        figure = tracking.tradeoff_figure(rows, f"{self.bench.name}: forgetting vs adaptation gain ({interval})")
+        client.log_figure(parent_id, figure, "tradeoff.png")
+        for row in rows:
+            for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error"):
+                if isinstance(row[key], float) and math.isfinite(row[key]):
+                    client.log_metric(parent_id, f"{row['strategy']}/{key}", row[key])
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "comparison.md").write_text(summary)
+        print("\n" + summary)
+
+    @staticmethod
+    def with_interval(value, low, high) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isnan(low) or math.isnan(high):
+            return f"{value:.3f}"
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step (forward, backward, optimiser), for the ``train/step_time_s`` metric."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._started)
+
+    def median(self) -> float:
+        return sorted(self.times)[len(self.times) // 2] if self.times else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="embedded", help="embedded, smoke, or a benchmark YAML")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the profile's)")
+    parser.add_argument("--force", action="store_true", help="retrain every cell in new MLflow runs")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
+    args = parser.parse_args(argv)
+    from lightning_asr.cli import _quiet
+
+    _quiet()
+    try:
+        bench, path = load_bench_config(args.profile, args.overrides)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(bench.seeds)
+        Benchmark(bench, path, args.force).run(seeds)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
