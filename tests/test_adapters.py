@@ -250,3 +250,17 @@ def test_sparsity_stats(name):
     assert set(report["modules"]) == set(strategy.delta_weights())
     if name == "blora":
         assert report["snr"]["median"] > 0
+
+
+def test_readme_glora_table_matches_the_canonical_docstring():
+    import re
+    from pathlib import Path
+
+    from lightning_asr.adapters import glora
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    rows = [line.split("  ") for line in glora.__doc__.splitlines() if re.match(r"^[1-4]\s{2,}", line)]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row if c.strip()]
+        assert "| " + " | ".join(cells) + " |" in readme, cells

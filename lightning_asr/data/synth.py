@@ -119,10 +119,13 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     out = Path(out)
     stamp = out / "corpus.json"
     wanted = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
-    if stamp.exists() and json.loads(stamp.read_text()).get("spec") == wanted:
-        if verbose:
-            print(f"{out}: synthetic corpus already built with these parameters")
-        return out
+    if stamp.exists():
+        built = json.loads(stamp.read_text()).get("spec", {})
+        same = {k: v for k, v in built.items() if k != "sets"} == {k: v for k, v in wanted.items() if k != "sets"}
+        if same and set(spec.sets) <= set(built.get("sets", [])):
+            if verbose:
+                print(f"{out}: synthetic corpus already built with these parameters")
+            return out
     if out.exists():
         for name in spec.sets:
             shutil.rmtree(out / name, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""The forgetting benchmark's smoke profile, end to end, against a temporary MLflow store; and the UI target."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from forgetting import main
+
+    tmp = tmp_path_factory.mktemp("bench")
+    args = ["--profile", "smoke", f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"artifact_root={tmp}/artifacts",
+            f"output_dir={tmp}/runs", f"corpus.root={tmp}/corpus", f"base.cache_dir={tmp}/bases"]
+    assert main(args) == 0
+    return tmp, args
+
+
+def runs_of(tmp):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    experiment = client.get_experiment_by_name("forgetting-smoke")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
+    tmp, _ = smoke_run
+    client, runs = runs_of(tmp)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.csv", "comparison.md", "metrics.md", "comparison_table.json", "tradeoff.png"} <= parent_files
+    assert "forward loss" in Path(client.download_artifacts(parent.info.run_id, "metrics.md", str(tmp))).read_text()
+    for child in children:
+        data = child.data
+        assert data.tags["strategy"] in ("full_ft", "lora") and data.tags["seed"] == "1" and data.tags["lightning_asr.status"] == "finished"
+        assert data.params["adapter.name"] == data.tags["strategy"] and "optim.lr" in data.params
+        for metric in ("test/en/test/wer", "test/ko-en/test/mer", "sparsity/frac_below_1e-3", "params/trainable",
+                       "adapter/bytes", "train/step_time_s", "cl/forgetting", "cl/adaptation_gain"):
+            assert metric in data.metrics, metric
+        assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics
+        files = {f.path for f in client.list_artifacts(child.info.run_id)}
+        assert {"adapter", "config.yaml", "predictions.json", "sparsity"} <= files
+        assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {"sparsity/histogram.png", "sparsity/table.json"}
+        table = json.loads(Path(client.download_artifacts(child.info.run_id, "sparsity/table.json", str(tmp))).read_text())
+        assert "below_1e-3" in table["columns"]
+
+
+def test_rerun_reuses_finished_cells(smoke_run, capsys):
+    from forgetting import main
+
+    tmp, args = smoke_run
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished before") == 2 and "reusing pretrained base" in out and "reusing the base evaluation" in out
+    _, runs = runs_of(tmp)
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2  # no new child runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "mlflow").exists(), reason="needs make setup")
+def test_mlflow_ui_target_answers_on_loopback_and_stops():
+    port = free_port()
+    server = subprocess.Popen(["make", "-s", "mlflow-ui", f"MLFLOW_PORT={port}"], cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, answer = time.time() + 90, None
+        while time.time() < deadline and answer is None:
+            try:
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            except OSError:
+                time.sleep(1)
+        assert answer == b"OK"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_interrupted_cell_resumes_in_its_own_run(smoke_run, capsys):
+    """A cell whose run never got its 'finished' tag (the process was killed) continues from its last
+    checkpoint in the same MLflow run: no duplicate run, nothing overwritten."""
+    from forgetting import main
+
+    tmp, args = smoke_run
+    client, runs = runs_of(tmp)
+    lora = next(r for r in runs if r.data.tags.get("strategy") == "lora")
+    client.set_tag(lora.info.run_id, "lightning_asr.status", "running")
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"resuming run {lora.info.run_id}" in out and out.count("finished before") == 1
+    client, runs = runs_of(tmp)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"

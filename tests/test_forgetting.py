@@ -1,0 +1,57 @@
+import math
+
+import numpy as np
+import pytest
+
+from lightning_asr.forgetting import Scores, compare, derived_metrics, mean_interval
+
+SOURCES, TARGET = ["en", "ko"], "ko-en"
+
+
+def test_signs_absolute_and_relative_on_hand_made_numbers():
+    base = {"en": 0.10, "ko": 0.20, "ko-en": 0.60}
+    ref = {"en": 0.20, "ko": 0.30, "ko-en": 0.20}  # forgot 0.10 on each source set
+    k = {"en": 0.15, "ko": 0.20, "ko-en": 0.25}
+    values, reasons = derived_metrics(base, ref, k, SOURCES, TARGET)
+    assert values["forgetting/en"] == pytest.approx(0.05)
+    assert values["forgetting/ko"] == pytest.approx(0.0)
+    assert values["forgetting"] == pytest.approx(0.025)  # macro average
+    assert values["relative_forgetting/en"] == pytest.approx(0.5)
+    assert values["adaptation_gain"] == pytest.approx(0.35)
+    assert values["backward_gain"] == pytest.approx((0.10 - 0.025) / 0.10)  # avoided 75 % of LoRA's forgetting
+    assert values["backward_gain/ko"] == pytest.approx(1.0)
+    assert values["relative_source_gain/en"] == pytest.approx((0.20 - 0.15) / 0.20)
+    assert values["forward_loss"] == pytest.approx((0.25 - 0.20) / 0.20)  # worse than ref on the target: > 0
+    assert not reasons
+
+
+def test_reference_that_did_not_forget_gives_nan_with_a_reason():
+    base = {"en": 0.1, "ko": 0.2, "ko-en": 0.5}
+    values, reasons = derived_metrics(base, dict(base, **{"ko-en": 0.3}), {"en": 0.2, "ko": 0.2, "ko-en": 0.3}, SOURCES, TARGET)
+    assert math.isnan(values["backward_gain"]) and "F_ref = 0" in reasons["backward_gain"]
+    assert values["forgetting"] == pytest.approx(0.05)
+
+
+def scores(errors_per_utterance, tokens=10):
+    return Scores(np.array(errors_per_utterance, dtype=float), np.full(len(errors_per_utterance), tokens, dtype=float))
+
+
+def test_compare_bootstrap_interval_contains_the_point_and_seeds_give_t_intervals():
+    base = {"en/test": scores([1] * 20), "ko-en/test": scores([5] * 20)}
+    lora = {"en/test": scores([3, 1] * 10), "ko-en/test": scores([1] * 20)}
+    full = {"en/test": scores([5, 3] * 10), "ko-en/test": scores([0, 1] * 10)}
+    rows, _ = compare(base, {"lora": {1: lora}, "full_ft": {1: full}}, "lora", ["en/test"], "ko-en/test", bootstrap=300)
+    row = next(r for r in rows if r["strategy"] == "full_ft")
+    assert row["forgetting"] == pytest.approx(0.3) and row["forgetting_low"] <= 0.3 <= row["forgetting_high"]
+    assert row["forgetting_high"] - row["forgetting_low"] > 0
+    assert row["backward_gain"] == pytest.approx((0.1 - 0.3) / 0.1)
+    rows, _ = compare(base, {"lora": {1: lora, 2: lora}, "full_ft": {1: full, 2: lora}}, "lora", ["en/test"], "ko-en/test")
+    row = next(r for r in rows if r["strategy"] == "full_ft")
+    assert row["seeds"] == 2 and row["forgetting"] == pytest.approx(0.2) and row["forgetting_low"] < 0.2 < row["forgetting_high"]
+
+
+def test_mean_interval_and_missing_reference():
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and low == pytest.approx(2 - 4.303 / math.sqrt(3)) and high == pytest.approx(2 + 4.303 / math.sqrt(3))
+    with pytest.raises(ValueError, match="reference"):
+        compare({}, {"full_ft": {}}, "lora", [], "t")
