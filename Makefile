@@ -26,9 +26,10 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# PROFILE=embedded|smoke|path.yaml; SEEDS=1,2,3 overrides the profile's seeds
+# PROFILE=embedded|smoke|path.yaml; SEEDS=1,2,3 overrides the profile's seeds; ARGS='key=value ...'
+# overrides the benchmark config (e.g. ARGS='target_set=zh-en name=forgetting-embedded-zh-en')
 bench-forgetting: setup
-	$(BIN)/python benchmarks/forgetting.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS))
+	$(BIN)/python benchmarks/forgetting.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 MLFLOW_PORT ?= 5000
 # The MLflow UI on loopback, against the benchmark's store, with one worker (2 processes, ~0.5 GiB)

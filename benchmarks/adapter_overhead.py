@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<10} {steps[name]:>8.3f} {steps[name] / steps['lora']:>7.2f}x "
                   f"{strategy.parameter_counts()['trainable']:>11,} {size:>14,} {size / model_bytes:>8.2%}")
     print(f"\nour LoRA vs PEFT LoRA, training step: {steps['lora'] / steps['peft-lora']:.3f}x (target <= 1.05)")
-    print(f"GLoRA types 1-4 vs LoRA: " + ", ".join(f"{steps[f'glora-{t}'] / steps['lora']:.2f}x" for t in range(1, 5)) + " (target <= 1.10)")
+    print("GLoRA types 1-4 vs LoRA: " + ", ".join(f"{steps[f'glora-{t}'] / steps['lora']:.2f}x" for t in range(1, 5)) + " (target <= 1.10)")
     print(f"BLoRA vs LoRA: {steps['blora'] / steps['lora']:.2f}x (target <= 1.35)")
 
     for name in ("lora", "blora"):

@@ -131,9 +131,8 @@ class Benchmark:
         if c.build:
             from lightning_asr.data.synth import CorpusSpec, build_corpus
 
-            sets = list(dict.fromkeys([*self.bench.source_sets, self.bench.target_set]))
-            say(f"stage 0: synthetic corpus {self.root} ({', '.join(sets)})")
-            build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train, sets), self.root)
+            say(f"stage 0: synthetic corpus {self.root}")
+            build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root)  # every set: one corpus serves both target profiles
         checksum = hashlib.sha256()
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
             if not Path(manifest).exists():
@@ -396,7 +395,7 @@ class Benchmark:
             (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
             client.log_artifacts(parent_id, tmp)
         client.log_table(parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json")
-        figure = tracking.tradeoff_figure(rows, f"{self.bench.name}: forgetting vs adaptation gain ({interval})")
+        figure = tracking.tradeoff_figure(rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})")
         client.log_figure(parent_id, figure, "tradeoff.png")
         for row in rows:
             for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error"):

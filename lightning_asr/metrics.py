@@ -10,7 +10,7 @@ from torchmetrics import Metric
 
 from lightning_asr.text import edit_distance, normalize, units
 
-METRIC_NAMES = {"words": "wer", "chars": "cer", "mixed": "mer"}
+METRIC_NAMES = {"words": "wer", "chars": "cer", "mixed": "mer", "jamo": "jer"}
 
 
 class ErrorRate(Metric):

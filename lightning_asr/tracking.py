@@ -102,7 +102,7 @@ def tradeoff_figure(rows: list[dict], title: str):
     axis.axvline(0, color="grey", lw=0.8)
     axis.set_xlabel("forgetting: source error after - before (macro, lower is better)")
     axis.set_ylabel("adaptation gain: target error before - after")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=9)
     figure.tight_layout()
     return figure
 

@@ -59,15 +59,16 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
                                     "--force to replace it, or choose another output_dir")
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
     L.seed_everything(config["seed"], workers=True, verbose=False)
-    if config["adapter"].get("kl_reduction") == "elbo" and not config["adapter"].get("num_train_examples"):
-        config["adapter"]["num_train_examples"] = sum(
-            1 for manifest in config["data"]["train_manifests"] for line in open(manifest, encoding="utf-8") if line.strip())
     module = ASRModule(config)
     datamodule = make_datamodule(config, module.processor)
     datamodule.setup()
+    if config["adapter"].get("kl_reduction") == "elbo" and not config["adapter"].get("num_train_examples"):
+        # the textbook ELBO divides the summed KL by the number of training utterances
+        config["adapter"]["num_train_examples"] = sum(len(us) for us in datamodule.sets["train"].values())
+        module.strategy.config.num_train_examples = config["adapter"]["num_train_examples"]
+    (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     module.set_eval_sets("val", list(zip(datamodule.set_names("val"), datamodule.set_langs("val"))))
     has_val = bool(config["data"]["val_manifests"])
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss" if has_val else None,

@@ -1,0 +1,34 @@
+import unicodedata
+
+import pytest
+
+from lightning_asr.metrics import ErrorRate
+from lightning_asr.text import jamo, normalize, primary_unit, units
+
+
+def test_korean_keeps_syllables_and_maps_compatibility_jamo():
+    assert normalize("안녕하세요, Hello!", "ko") == "안녕하세요 hello"
+    assert normalize("ㅎㅏㄴ", "ko").startswith("하")  # typed compatibility jamo compose into a syllable
+    assert all(unicodedata.name(c).startswith("HANGUL SYLLABLE") for c in normalize("회의실에서", "ko"))
+    assert jamo("하") == ["ᄒ", "ᅡ"] and jamo("ㅎㅏ") == ["ᄒ", "ᅡ"]
+
+
+def test_chinese_full_width_and_spaces_between_characters():
+    assert normalize("我们 明天 开 meeting！", "zh-en") == "我们明天开 meeting"
+    assert normalize("ＡＢＣ１２３", "zh") == "abc123"
+
+
+def test_mixed_units_count_each_syllable_character_and_latin_word_once():
+    assert units("오늘 meeting을 했어요", "mixed") == ["오", "늘", "meeting", "을", "했", "어", "요"]
+    assert units("我们开 code review", "mixed") == ["我", "们", "开", "code", "review"]
+    assert primary_unit("ko-en") == "mixed" and primary_unit("ko") == "chars" and primary_unit("en") == "words"
+
+
+@pytest.mark.parametrize("unit,prediction,expected", [
+    ("words", "the cat sat", 1 / 4), ("chars", "the cat sat", 4 / 13), ("mixed", "the cat sat", 1 / 4)])
+def test_error_rates_are_pooled_over_the_corpus(unit, prediction, expected):
+    metric = ErrorRate(unit)
+    metric.update([prediction], ["the cat sat down"])
+    assert float(metric.compute()) == pytest.approx(expected)
+    metric.update(["a"], ["a"])  # corpus-level: edits and tokens add up, not the per-utterance rates
+    assert float(metric.compute()) == pytest.approx(metric.edits.item() / metric.tokens.item())
