@@ -21,6 +21,14 @@ from lightning_asr.models import load_model_processor
 from lightning_asr.text import primary_unit
 
 
+def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> int:
+    """Rows of generated tokens that stopped at ``max_new_tokens`` without an end-of-text. Whisper's
+    ``generate`` strips the final end-of-text, so a row without one is a hit only at full length."""
+    if sequences.shape[-1] < max_new_tokens:
+        return 0
+    return int(sum(1 for row in sequences if eos_token_id not in row.tolist()))
+
+
 def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")
 
@@ -81,8 +89,7 @@ class ASRModule(L.LightningModule):
                                         max_new_tokens=decode["max_new_tokens"], num_beams=decode["num_beams"])
         if not torch.is_tensor(sequences):
             sequences = sequences.sequences
-        eos = self.tokenizer.eos_token_id
-        cap_hits = int(sum(1 for row in sequences if eos not in row.tolist()))
+        cap_hits = count_cap_hits(sequences, self.tokenizer.eos_token_id, decode["max_new_tokens"])
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True), cap_hits
 
     # ---- evaluation -------------------------------------------------------------------------------------------

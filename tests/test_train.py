@@ -121,3 +121,17 @@ def test_blora_monte_carlo_decoding_reports_disagreement(corpus, tmp_path, fixed
     assert max(r["disagreement"] for r in results) > 0
     mean_texts, _ = module.transcribe(fixed_batch["input_features"], fixed_batch["langs"])
     assert [r["text"] for r in results] == mean_texts  # the sample is cleared afterwards
+
+
+def test_cap_hits_count_only_rows_that_reach_max_new_tokens(corpus, tmp_path, fixed_batch):
+    from lightning_asr.module import count_cap_hits
+
+    module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "frozen", "decode.max_new_tokens": 5}))
+    module.eval()
+    texts, cap_hits = module.transcribe(fixed_batch["input_features"], fixed_batch["langs"])
+    assert len(texts) == 4 and cap_hits == 4  # an untrained decoder never says end-of-text
+    eos = 50257
+    finished_early = torch.tensor([[11, 12, 13], [21, 22, eos]])  # generate stripped the last end-of-text
+    assert count_cap_hits(finished_early, eos, max_new_tokens=5) == 0
+    at_cap = torch.tensor([[1, 2, 3, 4, 5], [1, 2, eos, eos, eos]])
+    assert count_cap_hits(at_cap, eos, max_new_tokens=5) == 1
