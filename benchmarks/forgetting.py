@@ -191,11 +191,15 @@ class Benchmark:
         result = train(config, resume=resume, force=not resume)
         module = ASRModule.from_checkpoint(result.best_checkpoint)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent))
-        module.model.save_pretrained(staging)
-        module.processor.save_pretrained(staging)
-        (staging / "pretraining.json").write_text(json.dumps({"validation": result.validation, "config": config}, indent=2))
-        os.replace(staging, target)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            staging.chmod(0o755)
+            module.model.save_pretrained(staging)
+            module.processor.save_pretrained(staging)
+            (staging / "pretraining.json").write_text(json.dumps({"validation": result.validation, "config": config}, indent=2))
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         say(f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: " +
             ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")))
         return str(target)
@@ -209,15 +213,19 @@ class Benchmark:
             "seed": seed, "model": {"spec": base_spec},
             "data": {"train_manifests": [self.target["train"]], "val_manifests": [self.target["dev"]], "test_manifests": []}})
         config = to_dict(merged)
-        config["output_dir"] = str(self.out / "cells" / f"{label}-seed{seed}-{digest(config)[:8]}")
+        config["output_dir"] = str(self.out / "cells" / f"{label}-seed{seed}-{self.cell_hash(config)[:8]}")
         return config
+
+    def cell_hash(self, config: dict) -> str:
+        """What makes a cell's result: its config and the content of the data (not only the paths)."""
+        return digest({"config": {k: v for k, v in config.items() if k != "output_dir"}, "data": self.corpus_checksum})
 
     def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate
 
         decode = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), self.bench.adapt).decode)
-        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, decode, self.manifest_sizes()])[:12]}.json"
+        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, decode, self.corpus_checksum])[:12]}.json"
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
             rows = json.loads(cache.read_text())
@@ -229,13 +237,12 @@ class Benchmark:
             results = evaluate(module, self.test_manifests)
             rows = module.predictions
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(rows, ensure_ascii=False))
+            partial = cache.with_suffix(".partial")
+            partial.write_text(json.dumps(rows, ensure_ascii=False))
+            partial.replace(cache)
             say(f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: " +
                 ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error")))
         return {name: Scores.from_rows(r) for name, r in rows.items()}
-
-    def manifest_sizes(self) -> list[int]:
-        return [Path(m).stat().st_size for m in self.test_manifests]
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
         query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
@@ -252,15 +259,16 @@ class Benchmark:
 
         label = entry["label"]
         config = self.cell_config(entry, seed, base_spec)
-        config_hash = digest(config)
+        config_hash = self.cell_hash(config)
         cell = f"{label}-seed{seed}"
         finished, unfinished = self.find_cell_runs(client, experiment, cell, config_hash)
         if finished and not self.force:
             run = finished[0]
             say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
             client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
-            path = client.download_artifacts(run.info.run_id, "predictions.json", tempfile.mkdtemp())
-            return run.info.run_id, {name: Scores.from_rows(rows) for name, rows in json.loads(Path(path).read_text()).items()}
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
+            return run.info.run_id, {name: Scores.from_rows(r) for name, r in rows.items()}
         output = Path(config["output_dir"])
         resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
         if resume:
@@ -326,8 +334,8 @@ class Benchmark:
     def run(self, seeds: list[int]) -> list[dict]:
         started = time.perf_counter()
         bench = self.bench
-        corpus_checksum = self.prepare_data()
-        base_spec = self.prepare_base(corpus_checksum)
+        self.corpus_checksum = self.prepare_data()
+        base_spec = self.prepare_base(self.corpus_checksum)
         client = tracking.client_for(bench.tracking_uri)
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
         parent = client.create_run(experiment, tags={"mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
@@ -444,9 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         bench, path = load_bench_config(args.profile, args.overrides)
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(bench.seeds)
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(bench.seeds)
+        except ValueError as err:
+            raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 1,2,3") from err
+        if any("label" not in entry for entry in bench.strategies):
+            raise ConfigError(f"{path}: every entry of 'strategies' needs a 'label'")
         Benchmark(bench, path, args.force).run(seeds)
-    except ConfigError as err:
+    except (ValueError, FileExistsError) as err:  # config, manifest, model-spec, tokenizer and adapter errors
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -7,7 +7,8 @@ strategy being judged.
 - forgetting          F_k  = E_src(k) - E_src(base)                  (> 0: forgot; absolute points)
 - relative forgetting      = F_k / E_src(base)
 - adaptation gain     G_k  = E_tgt(base) - E_tgt(k)                  (> 0: learned the target)
-- backward gain       BG_k = (F_ref - F_k) / F_ref                   (share of the reference's forgetting avoided)
+- backward gain       BG_k = (F_ref - F_k) / F_ref                   (share of the reference's forgetting avoided;
+                                                                       defined only when F_ref > 0)
 - relative source gain     = (E_src(ref) - E_src(k)) / E_src(ref)    (the other reading of "backward gain")
 - forward loss        FL_k = (E_tgt(k) - E_tgt(ref)) / E_tgt(ref)    (> 0: worse than ref on the target)
 
@@ -69,7 +70,10 @@ def derived_metrics(base: dict[str, float], ref: dict[str, float], k: dict[str, 
         put(f"source_error{suffix}", e_k)
         put(f"forgetting{suffix}", f_k)
         put(f"relative_forgetting{suffix}", ratio(f_k, e_base, "relative forgetting"))
-        put(f"backward_gain{suffix}", ratio(f_ref - f_k, f_ref, "backward gain (reference did not forget, F_ref = 0)"))
+        if f_ref > 0:
+            put(f"backward_gain{suffix}", ratio(f_ref - f_k, f_ref, "backward gain"))
+        else:  # a share of the reference's forgetting means nothing when it did not forget
+            put(f"backward_gain{suffix}", (float("nan"), f"backward gain undefined: the reference did not forget (F_ref = {f_ref:.4f} <= 0)"))
         put(f"relative_source_gain{suffix}", ratio(e_ref - e_k, e_ref, "relative source gain"))
     put("target_error", k[target_set])
     put("adaptation_gain", base[target_set] - k[target_set])
@@ -82,8 +86,9 @@ def errors(scores: dict[str, Scores], index: dict[str, np.ndarray] | None = None
 
 
 def t_quantile_975(degrees: int) -> float:
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-    return table.get(degrees, 1.96 if degrees > 30 else 2.1)
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, degrees))
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:

@@ -22,8 +22,9 @@ from lightning_asr.text import primary_unit
 
 
 def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> int:
-    """Rows of generated tokens that stopped at ``max_new_tokens`` without an end-of-text. Whisper's
-    ``generate`` strips the final end-of-text, so a row without one is a hit only at full length."""
+    """Rows of generated tokens that stopped at ``max_new_tokens`` without an end-of-text. ``generate``
+    pads finished rows with end-of-text, but the longest rows of a batch come back without one even when
+    they finished, so a row without end-of-text is a hit only at full length."""
     if sequences.shape[-1] < max_new_tokens:
         return 0
     return int(sum(1 for row in sequences if eos_token_id not in row.tolist()))

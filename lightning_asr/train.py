@@ -46,6 +46,13 @@ def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trai
     return L.Trainer(**kwargs)
 
 
+def _comparable(config: dict) -> dict:
+    """A run config without what may differ between a run and its resumption."""
+    config = {k: v for k, v in config.items() if k != "output_dir"}
+    config["adapter"] = {k: v for k, v in config.get("adapter", {}).items() if k != "num_train_examples"}
+    return config
+
+
 def train(config, resume: bool = False, force: bool = False, logger=None, extra_callbacks=()) -> TrainResult:
     """Train with ``config`` (a DictConfig or dict). ``output_dir`` holds checkpoints and CSV logs; a run
     already there is resumed with ``resume``, replaced with ``force``, and otherwise refused."""
@@ -57,7 +64,13 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         if not force:
             raise OutputExistsError(f"{output} already holds a run — fix: pass --resume to continue it, "
                                     "--force to replace it, or choose another output_dir")
-        shutil.rmtree(output)
+        shutil.rmtree(checkpoints)  # only what a run writes: other files in output_dir stay
+        shutil.rmtree(output / "logs", ignore_errors=True)
+    saved = output / "config.json"
+    if resume and last.exists() and saved.exists():
+        if _comparable(json.loads(saved.read_text())) != _comparable(config):
+            raise OutputExistsError(f"{output} was trained with another config ({saved}) — fix: resume with that "
+                                    "config, or --force to start over")
     output.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(config["seed"], workers=True, verbose=False)

@@ -61,9 +61,11 @@ decode:
     assert "val/ko-en/dev/mer" in out and "val/ko/dev/cer" in out
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     assert best.exists() and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-    # a second run into the same folder is refused, not overwritten
+    # a second run into the same folder is refused, not overwritten; resuming with another config too
     assert main(["train", "--config", str(config)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--resume", "optim.lr=0.5"]) == 2
+    assert "trained with another config" in capsys.readouterr().err
     predictions = tmp_path / "pred.jsonl"
     assert main(["evaluate", "--checkpoint", str(best), "--manifest", f"{corpus}/en/test.jsonl", "--predictions", str(predictions)]) == 0
     out = capsys.readouterr().out

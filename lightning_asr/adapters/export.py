@@ -89,9 +89,14 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
         if peft_tensors:
             (staging / PEFT_CONFIG).write_text(json.dumps(peft_config(strategy), indent=2))
             save_file(peft_tensors, str(staging / PEFT_TENSORS), metadata={"format": "pt"})
-        if directory.exists():
-            shutil.rmtree(directory)
+        old = None
+        if directory.exists():  # move the old export aside first: a crash never leaves neither
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
         os.replace(staging, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory

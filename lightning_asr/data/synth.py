@@ -143,8 +143,10 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     checksum = hashlib.sha256()
     for manifest in sorted(out.glob("*/*.jsonl")):
         checksum.update(manifest.read_bytes())
-    stamp.write_text(json.dumps({"spec": wanted, "counts": counts, "manifest_sha256": checksum.hexdigest(),
-                                 "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    partial = stamp.with_suffix(".partial")
+    partial.write_text(json.dumps({"spec": wanted, "counts": counts, "manifest_sha256": checksum.hexdigest(),
+                                   "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    partial.replace(stamp)
     if verbose:
         print(f"{out}: built {sum(sum(c.values()) for c in counts.values())} utterances in {time.perf_counter() - started:.1f} s")
     return out
