@@ -224,15 +224,14 @@ class Benchmark:
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate
 
-        decode = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainConfig), self.bench.adapt).decode)
-        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, decode, self.corpus_checksum])[:12]}.json"
+        config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
+        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, config['decode'], self.corpus_checksum])[:12]}.json"
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
             rows = json.loads(cache.read_text())
         else:
             started = time.perf_counter()
             say(f"stage 1: evaluating the base model on {len(self.test_manifests)} test sets")
-            config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
             module = ASRModule(config)
             results = evaluate(module, self.test_manifests)
             rows = module.predictions

@@ -82,7 +82,7 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         config["adapter"]["num_train_examples"] = sum(len(us) for us in datamodule.sets["train"].values())
         module.strategy.config.num_train_examples = config["adapter"]["num_train_examples"]
     (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    module.set_eval_sets("val", list(zip(datamodule.set_names("val"), datamodule.set_langs("val"))))
+    module.set_eval_sets("val", datamodule.eval_sets("val"))
     has_val = bool(config["data"]["val_manifests"])
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss" if has_val else None,
                                  mode="min", save_last=True, save_top_k=1)
@@ -106,7 +106,7 @@ def evaluate(module: ASRModule, manifests: list[str], config_overrides: dict | N
     module.config = config
     datamodule = make_datamodule(config, module.processor)
     datamodule.setup()
-    module.set_eval_sets("test", list(zip(datamodule.set_names("test"), datamodule.set_langs("test"))))
+    module.set_eval_sets("test", datamodule.eval_sets("test"))
     trainer = make_trainer(config, logger=logger, limit_test_batches=None)
     trainer.test(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

@@ -43,7 +43,6 @@ class AdapterStrategy(ABC):
     """Base class: no adapter modules, no regulariser. Subclasses override what they change."""
 
     name = "base"
-    mergeable = True  # whether ``merge`` folds the adaptation into the base weights
 
     def __init__(self, config):
         self.config = config

@@ -103,7 +103,6 @@ class BayesianLoRALinear(LoRALinear):
 
 @register("blora")
 class BLoRA(LoRA):
-    layer_class = BayesianLoRALinear
     imports_plain_peft = False  # PEFT files hold the posterior means only; the variances are in the side file
 
     def make_layer(self, linear: nn.Linear) -> BayesianLoRALinear:

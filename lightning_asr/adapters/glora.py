@@ -89,8 +89,6 @@ class GLoRALinear(LoRALinear):
 
 @register("glora")
 class GLoRA(LoRA):
-    layer_class = GLoRALinear
-    mergeable = False
     # PEFT would load A and B and silently drop the gates, giving another model: no PEFT files, and a
     # directory without the side file is refused.
     peft_exports_factors = False

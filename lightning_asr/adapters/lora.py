@@ -84,14 +84,13 @@ class LoRALinear(nn.Module):
 
 @register("lora")
 class LoRA(AdapterStrategy):
-    """Wraps every ``nn.Linear`` whose name matches ``config.target_modules`` with ``layer_class``."""
+    """Wraps every ``nn.Linear`` whose name matches ``config.target_modules`` with ``make_layer``'s layer."""
 
-    layer_class = LoRALinear
     peft_exports_factors = True  # A and B alone reproduce the adapted model, so PEFT files are written
     imports_plain_peft = True  # a directory PEFT wrote (no side file) holds everything a LoRA needs
 
     def make_layer(self, linear: nn.Linear) -> LoRALinear:
-        return self.layer_class(linear, self.config.rank, self.config.alpha, self.config.dropout)
+        return LoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout)
 
     def attach(self, model: nn.Module) -> nn.Module:
         super().attach(model)  # freezes everything

@@ -159,9 +159,6 @@ class ManifestDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
 
-    def set_names(self, split: str) -> list[str]:
-        return [set_name(m) for m in self.manifests[split]]
-
-    def set_langs(self, split: str) -> list[str]:
-        self.setup()
-        return [us[0].lang for us in self.sets[split].values()]
+    def eval_sets(self, split: str) -> list[tuple[str, str]]:
+        """``(name, lang)`` of each evaluation set of ``split``, in DataLoader order (after ``setup``)."""
+        return [(name, utterances[0].lang) for name, utterances in self.sets[split].items()]

@@ -50,7 +50,7 @@ class Utterance:
 
     def to_json(self, relative_to: Path | None = None) -> str:
         record = asdict(self)
-        record.pop("manifest"), record.pop("line")
+        del record["manifest"], record["line"]
         if relative_to is not None:
             record["audio_filepath"] = str(Path(self.audio_filepath).relative_to(relative_to))
         if not record["offset"]:
