@@ -35,13 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from omegaconf import OmegaConf
 
 import lightning_asr
 import lightning_asr.models
-from lightning_asr.config import ConfigError, TrainConfig, check_keys, flatten, load_config, to_dict
+from lightning_asr.config import ConfigError, ScoringConfig, TrainConfig, check_keys, flatten, load_config, structured, to_dict
+from lightning_asr.data.datamodule import set_language
 from lightning_asr.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
-from lightning_asr.text import primary_unit
+from lightning_asr.metrics import METRIC_NAMES, score_texts
+from lightning_asr.text import TextNormalizer, primary_unit
 from lightning_asr import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +120,7 @@ class Benchmark:
         self.test_manifests = self.source_tests + [self.target["test"]]
         self.source_names = [f"{s}/test" for s in bench.source_sets]
         self.target_name = f"{bench.target_set}/test"
+        self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
         labels = [entry["label"] for entry in bench.strategies]
         if len(set(labels)) != len(labels):
@@ -241,6 +245,7 @@ class Benchmark:
             partial.replace(cache)
             say(f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: " +
                 ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error")))
+        self.target_rows["base"] = [rows[self.target_name]]
         return {name: Scores.from_rows(r) for name, r in rows.items()}
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
@@ -267,6 +272,7 @@ class Benchmark:
             client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
             with tempfile.TemporaryDirectory() as tmp:
                 rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
+            self.target_rows.setdefault(label, []).append(rows[self.target_name])
             return run.info.run_id, {name: Scores.from_rows(r) for name, r in rows.items()}
         output = Path(config["output_dir"])
         resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
@@ -300,6 +306,7 @@ class Benchmark:
         client.set_terminated(run_id, "FINISHED")
         say(f"cell {cell}: done in {time.perf_counter() - started:.0f} s: " +
             ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error")))
+        self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
         return run_id, {name: Scores.from_rows(rows) for name, rows in module.predictions.items()}
 
     def log_cell(self, client, run_id: str, module, config: dict, test_metrics: dict, timer, train_seconds: float) -> None:
@@ -321,6 +328,8 @@ class Benchmark:
                    "train/step_time_s": timer.median(), "train/seconds": train_seconds}
         for key, value in tracking.finite_metrics(metrics).items():
             client.log_metric(run_id, key, value)
+        for name, normalizer_id in module.normalizer_ids.items():
+            client.log_param(run_id, f"normalizer/{name}", normalizer_id)
         if report["overall"]["delta_w"]["count"]:
             figure = tracking.sparsity_figure(report, f"{config['adapter']['name']}: |delta W|")
             client.log_figure(run_id, figure, "sparsity/histogram.png")
@@ -391,12 +400,18 @@ class Benchmark:
                      for j, r in enumerate(table_rows)]
         markdown = tracking.markdown_table(columns, printable)
         notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
+        breakdown_columns, breakdown = self.target_breakdown()
+        breakdown_markdown = tracking.markdown_table(["strategy"] + breakdown_columns,
+                                                     [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()])
         with tempfile.TemporaryDirectory() as tmp:
             detailed.to_csv(Path(tmp) / "comparison.csv", index=False)
             summary = (f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
-                       f"(WER for en, CER for ko/zh); target = {self.target_name} ({primary_unit(self.bench.target_set)} error "
-                       f"rate). Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
-                       + (f"\nUndefined values:\n{notes}\n" if notes else ""))
+                       f"(WER for en, CER for ko/zh); target = {self.target_name} ({METRIC_NAMES[primary_unit(self.target_lang)].upper()}). "
+                       f"Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
+                       + (f"\nUndefined values:\n{notes}\n" if notes else "")
+                       + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
+                       f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
+                       f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n")
             (Path(tmp) / "comparison.md").write_text(summary)
             (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
             (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
@@ -404,6 +419,10 @@ class Benchmark:
         client.log_table(parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json")
         figure = tracking.tradeoff_figure(rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})")
         client.log_figure(parent_id, figure, "tradeoff.png")
+        for label, values in breakdown.items():
+            for key, value in values.items():
+                if math.isfinite(value):
+                    client.log_metric(parent_id, f"{label}/target_{key}", value)
         for row in rows:
             for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error"):
                 if isinstance(row[key], float) and math.isfinite(row[key]):
@@ -411,6 +430,26 @@ class Benchmark:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "comparison.md").write_text(summary)
         print("\n" + summary)
+
+    @property
+    def target_lang(self) -> str:
+        return set_language(row["lang"] for row in self.target_rows["base"][0])
+
+    def normalizer(self):
+        scoring = structured(ScoringConfig, OmegaConf.to_container(self.bench.adapt).get("scoring", {}))
+        return TextNormalizer(self.target_lang, scoring.numbers, scoring.traditional_to_simplified, scoring.korean_jamo_map)
+
+    def target_breakdown(self) -> tuple[list[str], dict[str, dict[str, float]]]:
+        """MER, JER, CER, WER, the per-language split and PIER of the target set for the base and each
+        strategy (mean over seeds), recomputed from the logged predictions."""
+        breakdown = {}
+        for label, per_seed in self.target_rows.items():
+            scores = [score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], self.target_lang,
+                                  self.normalizer()) for rows in per_seed]
+            breakdown[label] = {key: float(np.mean([s.get(key, math.nan) for s in scores])) for key in scores[0]}
+        columns = [c for c in ("mer", "jer", "cer", "wer", "err_ko", "err_zh", "err_en", "err_other", "pier")
+                   if any(c in values for values in breakdown.values())]
+        return columns, {label: {c: values.get(c, math.nan) for c in columns} for label, values in breakdown.items()}
 
     @staticmethod
     def with_interval(value, low, high) -> str:

@@ -66,6 +66,9 @@ class AdapterConfig:
     bayesian_b: bool = True  # blora: B Bayesian too (else only A)
     rho_init: list[float] = field(default_factory=lambda: [-5.5, -4.5])  # blora: rho_A ~ U(low, high)
     num_train_examples: Optional[int] = None  # blora elbo: filled in from the training data when unset
+    # words the base tokenizer splits badly, added as new tokens whose embedding rows train under every
+    # strategy and travel with the adapter export (lightning_asr/vocabulary.py)
+    new_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +86,16 @@ class DecodeConfig:
     max_new_tokens: int = 48
     language: str = "manifest"  # per-utterance from the manifest, a fixed code such as "ko", or "auto"
     in_validation: bool = True  # decode during validation (error rates); false: validation loss only
+
+
+@dataclass
+class ScoringConfig:
+    """Text normalisation and pooling of error rates (lightning_asr/text.py, lightning_asr/metrics.py)."""
+
+    numbers: str = "keep"  # keep | words: spell digits out in English sets
+    traditional_to_simplified: bool = False  # Chinese: score in simplified characters
+    korean_jamo_map: bool = True  # Korean: compatibility jamo -> conjoining jamo before scoring
+    average: str = "corpus"  # corpus: sum of edits / sum of tokens; utterance: mean of per-utterance rates
 
 
 @dataclass
@@ -110,6 +123,7 @@ class TrainConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 

@@ -14,11 +14,12 @@ from torchmetrics import MeanMetric
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from lightning_asr.adapters import build_strategy
-from lightning_asr.config import AdapterConfig, structured
+from lightning_asr.config import AdapterConfig, ScoringConfig, structured
 from lightning_asr.data.datamodule import IGNORE_INDEX
-from lightning_asr.metrics import METRIC_NAMES, ErrorRate
+from lightning_asr.metrics import METRIC_NAMES, metrics_for
 from lightning_asr.models import load_model_processor
-from lightning_asr.text import primary_unit
+from lightning_asr.text import TextNormalizer, primary_unit
+from lightning_asr.tokenizer import WHISPER_LANGUAGES
 
 
 def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> int:
@@ -28,6 +29,13 @@ def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: i
     if sequences.shape[-1] < max_new_tokens:
         return 0
     return int(sum(1 for row in sequences if eos_token_id not in row.tolist()))
+
+
+def check_language_control(language: str) -> None:
+    """``decode.language``: ``manifest`` (each utterance's own), ``auto`` (the model detects it) or a code."""
+    if language not in ("manifest", "auto") and language not in WHISPER_LANGUAGES:
+        raise ValueError(f"decode.language={language!r} — fix: use manifest, auto or a Whisper language code "
+                         "such as en, ko or zh")
 
 
 def _key(name: str) -> str:
@@ -45,10 +53,12 @@ class ASRModule(L.LightningModule):
         self.tokenizer = self.processor.tokenizer
         self.strategy = build_strategy(structured(AdapterConfig, config.get("adapter", {})))
         self.strategy.attach(self.model)
+        check_language_control(config["decode"]["language"])
         self.eval_sets: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
         self.eval_metrics = nn.ModuleDict()
         self.eval_losses = nn.ModuleDict()
         self.predictions: dict[str, list[dict]] = {}
+        self.normalizer_ids: dict[str, str] = {}  # set name -> normaliser id, logged beside its scores
 
     # ---- loss -------------------------------------------------------------------------------------------------
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -94,14 +104,23 @@ class ASRModule(L.LightningModule):
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True), cap_hits
 
     # ---- evaluation -------------------------------------------------------------------------------------------
+    @property
+    def scoring(self):
+        return structured(ScoringConfig, self.config.get("scoring", {}))
+
+    def normalizer(self, lang: str) -> TextNormalizer:
+        scoring = self.scoring
+        return TextNormalizer(lang, scoring["numbers"], scoring["traditional_to_simplified"], scoring["korean_jamo_map"])
+
     def set_eval_sets(self, split: str, sets: list[tuple[str, str]]) -> None:
         """Name and language of each evaluation DataLoader of ``split`` (``val`` or ``test``), in order."""
         self.eval_sets[split] = list(sets)
         for name, lang in sets:
             key = f"{split}__{_key(name)}"
             if key not in self.eval_metrics:
-                units = {"words", "chars", primary_unit(lang)}
-                self.eval_metrics[key] = nn.ModuleDict({METRIC_NAMES[u]: ErrorRate(u, lang) for u in sorted(units)}).to(self.device)
+                normalizer = self.normalizer(lang)
+                self.eval_metrics[key] = nn.ModuleDict(metrics_for(lang, normalizer, self.scoring["average"])).to(self.device)
+                self.normalizer_ids[name] = normalizer.id
                 self.eval_losses[key] = nn.ModuleDict({"loss": MeanMetric(), "cap_hits": MeanMetric()}).to(self.device)
 
     def _eval_step(self, split: str, batch: dict, dataloader_idx: int) -> None:
@@ -134,7 +153,12 @@ class ASRModule(L.LightningModule):
             values = {"loss": losses["loss"].compute()}
             if losses["cap_hits"].update_count:
                 values["cap_hit_rate"] = losses["cap_hits"].compute()
-                values.update({metric_name: metric.compute() for metric_name, metric in metrics.items()})
+                for metric_name, metric in metrics.items():
+                    value = metric.compute()
+                    if isinstance(value, dict):  # the per-language split: err_en, err_ko, ...
+                        values.update({f"err_{language}": v for language, v in value.items()})
+                    else:
+                        values[metric_name] = value
                 values["error"] = values[METRIC_NAMES[primary_unit(lang)]]
             for metric_name, value in values.items():
                 self.log(f"{split}/{name}/{metric_name}", value, add_dataloader_idx=False, prog_bar=False)

@@ -46,11 +46,16 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.csv", "comparison.md", "metrics.md", "comparison_table.json", "tradeoff.png"} <= parent_files
     assert "forward loss" in Path(client.download_artifacts(parent.info.run_id, "metrics.md", str(tmp))).read_text()
+    comparison = Path(client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp))).read_text()
+    assert "| strategy | mer | jer | cer | wer | err_ko | err_en | pier |" in comparison and "| base |" in comparison
+    assert {"full_ft/target_pier", "lora/target_err_ko", "base/target_mer"} <= set(parent.data.metrics)
     for child in children:
         data = child.data
         assert data.tags["strategy"] in ("full_ft", "lora") and data.tags["seed"] == "1" and data.tags["lightning_asr.status"] == "finished"
         assert data.params["adapter.name"] == data.tags["strategy"] and "optim.lr" in data.params
-        for metric in ("test/en/test/wer", "test/ko-en/test/mer", "sparsity/frac_below_1e-3", "params/trainable",
+        assert data.params["normalizer/ko-en/test"].startswith("basic-v3[ko-en,")
+        for metric in ("test/en/test/wer", "test/ko-en/test/mer", "test/ko-en/test/jer", "test/ko-en/test/pier",
+                       "test/ko-en/test/err_en", "sparsity/frac_below_1e-3", "params/trainable",
                        "adapter/bytes", "train/step_time_s", "cl/forgetting", "cl/adaptation_gain"):
             assert metric in data.metrics, metric
         assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics

@@ -8,7 +8,8 @@ from lightning_asr.text import jamo, normalize, primary_unit, units
 
 def test_korean_keeps_syllables_and_maps_compatibility_jamo():
     assert normalize("안녕하세요, Hello!", "ko") == "안녕하세요 hello"
-    assert normalize("ㅎㅏㄴ", "ko").startswith("하")  # typed compatibility jamo compose into a syllable
+    assert normalize("ㅎㅏㄴㄱㅜㄱㅇㅓ", "ko") == "한국어"  # typed compatibility jamo compose into syllables
+    assert normalize("ㅋㅋ 감사", "ko") == "ᄏᄏ 감사"  # isolated jamo stay jamo (conjoining)
     assert all(unicodedata.name(c).startswith("HANGUL SYLLABLE") for c in normalize("회의실에서", "ko"))
     assert jamo("하") == ["ᄒ", "ᅡ"] and jamo("ㅎㅏ") == ["ᄒ", "ᅡ"]
 
@@ -32,3 +33,34 @@ def test_error_rates_are_pooled_over_the_corpus(unit, prediction, expected):
     assert float(metric.compute()) == pytest.approx(expected)
     metric.update(["a"], ["a"])  # corpus-level: edits and tokens add up, not the per-utterance rates
     assert float(metric.compute()) == pytest.approx(metric.edits.item() / metric.tokens.item())
+
+
+def test_normalizer_is_named_and_versioned():
+    from lightning_asr.text import NORMALIZER_VERSION, TextNormalizer
+
+    assert TextNormalizer("ko-en").id == f"basic-v{NORMALIZER_VERSION}[ko-en,numbers=keep,t2s=0,jamo=1]"
+    with pytest.raises(ValueError, match="numbers"):
+        TextNormalizer("en", numbers="digits")
+
+
+def test_english_numbers_and_apostrophes():
+    from lightning_asr.text import TextNormalizer
+
+    assert TextNormalizer("en", numbers="words")("I paid 1,250.5 for 3 cats, didn't I?") == \
+        "i paid one thousand two hundred fifty point five for three cats didn't i"
+    assert TextNormalizer("en")("Room 101.") == "room 101"
+    assert TextNormalizer("ko-en", numbers="words")("3개 files") == "3개 files"  # read as Korean: kept
+
+
+def test_chinese_traditional_to_simplified_is_optional():
+    from lightning_asr.text import TextNormalizer
+
+    assert TextNormalizer("zh")("我們 開會") == "我們開會"
+    assert TextNormalizer("zh", traditional_to_simplified=True)("我們 開會") == "我们开会"
+
+
+def test_never_nfkd():
+    from lightning_asr.text import TextNormalizer
+
+    text = "회의실 ㄱ"
+    assert TextNormalizer("en")(text) == text  # NFKD would split syllables, NFKC would touch the lone jamo

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,4 +162,16 @@ class ManifestDataModule(L.LightningDataModule):
 
     def eval_sets(self, split: str) -> list[tuple[str, str]]:
         """``(name, lang)`` of each evaluation set of ``split``, in DataLoader order (after ``setup``)."""
-        return [(name, utterances[0].lang) for name, utterances in self.sets[split].items()]
+        return [(name, set_language(u.lang for u in utterances)) for name, utterances in self.sets[split].items()]
+
+
+def set_language(langs) -> str:
+    """The language a set is scored as. One language: that one. A code-switched set with monolingual lines
+    (ASCEND mixes ``zh``, ``en`` and ``zh-en``): its most frequent code-switched pair. Several monolingual
+    languages only: a pair, the most frequent first, so both are scored with their own units."""
+    counts = Counter(langs)
+    pairs = [lang for lang, _ in counts.most_common() if "-" in lang]
+    if pairs:
+        return pairs[0]
+    languages = [lang for lang, _ in counts.most_common()]
+    return languages[0] if len(languages) == 1 else f"{languages[0]}-{languages[1]}"
