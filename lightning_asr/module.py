@@ -20,6 +20,7 @@ from lightning_asr.metrics import METRIC_NAMES, metrics_for
 from lightning_asr.models import load_model_processor
 from lightning_asr.text import TextNormalizer, primary_unit
 from lightning_asr.tokenizer import WHISPER_LANGUAGES
+from lightning_asr.vocabulary import add_new_tokens
 
 
 def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> int:
@@ -53,6 +54,8 @@ class ASRModule(L.LightningModule):
         self.tokenizer = self.processor.tokenizer
         self.strategy = build_strategy(structured(AdapterConfig, config.get("adapter", {})))
         self.strategy.attach(self.model)
+        if self.strategy.config.new_tokens:
+            add_new_tokens(self.model, self.tokenizer, list(self.strategy.config.new_tokens))
         check_language_control(config["decode"]["language"])
         self.eval_sets: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
         self.eval_metrics = nn.ModuleDict()

@@ -55,6 +55,11 @@ class AdapterStrategy(ABC):
         self.base_fingerprint = base_fingerprint(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        new_tokens = list(getattr(self.config, "new_tokens", None) or [])
+        if new_tokens:  # rows for added tokens train under every strategy (lightning_asr/vocabulary.py)
+            from lightning_asr.vocabulary import extend_model_vocabulary
+
+            extend_model_vocabulary(model, len(new_tokens)).requires_grad_(True)
         return model
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

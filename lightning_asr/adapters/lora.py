@@ -96,7 +96,7 @@ class LoRA(AdapterStrategy):
         super().attach(model)  # freezes everything
         patterns = resolve_targets(list(self.config.target_modules))
         targets = [name for name, module in model.named_modules()
-                   if isinstance(module, nn.Linear) and name != "proj_out" and any(re.search(p, name) for p in patterns)]
+                   if isinstance(module, nn.Linear) and not name.startswith("proj_out") and any(re.search(p, name) for p in patterns)]
         if not targets:
             raise ValueError(f"adapter.target_modules {list(self.config.target_modules)} match no linear layer of "
                              f"{model.__class__.__name__} — fix: use a preset ({', '.join(TARGET_PRESETS)}) or a "
