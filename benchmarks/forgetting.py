@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 import lightning_asr
 import lightning_asr.models
 from lightning_asr.config import ConfigError, ScoringConfig, TrainConfig, check_keys, flatten, load_config, structured, to_dict
-from lightning_asr.data.datamodule import set_language
+from lightning_asr.data.datamodule import set_language, set_name
 from lightning_asr.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.text import TextNormalizer, primary_unit
@@ -78,6 +78,9 @@ class BenchConfig:
     base: BaseSection = field(default_factory=BaseSection)
     source_sets: list[str] = field(default_factory=lambda: ["en", "ko", "zh"])
     target_set: str = "ko-en"
+    # where a set's manifests are, when not <corpus.root>/<set>/<split>.jsonl: {set: {train|dev|test: path}}
+    # (importers name splits after the corpus: LibriSpeech's test-clean.jsonl, ASCEND's validation.jsonl)
+    manifests: dict = field(default_factory=dict)
     strategies: list[Any] = field(default_factory=list)  # [{label, adapter: {...}, optim: {...}, ...}]
     reference: str = "lora"
     seeds: list[int] = field(default_factory=lambda: [1])
@@ -115,11 +118,17 @@ class Benchmark:
         self.bench, self.config_path, self.force = bench, config_path, force
         self.root = Path(bench.corpus.root)
         self.out = Path(bench.output_dir) / bench.name
-        self.source_tests = [str(self.root / s / "test.jsonl") for s in bench.source_sets]
-        self.target = {split: str(self.root / bench.target_set / f"{split}.jsonl") for split in ("train", "dev", "test")}
+        unknown = sorted(set(bench.manifests) - {*bench.source_sets, bench.target_set})
+        if unknown:
+            raise ConfigError(f"{config_path}: manifests for {unknown}, which are neither source_sets nor target_set")
+        self.source_tests = [self.manifest(s, "test") for s in bench.source_sets]
+        self.target = {split: self.manifest(bench.target_set, split) for split in ("train", "dev", "test")}
         self.test_manifests = self.source_tests + [self.target["test"]]
-        self.source_names = [f"{s}/test" for s in bench.source_sets]
-        self.target_name = f"{bench.target_set}/test"
+        self.source_names = [set_name(m) for m in self.source_tests]
+        self.target_name = set_name(self.target["test"])
+        if len(set(self.source_names + [self.target_name])) != len(self.test_manifests):
+            raise ConfigError(f"{config_path}: two test manifests share the name <folder>/<file> "
+                              f"({self.source_names + [self.target_name]}) — fix: keep each set in its own folder")
         self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
         labels = [entry["label"] for entry in bench.strategies]
@@ -145,8 +154,19 @@ class Benchmark:
         say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
         return checksum.hexdigest()
 
+    def manifest(self, set_name_: str, split: str) -> str:
+        entry = self.bench.manifests.get(set_name_, {})
+        unknown = sorted(set(entry) - {"train", "dev", "test"})
+        if unknown:
+            raise ConfigError(f"{self.config_path}: manifests.{set_name_} has {unknown}; splits are train, dev and test")
+        return str(entry.get(split) or self.root / set_name_ / f"{split}.jsonl")
+
+    @property
+    def pretrains(self) -> bool:
+        return self.bench.base.pretrain and self.bench.base.spec in lightning_asr.models.PRESETS
+
     def source_train_manifests(self) -> list[str]:
-        return [str(self.root / s / "train.jsonl") for s in self.bench.source_sets]
+        return [self.manifest(s, "train") for s in self.bench.source_sets] if self.pretrains else []
 
     def check_vocabulary_coverage(self, tokenizer) -> None:
         """A base pretrained here has trained embeddings only for tokens of its source data; adapters that
@@ -165,7 +185,7 @@ class Benchmark:
 
     def prepare_base(self, corpus_checksum: str) -> str:
         base = self.bench.base
-        if not (base.pretrain and base.spec in lightning_asr.models.PRESETS):
+        if not self.pretrains:
             say(f"stage 0: base model {base.spec} (no pretraining)")
             return base.spec
         overrides = OmegaConf.to_container(base.train, resolve=True)
@@ -173,7 +193,7 @@ class Benchmark:
         config = to_dict(OmegaConf.merge(OmegaConf.structured(TrainConfig), overrides, {
             "model": {"spec": base.spec},
             "data": {"train_manifests": self.source_train_manifests(),
-                     "val_manifests": [str(self.root / s / "dev.jsonl") for s in self.bench.source_sets]}}))
+                     "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets]}}))
         key = digest({"config": {k: v for k, v in config.items() if k != "output_dir"}, "corpus": corpus_checksum,
                       "recipe": PRETRAIN_RECIPE_VERSION, "version": lightning_asr.__version__})[:12]
         target = Path(base.cache_dir) / f"{base.spec}-{key}"
@@ -338,6 +358,28 @@ class Benchmark:
             plt.close(figure)
             client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
 
+    def check(self, seeds: list[int]) -> list[str]:
+        """Resolve and validate everything a run would use, without data, models or training: every cell's
+        run config and strategy, and where each manifest is expected (missing ones are listed, not errors)."""
+        from lightning_asr.adapters import build_strategy
+        from lightning_asr.config import AdapterConfig
+        from lightning_asr.module import check_language_control
+
+        lines = [f"profile {self.config_path}: base {self.bench.base.spec} "
+                 f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"]
+        self.corpus_checksum = "unchecked"
+        for entry in self.bench.strategies:
+            entry = OmegaConf.to_container(entry, resolve=True)
+            for seed in seeds:
+                config = structured(TrainConfig, self.cell_config(entry, seed, self.bench.base.spec))
+                strategy = build_strategy(structured(AdapterConfig, to_dict(config.adapter)))
+                check_language_control(config.decode.language)
+                lines.append(f"cell {entry['label']}-seed{seed}: {strategy.name}, {config.trainer.max_steps} steps, "
+                             f"lr {config.optim.lr}, precision {config.trainer.precision}")
+        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+            lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
+        return lines
+
     # ---- stage 4 ----------------------------------------------------------------------------------------------
     def run(self, seeds: list[int]) -> list[dict]:
         started = time.perf_counter()
@@ -483,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="embedded", help="embedded, smoke, or a benchmark YAML")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the profile's)")
     parser.add_argument("--force", action="store_true", help="retrain every cell in new MLflow runs")
+    parser.add_argument("--check", action="store_true", help="validate the profile and list its cells and manifests; run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
     args = parser.parse_args(argv)
     from lightning_asr.cli import _quiet
@@ -496,7 +539,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 1,2,3") from err
         if any("label" not in entry for entry in bench.strategies):
             raise ConfigError(f"{path}: every entry of 'strategies' needs a 'label'")
-        Benchmark(bench, path, args.force).run(seeds)
+        benchmark = Benchmark(bench, path, args.force)
+        if args.check:
+            print("\n".join(benchmark.check(seeds)))
+            return 0
+        benchmark.run(seeds)
     except (ValueError, FileExistsError) as err:  # config, manifest, model-spec, tokenizer and adapter errors
         print(f"error: {err}", file=sys.stderr)
         return 2

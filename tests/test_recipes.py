@@ -1,0 +1,45 @@
+"""The GPU recipes cannot run here (hub models, licensed corpora): check that they resolve and validate."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from forgetting import Benchmark, load_bench_config, main  # noqa: E402
+
+from lightning_asr.config import ConfigError  # noqa: E402
+from lightning_asr.models import PRESETS  # noqa: E402
+
+RECIPES = {"ascend_whisper_small": ("openai/whisper-small", "ascend/test"),
+           "kecs_whisper_tiny": ("openai/whisper-tiny", "kecs/test")}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_resolves_every_cell(recipe, capsys):
+    bench, path = load_bench_config(str(ROOT / "configs" / "bench" / f"{recipe}.yaml"))
+    benchmark = Benchmark(bench, path)
+    spec, target_name = RECIPES[recipe]
+    assert bench.base.spec == spec and spec not in PRESETS and not benchmark.pretrains
+    assert benchmark.target_name == target_name and benchmark.source_train_manifests() == []
+    lines = benchmark.check(list(bench.seeds))
+    cells = [line for line in lines if line.startswith("cell ")]
+    assert len(cells) == len(bench.strategies) * len(bench.seeds) == 21
+    assert all("bf16-mixed" in line for line in cells)
+    assert sum(line.startswith("MISSING") for line in lines) == len(benchmark.test_manifests) + 2  # + train, dev
+    assert main(["--profile", str(path), "--check"]) == 0
+    assert "cell blora-seed3: blora" in capsys.readouterr().out
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    text = (ROOT / "configs" / "bench" / "kecs_whisper_tiny.yaml").read_text()
+    bad_split = tmp_path / "bad_split.yaml"
+    bad_split.write_text(text.replace("    dev: data_manifests/kecs/kecs/dev.jsonl", "    valid: data_manifests/kecs/kecs/dev.jsonl"))
+    with pytest.raises(ConfigError, match=r"manifests.kecs has \['valid'\]"):
+        Benchmark(*load_bench_config(str(bad_split)))
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text(text.replace("  scoring: {korean_jamo_map: true}", "  scoring: {korean_jamo_mapping: true}"))
+    with pytest.raises(ConfigError, match="did you mean 'scoring.korean_jamo_map'"):
+        Benchmark(*load_bench_config(str(bad_key)))
