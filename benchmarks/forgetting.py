@@ -163,7 +163,9 @@ class Benchmark:
 
     @property
     def pretrains(self) -> bool:
-        return self.bench.base.pretrain and self.bench.base.spec in lightning_asr.models.PRESETS
+        from lightning_asr.models.wav2vec2 import CTC_PRESETS
+
+        return self.bench.base.pretrain and (self.bench.base.spec in lightning_asr.models.PRESETS or self.bench.base.spec in CTC_PRESETS)
 
     def source_train_manifests(self) -> list[str]:
         return [self.manifest(s, "train") for s in self.bench.source_sets] if self.pretrains else []
@@ -172,15 +174,19 @@ class Benchmark:
         """A base pretrained here has trained embeddings only for tokens of its source data; adapters that
         cannot touch embeddings cannot learn target tokens it never saw. Stop before wasting the run."""
         from lightning_asr.data.manifest import read_manifest
+        from lightning_asr.models.wav2vec2 import build_ctc_tokens
 
         def tokens(manifests):
+            if tokenizer is None:  # CTC: the output units themselves
+                return set(build_ctc_tokens([(u.text, u.lang) for m in manifests for u in read_manifest(m)], self.ctc_unit))
             return {t for m in manifests for u in read_manifest(m) for t in tokenizer.encode(u.text, add_special_tokens=False)}
 
         source, target = tokens(self.source_train_manifests()), tokens([self.target["train"], self.target["test"]])
         unseen = sorted(target - source)
         if unseen:
+            shown = unseen[:10] if tokenizer is None else [tokenizer.decode([t]) for t in unseen[:10]]
             raise ConfigError(f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
-                              f"({[tokenizer.decode([t]) for t in unseen[:10]]}...) — fix: extend the source text pools so "
+                              f"({shown}...) — fix: extend the source text pools so "
                               "the pretrained base has trained embeddings for every target token")
 
     def prepare_base(self, corpus_checksum: str) -> str:
@@ -202,9 +208,11 @@ class Benchmark:
             return str(target)
         config["output_dir"] = str(self.out / "pretrain" / key)
         from lightning_asr.models import load_model_processor
+        from lightning_asr.models.wav2vec2 import is_ctc_spec
 
         if base.require_vocabulary_coverage:
-            self.check_vocabulary_coverage(load_model_processor(base.spec)[1].tokenizer)
+            self.ctc_unit = config["model"]["ctc_unit"]
+            self.check_vocabulary_coverage(None if is_ctc_spec(base.spec) else load_model_processor(base.spec)[1].tokenizer)
         resume = (Path(config["output_dir"]) / "checkpoints" / "last.ckpt").exists()
         say(f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config['trainer']['max_steps']} "
             f"steps{' (resuming)' if resume else ''}")

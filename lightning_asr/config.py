@@ -23,6 +23,8 @@ class ModelConfig:
     spec: str = "whisper-tiny-random"  # preset, local HF directory or hub id
     tokenizer: Optional[str] = None  # None: the model directory's own, else the built-in one
     init_seed: int = 0  # random weights of presets
+    ctc_unit: str = "chars"  # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
+    ctc_tokens: list[str] = field(default_factory=list)  # wav2vec2-CTC: the vocabulary; built from the manifests when empty
 
 
 @dataclass
@@ -58,6 +60,9 @@ class AdapterConfig:
     # presets (default, self_attn, cross_attn, attn, all-linear) or regular expressions over module names
     target_modules: list[str] = field(default_factory=lambda: ["default"])
     frozen_modules: list[str] = field(default_factory=list)  # full_ft: parameter-name patterns kept frozen
+    # parameter-name patterns that train under every strategy and are exported with the adapter (PEFT's
+    # modules_to_save), e.g. a CTC output layer made for a new vocabulary
+    modules_to_save: list[str] = field(default_factory=list)
     type: int = 1  # glora: 1-4 (lightning_asr/adapters/glora.py)
     prior_std: float = 0.01  # blora: N(0, prior_std^2) prior on every entry
     kl_weight: float = 1.0e-4  # blora: beta in CE + beta * KL
@@ -140,7 +145,62 @@ def check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> None
             raise ConfigError(f"{origin}: unknown config key '{dotted}'{hint}")
         factory = known[key].default_factory
         if factory is not MISSING and is_dataclass(factory):
+            if not isinstance(value, (dict, DictConfig)):
+                raise ConfigError(f"{origin}: '{dotted}' is a section, not a value (got {value!r:.40}) — fix: set "
+                                  f"its keys, e.g. {dotted}.{fields(factory)[0].name}=...")
             check_keys(value, factory, origin, dotted + ".")
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for override in overrides:
+        if not isinstance(override, str) or "=" not in override:
+            raise ConfigError(f"command line: override {override!r} is not key=value — fix: write it as key=value "
+                              "(key=null for no value)")
+        if not override.split("=", 1)[0].strip():
+            raise ConfigError(f"command line: override {override!r} has no key — fix: write it as key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as err:  # omegaconf's grammar or YAML parser errors: "a=${", "a=[1,"
+        key = getattr(err, "full_key", None) or _first_bad_key(overrides)
+        raise ConfigError(f"command line: cannot parse the value of '{key}' ({_first_line(err)}) — fix: quote it "
+                          "or write it as YAML, e.g. key=[a,b] or key='text'") from err
+
+
+def _first_bad_key(overrides: list[str]) -> str:
+    for override in overrides:
+        try:
+            OmegaConf.from_dotlist([override])
+        except Exception:
+            return override.split("=", 1)[0]
+    return "?"
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _failing_key(config: DictConfig, values: dict) -> str:
+    """The first dotted key of ``values`` that does not merge into ``config`` on its own."""
+    for key, value in flatten(values).items():
+        single: Any = value
+        for part in reversed(key.split(".")):
+            single = {part: single}
+        try:
+            OmegaConf.merge(config, single)
+        except Exception:
+            return key
+    return "?"
+
+
+def _origin_of(key: str, sources: list[tuple[str, Any]]) -> str:
+    """The last source that sets ``key`` (dotted), which is the one whose value counts."""
+    for origin, values in reversed(sources):
+        node = values
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return origin
+    return "the defaults"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig) -> DictConfig:
@@ -149,17 +209,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     sources = []
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file does not exist")
-        sources.append((str(path), OmegaConf.load(path)))
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file does not exist" + (" (it is a folder)" if path.exists() else ""))
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax, invalid UTF-8, an unreadable file
+            raise ConfigError(f"{path}: not a readable YAML file ({_first_line(err)}) — fix: correct the YAML") from err
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the file holds a {type(loaded).__name__}, not a mapping of keys — fix: write "
+                              "keys at the top level, e.g. 'trainer:' with 'max_steps: 100' below it")
+        sources.append((str(path), loaded))
     if overrides:
-        sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        sources.append(("command line", _parse_overrides(overrides)))
+    plain = []
     for origin, values in sources:
-        check_keys(OmegaConf.to_container(values, resolve=False), schema, origin)
+        try:
+            container = OmegaConf.to_container(values, resolve=False)
+        except Exception as err:
+            raise ConfigError(f"{origin}: {_first_line(err)}") from err
+        check_keys(container, schema, origin)
+        plain.append((origin, container))
         try:
             config = OmegaConf.merge(config, values)
         except Exception as err:  # type errors: "max_steps=abc"
-            raise ConfigError(f"{origin}: {err}") from err
+            key = getattr(err, "full_key", None) or _failing_key(config, container)
+            raise ConfigError(f"{origin}: invalid value for '{key}': {_first_line(err)} — fix: give it a value of "
+                              "the type lightning_asr/config.py declares") from err
+    try:  # interpolations such as ${seed} are resolved when the run starts: a broken one is an error now
+        OmegaConf.to_container(config, resolve=True)
+    except Exception as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{_origin_of(str(key), plain)}: cannot resolve '{key}' ({_first_line(err)}) — fix: "
+                          "correct the ${...} interpolation or write the value itself") from err
     OmegaConf.set_readonly(config, False)
     return config
 
@@ -167,7 +248,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def structured(schema: type, values: dict) -> DictConfig:
     """``values`` (a plain dict, e.g. from a checkpoint) checked and typed against ``schema``."""
     check_keys(values, schema, "config")
-    return OmegaConf.merge(OmegaConf.structured(schema), values)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), values)
+    except Exception as err:
+        raise ConfigError(f"config: {err}") from err
 
 
 def to_dict(config: DictConfig) -> dict:

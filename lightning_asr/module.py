@@ -4,6 +4,7 @@ and error rates. The ``Trainer`` (``lightning_asr.train``) holds the engineering
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from lightning_asr.config import AdapterConfig, ScoringConfig, structured
 from lightning_asr.data.datamodule import IGNORE_INDEX
 from lightning_asr.metrics import METRIC_NAMES, metrics_for
 from lightning_asr.models import load_model_processor
+from lightning_asr.models.wav2vec2 import build_ctc_tokens, is_ctc_spec, load_ctc_model_processor
 from lightning_asr.text import TextNormalizer, primary_unit
 from lightning_asr.tokenizer import WHISPER_LANGUAGES
 from lightning_asr.vocabulary import add_new_tokens
@@ -39,6 +41,9 @@ def check_language_control(language: str) -> None:
                          "such as en, ko or zh")
 
 
+OUTPUT_LAYER = r"^lm_head\."  # a CTC output layer made for a new vocabulary
+
+
 def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")
 
@@ -48,26 +53,55 @@ class ASRModule(L.LightningModule):
 
     def __init__(self, config: dict):
         super().__init__()
-        self.config = config
         model_config = config["model"]
-        self.model, self.processor = load_model_processor(model_config["spec"], model_config.get("tokenizer"), model_config.get("init_seed", 0))
+        self.ctc = is_ctc_spec(model_config["spec"])
+        if self.ctc:
+            config = self._build_ctc_base(config)
+        else:
+            self.model, self.processor = load_model_processor(model_config["spec"], model_config.get("tokenizer"),
+                                                              model_config.get("init_seed", 0))
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds at fit start
+        self.config = config
         self.tokenizer = self.processor.tokenizer
         self.strategy = build_strategy(structured(AdapterConfig, config.get("adapter", {})))
         self.strategy.attach(self.model)
         if self.strategy.config.new_tokens:
             add_new_tokens(self.model, self.tokenizer, list(self.strategy.config.new_tokens))
-        check_language_control(config["decode"]["language"])
+        if not self.ctc:
+            check_language_control(config["decode"]["language"])
         self.eval_sets: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
         self.eval_metrics = nn.ModuleDict()
         self.eval_losses = nn.ModuleDict()
         self.predictions: dict[str, list[dict]] = {}
         self.normalizer_ids: dict[str, str] = {}  # set name -> normaliser id, logged beside its scores
 
+    def _build_ctc_base(self, config: dict) -> dict:
+        """A wav2vec2-CTC base. Without a vocabulary of its own, one is built from the run's manifests and
+        kept in the config (so checkpoints rebuild it); the new output layer then trains under every strategy."""
+        from lightning_asr.data.manifest import read_manifest
+
+        config = {**config, "model": dict(config["model"]), "adapter": dict(config.get("adapter", {}))}
+        model_config = config["model"]
+        tokens = list(model_config.get("ctc_tokens") or [])
+        if not tokens and not Path(model_config["spec"], "vocab.json").exists():
+            manifests = list(config["data"]["train_manifests"]) + list(config["data"]["val_manifests"])
+            pairs = [(u.text, u.lang) for m in manifests for u in read_manifest(m, skip_bad_lines=config["data"]["skip_bad_lines"])]
+            tokens = build_ctc_tokens(pairs, model_config.get("ctc_unit", "chars"))
+            model_config["ctc_tokens"] = tokens
+        self.model, self.processor, new_head = load_ctc_model_processor(model_config["spec"], tokens, model_config.get("init_seed", 0))
+        if new_head and OUTPUT_LAYER not in config["adapter"].get("modules_to_save", []):
+            config["adapter"]["modules_to_save"] = list(config["adapter"].get("modules_to_save", [])) + [OUTPUT_LAYER]
+        return config
+
     # ---- loss -------------------------------------------------------------------------------------------------
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """Token-mean cross-entropy. The output projection (51,865 wide) runs only at label positions,
-        not at padding: that saves about a third of a training step on small models."""
+        """Token-mean cross-entropy (Whisper) or CTC loss (wav2vec2). Whisper's output projection (51,865
+        wide) runs only at label positions, not at padding: that saves about a third of a training step on
+        small models."""
         labels = batch["labels"]
+        if self.ctc:
+            out = self.model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
+            return out.loss, int((labels != IGNORE_INDEX).sum())
         config = self.model.config
         decoder_input_ids = shift_tokens_right(labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
                                                config.pad_token_id, config.decoder_start_token_id)
@@ -106,6 +140,18 @@ class ASRModule(L.LightningModule):
         cap_hits = count_cap_hits(sequences, self.tokenizer.eos_token_id, decode["max_new_tokens"])
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True), cap_hits
 
+    def ctc_transcribe(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        """Greedy CTC decoding: the best unit per frame, repeats merged, blanks dropped; jamo recomposed."""
+        logits = self.model(input_values=input_values, attention_mask=attention_mask).logits
+        texts = self.tokenizer.batch_decode(logits.argmax(dim=-1))
+        return [unicodedata.normalize("NFC", text) for text in texts]
+
+    def decode_batch(self, batch: dict) -> tuple[list[str], int]:
+        """Texts of a collated batch and the number that hit the decoding cap (never, for CTC)."""
+        if self.ctc:
+            return self.ctc_transcribe(batch["input_values"], batch["attention_mask"]), 0
+        return self.transcribe(batch["input_features"], batch["langs"])
+
     # ---- evaluation -------------------------------------------------------------------------------------------
     @property
     def scoring(self):
@@ -133,7 +179,7 @@ class ASRModule(L.LightningModule):
         self.eval_losses[key]["loss"].update(loss.detach(), weight=n_tokens)
         if split == "val" and not self.config["decode"].get("in_validation", True):
             return
-        texts, cap_hits = self.transcribe(batch["input_features"], batch["langs"])
+        texts, cap_hits = self.decode_batch(batch)
         self.eval_losses[key]["cap_hits"].update(torch.tensor(cap_hits / len(texts)), weight=len(texts))
         metrics = self.eval_metrics[key]
         for metric in metrics.values():

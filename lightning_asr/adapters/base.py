@@ -55,6 +55,10 @@ class AdapterStrategy(ABC):
         self.base_fingerprint = base_fingerprint(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        to_save = list(getattr(self.config, "modules_to_save", None) or [])
+        for name, parameter in model.named_parameters():
+            if to_save and matches_any(name, to_save):
+                parameter.requires_grad_(True)
         new_tokens = list(getattr(self.config, "new_tokens", None) or [])
         if new_tokens:  # rows for added tokens train under every strategy (lightning_asr/vocabulary.py)
             from lightning_asr.vocabulary import extend_model_vocabulary

@@ -17,12 +17,15 @@ from lightning_asr.adapters.base import AdapterStrategy, register
 
 # Target presets over Whisper's module names (regular expressions, matched with re.search).
 _ATTENTION = r"(q_proj|k_proj|v_proj|out_proj)$"
+# Whisper names its attention blocks self_attn/encoder_attn and its feed-forward fc1/fc2; wav2vec2 names
+# them attention (self-attention only) and feed_forward.intermediate_dense/output_dense.
 TARGET_PRESETS = {
-    "default": [r"(self_attn|encoder_attn)\.(q_proj|v_proj)$"],  # q, v in encoder/decoder self- and cross-attention
-    "self_attn": [r"self_attn\." + _ATTENTION],  # q, k, v, out of encoder and decoder self-attention
-    "cross_attn": [r"encoder_attn\." + _ATTENTION],  # q, k, v, out of decoder cross-attention
-    "attn": [r"(self_attn|encoder_attn)\." + _ATTENTION],
-    "all-linear": [r"(self_attn|encoder_attn)\." + _ATTENTION, r"\.(fc1|fc2)$"],
+    "default": [r"(self_attn|encoder_attn|\.attention)\.(q_proj|v_proj)$"],  # q, v of every attention block
+    "self_attn": [r"(self_attn|\.attention)\." + _ATTENTION],  # q, k, v, out of self-attention
+    "cross_attn": [r"encoder_attn\." + _ATTENTION],  # q, k, v, out of decoder cross-attention (Whisper)
+    "attn": [r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION],
+    "all-linear": [r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION,
+                   r"\.(fc1|fc2)$", r"\.feed_forward\.(intermediate_dense|output_dense)$"],
 }
 
 

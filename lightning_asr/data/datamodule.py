@@ -105,6 +105,35 @@ def spec_augment(freq_masks: int, freq_mask_param: int, time_masks: int, time_ma
     return torch.nn.Sequential(*masks)
 
 
+@dataclass
+class CTCCollator:
+    """Batches utterances into normalised waveforms with an attention mask, and CTC targets (the scoring
+    normaliser's text; Korean as jamo when the vocabulary is jamo). SpecAugment-style masking for wav2vec2
+    lives in the model (``mask_time_prob``), not here."""
+
+    feature_extractor: object
+    tokenizer: object
+
+    def __post_init__(self):
+        from lightning_asr.models.wav2vec2 import uses_jamo
+
+        self.jamo = uses_jamo(self.tokenizer)
+
+    def __call__(self, items: list[tuple[Utterance, np.ndarray]]) -> dict:
+        from lightning_asr.models.wav2vec2 import ctc_target
+
+        utterances = [u for u, _ in items]
+        inputs = self.feature_extractor([a for _, a in items], sampling_rate=16000, padding=True,
+                                        return_attention_mask=True, return_tensors="pt")
+        labels = [self.tokenizer(ctc_target(u.text, u.lang, self.jamo)).input_ids for u in utterances]
+        padded = torch.full((len(labels), max(1, max(map(len, labels)))), IGNORE_INDEX, dtype=torch.long)
+        for row, ids in enumerate(labels):
+            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask, "labels": padded,
+                "texts": [u.text for u in utterances], "langs": [u.lang for u in utterances],
+                "speakers": [u.speaker for u in utterances]}
+
+
 class ManifestDataModule(L.LightningDataModule):
     """Train/val/test manifests -> DataLoaders. Every manifest line is checked when the module is set up;
     utterances longer than the model's input window are errors (cropping would cut words off the audio)."""
@@ -120,10 +149,13 @@ class ManifestDataModule(L.LightningDataModule):
         augment = dict(spec_augment_config or {})
         self.augment = spec_augment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.get("enabled") else None
         self.sets: dict[str, dict[str, list[Utterance]]] = {}
-        self.window_seconds = processor.feature_extractor.chunk_length
+        # Whisper's encoder sees a fixed window; a CTC encoder takes any length
+        self.window_seconds = getattr(processor.feature_extractor, "chunk_length", None)
 
     def read(self, manifest: str | Path) -> list[Utterance]:
         utterances = read_manifest(manifest, self.skip_bad_lines, known_languages=set(WHISPER_LANGUAGES))
+        if self.window_seconds is None:
+            return utterances
         too_long = [u for u in utterances if u.duration > self.window_seconds + 1e-3]
         if too_long:
             problems = [f"{u.manifest}:{u.line}: {u.duration:.2f} s is longer than the model's {self.window_seconds} s "
@@ -138,7 +170,9 @@ class ManifestDataModule(L.LightningDataModule):
             if split not in self.sets:
                 self.sets[split] = {set_name(m): self.read(m) for m in manifests}
 
-    def _collator(self, augment: bool) -> Collator:
+    def _collator(self, augment: bool) -> Collator | CTCCollator:
+        if self.window_seconds is None:
+            return CTCCollator(self.processor.feature_extractor, self.processor.tokenizer)
         return Collator(self.processor.feature_extractor, self.processor.tokenizer, self.augment if augment else None)
 
     def train_dataloader(self) -> DataLoader:
