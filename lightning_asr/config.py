@@ -25,6 +25,9 @@ class ModelConfig:
     init_seed: int = 0  # random weights of presets
     ctc_unit: str = "chars"  # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
     ctc_tokens: list[str] = field(default_factory=list)  # wav2vec2-CTC: the vocabulary; built from the manifests when empty
+    # recompute activations in the backward pass (less memory, ~30 % more time); adapters in checkpointed
+    # layers still get gradients (lightning_asr/module.py, enable_gradient_checkpointing)
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -67,6 +67,8 @@ class ASRModule(L.LightningModule):
         self.strategy.attach(self.model)
         if self.strategy.config.new_tokens:
             add_new_tokens(self.model, self.tokenizer, list(self.strategy.config.new_tokens))
+        if config["model"].get("gradient_checkpointing"):
+            self.enable_gradient_checkpointing()
         if not self.ctc:
             check_language_control(config["decode"]["language"])
         self.eval_sets: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
@@ -92,6 +94,20 @@ class ASRModule(L.LightningModule):
         if new_head and OUTPUT_LAYER not in config["adapter"].get("modules_to_save", []):
             config["adapter"]["modules_to_save"] = list(config["adapter"].get("modules_to_save", [])) + [OUTPUT_LAYER]
         return config
+
+    def enable_gradient_checkpointing(self, use_reentrant: bool = True) -> None:
+        """Checkpoint every encoder and decoder layer. Reentrant checkpointing backpropagates into a layer
+        only if one of its tensor inputs requires grad; with a frozen base nothing before the first layer
+        does, and the adapters inside would silently get no gradient. So the first activations of each stack
+        (Whisper: the encoder's last convolution and the decoder's embeddings; wav2vec2: the convolutional
+        feature encoder) are made to require grad."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        if self.ctc:
+            entries = [self.model.wav2vec2.feature_extractor]
+        else:
+            entries = [self.model.model.encoder.conv2, self.model.model.decoder.embed_tokens]
+        for module in entries:
+            module.register_forward_hook(lambda _module, _inputs, output: output.requires_grad_(True))
 
     # ---- loss -------------------------------------------------------------------------------------------------
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, int]:

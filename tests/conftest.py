@@ -19,3 +19,36 @@ def processor():
     from lightning_asr.models import load_model_processor
 
     return load_model_processor("whisper-tiny-random")[1]
+
+
+def config_dict(corpus, tmp_path, **overrides) -> dict:
+    """A resolved run config on the test corpus (ko-en train/dev), with ``key=value`` overrides."""
+    from lightning_asr.config import load_config, to_dict
+
+    base = [f"output_dir={tmp_path / 'run'}", f"data.train_manifests=[{corpus}/ko-en/train.jsonl]",
+            f"data.val_manifests=[{corpus}/ko-en/dev.jsonl]", "data.batch_size=4", "data.spec_augment.enabled=false"]
+    return to_dict(load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()]))
+
+
+def first_batch(processor, manifest, batch_size: int) -> dict:
+    from lightning_asr.data.datamodule import ManifestDataModule
+
+    dm = ManifestDataModule(processor, [manifest], batch_size=batch_size, bucket_size=batch_size)
+    dm.setup()
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.fixture(scope="session")
+def fixed_batch(corpus, processor):
+    """Four ko-en training utterances as a Whisper batch."""
+    return first_batch(processor, corpus / "ko-en/train.jsonl", 4)
+
+
+@pytest.fixture(scope="session")
+def ctc_batch(corpus, tmp_path_factory):
+    """Two ko-en training utterances as a wav2vec2-CTC batch (jamo vocabulary of the test corpus)."""
+    from lightning_asr.module import ASRModule
+
+    module = ASRModule(config_dict(corpus, tmp_path_factory.mktemp("ctc"), **{"model.spec": "wav2vec2-tiny-random",
+                                                                              "model.ctc_unit": "jamo"}))
+    return first_batch(module.processor, corpus / "ko-en/train.jsonl", 2)

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.models.wav2vec2 import build_ctc_tokens, ctc_target, ctc_tokenizer
 from lightning_asr.module import ASRModule
 
-from test_train import config_dict
+from conftest import config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,14 +33,6 @@ def test_jamo_vocabulary_is_closed_and_decodes_back_to_syllables():
     assert unicodedata.normalize("NFC", decoded) == "회의실에서 meeting을 했어요"
     with pytest.raises(ValueError, match="ctc_unit"):
         build_ctc_tokens(pairs, "syllables")
-
-
-@pytest.fixture(scope="module")
-def ctc_batch(corpus, tmp_path_factory):
-    module = ASRModule(ctc_config(corpus, tmp_path_factory.mktemp("ctc")))
-    dm = ManifestDataModule(module.processor, [corpus / "ko-en/train.jsonl"], batch_size=2, bucket_size=2)
-    dm.setup()
-    return next(iter(dm.train_dataloader()))
 
 
 @pytest.mark.parametrize("name,targets", [("lora", "attn"), ("glora", "all-linear"), ("blora", "default"), ("full_ft", "default")])

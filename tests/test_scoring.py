@@ -8,7 +8,7 @@ from lightning_asr.data.manifest import read_manifest
 from lightning_asr.module import ASRModule
 from lightning_asr.train import evaluate
 
-from test_train import config_dict
+from conftest import config_dict
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,7 @@ from lightning_asr.config import ConfigError, load_config
 from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.module import ASRModule
 
-
-def config_dict(corpus, tmp_path, **overrides):
-    from lightning_asr.config import to_dict
-
-    base = [f"output_dir={tmp_path / 'run'}", f"data.train_manifests=[{corpus}/ko-en/train.jsonl]",
-            f"data.val_manifests=[{corpus}/ko-en/dev.jsonl]", "data.batch_size=4", "data.spec_augment.enabled=false"]
-    return to_dict(load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()]))
+from conftest import config_dict
 
 
 def test_tiny_whisper_overfits_one_batch(corpus, tmp_path):
@@ -83,13 +77,6 @@ def test_unknown_config_key_names_the_closest_valid_one(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="command line: unknown config key 'optim.learning_rate'"):
         load_config(overrides=["optim.learning_rate=1"])
-
-
-@pytest.fixture(scope="module")
-def fixed_batch(corpus, processor):
-    dm = ManifestDataModule(processor, [corpus / "ko-en/train.jsonl"], batch_size=4, bucket_size=4)
-    dm.setup()
-    return next(iter(dm.train_dataloader()))
 
 
 @pytest.mark.parametrize("name,glora_type", [("full_ft", 1), ("lora", 1), ("glora", 1), ("glora", 2), ("glora", 3), ("glora", 4), ("blora", 1)])

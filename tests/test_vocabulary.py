@@ -6,7 +6,7 @@ import torch
 from lightning_asr.module import ASRModule
 from lightning_asr.vocabulary import main, suggest_new_tokens
 
-from test_train import config_dict
+from conftest import config_dict
 
 NEW = ["meeting을", "회의실"]
 
