@@ -68,12 +68,17 @@ def preset_model(name: str, seed: int = 0) -> WhisperForConditionalGeneration:
 
 def load_base_model(spec: str | os.PathLike, seed: int = 0) -> WhisperForConditionalGeneration:
     """Load the base model named by ``spec``: a preset name (random weights from ``seed``), a local
-    Hugging Face directory (``config.json`` + safetensors), or a hub id (needs the hub)."""
+    Hugging Face directory (``config.json`` + safetensors), a faster-whisper (CTranslate2) directory
+    (converted once into the cache, see ``import_ct2``), or a hub id (needs the hub)."""
     spec = str(spec)
     if spec in PRESETS:
         return preset_model(spec, seed)
     path = Path(spec)
     if path.is_dir():
+        from lightning_asr.models import import_ct2
+
+        if import_ct2.is_ct2_dir(path):
+            path = import_ct2.converted_model_dir(path)
         if not (path / "config.json").exists():
             raise ModelSpecError(f"{path} has no config.json — fix: point to a directory written by save_pretrained")
         model = WhisperForConditionalGeneration.from_pretrained(str(path), use_safetensors=True)
@@ -102,6 +107,14 @@ def load_model_processor(spec: str | os.PathLike, tokenizer: str | None = None, 
     """Model and matching processor: the tokenizer from the model directory if it has one, else built in."""
     model = load_base_model(spec, seed)
     path = Path(str(spec))
+    from lightning_asr.models import import_ct2
+
+    if import_ct2.is_ct2_dir(path):
+        path = import_ct2.converted_model_dir(path)  # the conversion load_base_model wrote or reused
     if tokenizer is None and path.is_dir() and (path / "tokenizer_config.json").exists():
         tokenizer = str(path)
+    if tokenizer is not None and (model.config.vocab_size != VOCAB_SIZE or model.config.num_mel_bins != 80):
+        # English-only (51,864 tokens) and large-v3 (51,866 tokens, 128 mel bins): the built-in tokenizer and
+        # its 51,865-token check do not apply, the checkpoint's own tokenizer does.
+        return model, import_ct2.load_checkpoint_processor(tokenizer, model, chunk_length=input_seconds(model))
     return model, load_processor(tokenizer, chunk_length=input_seconds(model))
