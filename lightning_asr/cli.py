@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_asr train|evaluate``."""
+"""Command line: ``python -m lightning_asr train|evaluate|serve|transcribe``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,34 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from lightning_asr.models import ModelSpecError
+    from lightning_asr.serve import serve
+
+    try:
+        serve(args.base, args.adapters, host=args.host, port=args.port, mode=args.mode, cache_size=args.cache_size,
+              max_upload_mb=args.max_upload_mb, language=args.language, num_beams=args.num_beams,
+              max_new_tokens=args.max_new_tokens, device=args.device)
+    except (ModelSpecError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _transcribe(args) -> int:
+    from lightning_asr.client import ServerError, transcribe
+
+    failed = 0
+    for path in args.files:
+        try:
+            result = transcribe(args.server, path, user=args.user, adapter_dir=args.adapter_dir, language=args.language)
+        except (ServerError, OSError) as err:  # one bad file (or refusal) does not stop the others
+            failed += 1
+            result = {"error": str(getattr(err, "detail", err)), "status": getattr(err, "status", None)}
+        print(json.dumps({"file": path, **result}, ensure_ascii=False), flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_asr")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,14 +93,36 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--num-beams", type=int)
     evaluate.add_argument("--language", help="'manifest' (default), 'auto' or a language code")
     evaluate.add_argument("--predictions", help="write per-utterance predictions to this JSONL file")
+    serve = commands.add_parser("serve", help="serve one base model with per-user adapters over HTTP")
+    serve.add_argument("--base", required=True, help="base model: preset, local directory or hub id")
+    serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--mode", choices=("merged", "unmerged"), default="unmerged",
+                       help="merged: fold LoRA/BLoRA into the base weights for each decode (restored exactly after)")
+    serve.add_argument("--cache-size", type=int, default=8, help="adapters kept ready in memory (LRU)")
+    serve.add_argument("--max-upload-mb", type=float, default=25.0, help="larger request bodies get HTTP 413")
+    serve.add_argument("--language", default="auto", help="'auto' (detected) or a language code; requests may override")
+    serve.add_argument("--num-beams", type=int)
+    serve.add_argument("--max-new-tokens", type=int)
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
+    client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    who = client.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="user id of an adapter in the server's store")
+    who.add_argument("--adapter-dir", help="send this exported adapter directory with each file")
+    client.add_argument("--language", help="'auto' or a language code (default: the server's)")
+    client.add_argument("files", nargs="+", help="WAV or FLAC files")
     args = parser.parse_args(argv)
+    if args.command == "transcribe":  # the client needs neither torch nor transformers
+        return _transcribe(args)
     _quiet()
     from lightning_asr.config import ConfigError
     from lightning_asr.data.manifest import ManifestError
     from lightning_asr.train import OutputExistsError
 
     try:
-        return {"train": _train, "evaluate": _evaluate}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "serve": _serve}[args.command](args)
     except (ConfigError, ManifestError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

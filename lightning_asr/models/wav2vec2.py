@@ -15,6 +15,9 @@ strategy and is exported with the adapter (``adapter.modules_to_save``).
 ``wav2vec2-tiny-random``
     hidden 64, 2 transformer layers, 4 heads, FFN 128, a 7-layer convolutional feature encoder of 32
     channels (the standard 320x downsampling: 50 frames per second); for tests and CI.
+``wav2vec2-toy``
+    the size of the Whisper toy's encoder (hidden 192, 3 layers, 4 heads, FFN 768) over a 128-channel
+    feature encoder, with wav2vec2's default dropout and time masking; for comparisons on a CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ CTC_PRESETS = {
     "wav2vec2-tiny-random": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                                  conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                                  mask_time_prob=0.0),
+    "wav2vec2-toy": dict(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, intermediate_size=768,
+                         conv_dim=(128,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16),
 }
 CTC_MODEL_TYPES = ("wav2vec2",)
 CTC_UNITS = ("chars", "jamo")

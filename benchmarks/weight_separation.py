@@ -1,0 +1,255 @@
+"""Weight separation in serving: what a device keeps, how fast the server swaps adapters, what it serves.
+
+    .venv/bin/python benchmarks/weight_separation.py [--base whisper-tiny-random] [--requests 16] [--seconds 5]
+        [--users 1 8] [--modes unmerged merged] [--max-new-tokens 48] [--out runs/bench/weight_separation]
+
+Per strategy (LoRA, GLoRA type 1, BLoRA, full fine-tuning), with adapters of random nonzero weights:
+
+- bytes on the device: the exported adapter directory, against the base's safetensors;
+- memory of the server's slot for that structure that is not the shared base (adapter parameters only,
+  except full fine-tuning, whose slot owns every trained weight);
+- swap latency, in process: cold (read from disk, OS page cache warm, checked and copied into the slot)
+  and warm (from the LRU, copied into the slot); medians of ``--swap-repeats``;
+- over HTTP on loopback, per mode (merged / unmerged) and user count: requests/s and p50/p95 latency as
+  the client sees it, with one client thread per user, each asking for its own user's adapter, until
+  ``--requests`` are done or ``--seconds`` have passed. The LRU is emptied before each cell, so the first
+  request of each user loads its adapter from disk; one untimed request per strategy warms the process.
+
+Prints markdown tables and writes ``weight_separation.json`` and ``weight_separation.csv`` to ``--out``.
+On a shared CPU the absolute figures drift; the ratios between rows are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from lightning_asr import client
+from lightning_asr.adapters import build_strategy
+from lightning_asr.audio import write_wav
+from lightning_asr.config import AdapterConfig
+from lightning_asr.models import load_base_model
+from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
+
+STRATEGIES = {
+    "lora": {"name": "lora"},
+    "glora-1": {"name": "glora", "type": 1},
+    "blora": {"name": "blora"},
+    "full_ft": {"name": "full_ft"},
+}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def export_users(base, adapters: Path, strategy: str, users: int) -> None:
+    """``users`` adapters of ``strategy`` under ``adapters/<strategy>-<i>``, each with its own random weights."""
+    values = OmegaConf.merge(OmegaConf.structured(AdapterConfig), STRATEGIES[strategy])
+    for index in range(users):
+        model = copy.deepcopy(base)
+        adapter = build_strategy(values)
+        seed = 1000 * index + len(strategy)
+        with torch.random.fork_rng():  # the same adapters every run
+            torch.manual_seed(seed)
+            adapter.attach(model)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in adapter.trainable_parameters():
+                if strategy == "full_ft":
+                    if parameter.ndim >= 2:
+                        parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.01)
+                elif name.endswith("lora_B.weight") or "gate" in name or "glu" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        if hasattr(adapter, "initial_weights"):
+            adapter.initial_weights = {}
+        adapter.save_adapter(adapters / f"{strategy}-{index}")
+
+
+def base_bytes(spec: str, base) -> int:
+    """Size of the base's safetensors (the spec's own file where it is a directory)."""
+    path = Path(spec) / "model.safetensors"
+    if path.exists():
+        return path.stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        base.save_pretrained(tmp, safe_serialization=True)
+        return sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
+
+
+def slot_bytes(engine: AdapterServer, slot) -> int:
+    """Bytes of the slot's parameters that are not the shared base's tensors."""
+    shared = {p.data_ptr() for p in engine.base.parameters()}
+    return sum(p.numel() * p.element_size() for p in slot.model.parameters() if p.data_ptr() not in shared)
+
+
+def swap_latency(engine: AdapterServer, strategy: str, repeats: int) -> dict:
+    """Cold: adapter read from disk, checked, copied into the slot. Warm: from the LRU, copied."""
+    users = [f"{strategy}-0", f"{strategy}-1"]
+    cold, warm = [], []
+    with engine.lock:
+        for index in range(repeats):
+            engine.cache.clear()
+            for slot in engine.slots.values():
+                slot.loaded = None
+            started = time.perf_counter()
+            adapter, hit, _ = engine._user_adapter(users[index % 2])
+            engine._swap(engine.slots[adapter.key], adapter)
+            cold.append((time.perf_counter() - started) * 1000)
+        for user in users:
+            engine._user_adapter(user)
+        for index in range(repeats):
+            started = time.perf_counter()
+            adapter, hit, _ = engine._user_adapter(users[index % 2])
+            swapped = engine._swap(engine.slots[adapter.key], adapter)
+            warm.append((time.perf_counter() - started) * 1000)
+            assert hit and swapped
+        slot = engine.slots[adapter.key]
+    return {"swap_cold_ms": statistics.median(cold), "swap_warm_ms": statistics.median(warm),
+            "slot_bytes": slot_bytes(engine, slot)}
+
+
+def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, seconds: float) -> dict:
+    """One client thread per user, each asking for its own adapter, until ``requests`` or ``seconds``."""
+    latencies, hits, errors, modes, lock = [], [], [], set(), threading.Lock()
+    budget = iter(range(requests))
+    deadline = time.monotonic() + seconds
+
+    def worker(user: str) -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if next(budget, None) is None:
+                    return
+            started = time.perf_counter()
+            try:
+                result = client.transcribe(url, audio, user=user)
+            except Exception as err:  # counted and reported, the run goes on
+                with lock:
+                    errors.append(str(err))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+                hits.append(result["cache_hit"])
+                note = result.get("note", "")
+                modes.add(result["mode"] + (" (cannot merge)" if "cannot be folded" in note
+                                            else " (full weights)" if "full fine-tuning" in note else ""))
+
+    threads = [threading.Thread(target=worker, args=(f"{strategy}-{i}",)) for i in range(users)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+    return {"requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": quantile(0.5), "p95_ms": quantile(0.95), "cache_hit_rate": sum(hits) / max(1, len(hits)),
+            "served_as": ", ".join(sorted(modes)),
+            **({"first_error": errors[0]} if errors else {})}
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "|".join("---" if fmt == "s" else "---:" for _, _, fmt in columns) + "|"]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key, "")
+            cells.append(format(value, fmt) if isinstance(value, (int, float)) and fmt != "s" else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="whisper-tiny-random", help="preset or local model directory")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8], help="concurrent users (one thread each)")
+    parser.add_argument("--modes", nargs="+", default=["unmerged", "merged"], choices=["unmerged", "merged"])
+    parser.add_argument("--requests", type=int, default=16, help="requests per cell, at most")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time per cell, at most")
+    parser.add_argument("--swap-repeats", type=int, default=10)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--audio-seconds", type=float, default=2.0)
+    parser.add_argument("--out", default="runs/bench/weight_separation", help="directory for the JSON and CSV")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    most_users = max(max(args.users), 2)
+    with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
+        tmp = Path(tmp)
+        base = load_base_model(args.base).eval()
+        total_base_bytes = base_bytes(args.base, base)
+        audio = tmp / "audio.wav"
+        rng = np.random.RandomState(0)
+        write_wav(audio, (0.1 * rng.randn(int(args.audio_seconds * 16000))).astype(np.float32))
+        for strategy in args.strategies:
+            export_users(base, tmp / "adapters", strategy, most_users)
+        del base
+        sizes, serving = [], []
+        for mode in args.modes:
+            engine = AdapterServer(args.base, tmp / "adapters", mode=mode, cache_size=most_users, language="en",
+                                   max_new_tokens=args.max_new_tokens)
+            engine.preload_structures()
+            if mode == args.modes[0]:
+                for strategy in args.strategies:
+                    device = directory_bytes(tmp / "adapters" / f"{strategy}-0")
+                    sizes.append({"strategy": strategy, "device_bytes": device, "base_bytes": total_base_bytes,
+                                  "device_vs_base": device / total_base_bytes,
+                                  **swap_latency(engine, strategy, args.swap_repeats)})
+            with BackgroundServer(create_app(engine)) as url:
+                for strategy in args.strategies:  # untimed: the first decode of a process pays one-off costs
+                    client.transcribe(url, audio, user=f"{strategy}-0")
+                for strategy in args.strategies:
+                    for users in args.users:
+                        engine.cache.clear()
+                        row = {"strategy": strategy, "mode": mode, "users": users,
+                               **load_test(url, audio, strategy, users, args.requests, args.seconds)}
+                        serving.append(row)
+                        print(f"{strategy} {mode} users={users}: {row['requests']} requests, "
+                              f"{row['requests_per_s']:.2f}/s, p50 {row['p50_ms']:.0f} ms", file=sys.stderr, flush=True)
+            del engine
+    print(f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
+          f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n")
+    print(markdown(sizes, [("strategy", "strategy", "s"), ("device_bytes", "bytes on device", ",d"),
+                           ("device_vs_base", "vs base model", ".2%"), ("slot_bytes", "server memory beyond base", ",d"),
+                           ("swap_cold_ms", "swap cold (disk) ms", ".2f"), ("swap_warm_ms", "swap warm (LRU) ms", ".2f")]))
+    print()
+    print(markdown(serving, [("strategy", "strategy", "s"), ("mode", "mode", "s"), ("served_as", "served as", "s"),
+                             ("users", "users", "d"), ("requests", "requests", "d"), ("requests_per_s", "req/s", ".2f"),
+                             ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("errors", "errors", "d")]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items()}
+    (out / "weight_separation.json").write_text(json.dumps({"settings": settings, "sizes": sizes, "serving": serving}, indent=2))
+    with open(out / "weight_separation.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["table", "strategy", "mode", "users", "metric", "value"])
+        for row in sizes:
+            for key in ("device_bytes", "base_bytes", "device_vs_base", "slot_bytes", "swap_cold_ms", "swap_warm_ms"):
+                writer.writerow(["size", row["strategy"], "", "", key, row[key]])
+        for row in serving:
+            for key in ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "cache_hit_rate"):
+                writer.writerow(["serving", row["strategy"], row["mode"], row["users"], key, row[key]])
+    print(f"\nwrote {out / 'weight_separation.json'} and {out / 'weight_separation.csv'}")
+    return 0 if not any(row["errors"] for row in serving) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

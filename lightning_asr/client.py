@@ -1,0 +1,81 @@
+"""Client of ``python -m lightning_asr serve``, on the standard library alone (urllib).
+
+``transcribe(server, audio_path, user="alice")`` sends the audio as the raw body with ``?user=``;
+``transcribe(server, audio_path, adapter_dir=...)`` sends the audio and the adapter files (a device that
+keeps its adapter itself) as ``multipart/form-data``. Both return the server's JSON response as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+# The files of an adapter directory (``lightning_asr.adapters.export``), spelled out so that the client
+# imports neither torch nor the framework.
+ADAPTER_FILES = ("lightning_asr_adapter.json", "lightning_asr_adapter.safetensors", "adapter_config.json",
+                 "adapter_model.safetensors")
+
+
+class ServerError(RuntimeError):
+    """The server refused the request; ``status`` is the HTTP status, ``detail`` its explanation."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def multipart_body(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
+    """``(body, content type)`` of ``multipart/form-data`` from ``(name, file name or None, content)``."""
+    boundary = f"lightning-asr-{uuid.uuid4().hex}"
+    lines = []
+    for name, filename, content in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "application/octet-stream" if filename else "text/plain; charset=utf-8"
+        lines.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n".encode()
+                     + content + b"\r\n")
+    return b"".join(lines) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, body: bytes, content_type: str, timeout: float = 300.0) -> dict:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            detail = json.loads(raw).get("detail", raw.decode("utf-8", "replace"))
+        except ValueError:
+            detail = raw.decode("utf-8", "replace")
+        raise ServerError(err.code, detail if isinstance(detail, str) else json.dumps(detail)) from None
+
+
+def transcribe(server: str, audio_path: str | Path, user: str | None = None, adapter_dir: str | Path | None = None,
+               language: str | None = None, timeout: float = 300.0) -> dict:
+    """Transcribe one WAV/FLAC file with ``user``'s adapter from the server's store, or with the adapter in
+    ``adapter_dir`` (sent along). Raises ``ServerError`` with the server's explanation when refused."""
+    if (user is None) == (adapter_dir is None):
+        raise ValueError("give either user or adapter_dir")
+    audio = Path(audio_path).read_bytes()
+    url = server.rstrip("/") + "/transcribe"
+    if user is not None:
+        query = {"user": user, **({"language": language} if language else {})}
+        return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout)
+    directory = Path(adapter_dir)
+    files = [("adapter", name, (directory / name).read_bytes()) for name in ADAPTER_FILES if (directory / name).exists()]
+    if not files:
+        raise FileNotFoundError(f"{directory} holds no adapter files ({', '.join(ADAPTER_FILES)})")
+    fields = [("audio", Path(audio_path).name, audio), *files]
+    if language:
+        fields.append(("language", None, language.encode()))
+    body, content_type = multipart_body(fields)
+    return post(url, body, content_type, timeout)
+
+
+def health(server: str, timeout: float = 30.0) -> dict:
+    with urllib.request.urlopen(server.rstrip("/") + "/health", timeout=timeout) as response:
+        return json.loads(response.read())

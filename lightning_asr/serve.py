@@ -1,0 +1,635 @@
+"""Serving with weight separation: one base model in memory, each user's adapter swapped in per request.
+
+``python -m lightning_asr serve --base SPEC --adapters DIR`` loads the base once. ``DIR/<user_id>/`` holds
+one adapter directory per user, as ``strategy.save_adapter`` writes it; a device that keeps its adapter
+itself sends the files with the audio instead of a user id.
+
+Design:
+
+- **Structures over shared weights.** Each distinct adapter structure (strategy plus the config keys that
+  shape its modules) gets one *slot*: a copy of the base's module tree, made with ``copy.deepcopy`` whose
+  memo maps every base parameter to itself, so the copy's base weights are the very same tensors; the
+  strategy then injects its modules into that copy. Base weights are never duplicated or reloaded.
+  Full fine-tuning is the exception: its "adapter" is every trained weight, so its slot owns those
+  (only ``frozen_modules`` stay shared).
+- **Hot swap.** An LRU of ``cache_size`` users keeps adapter tensors read from disk (CPU); a swap copies
+  them into the slot's adapter parameters (``load_adapter_state_dict``). A slot remembers which adapter
+  it holds, so consecutive requests of one user copy nothing.
+- **Merged mode** folds LoRA/BLoRA into the shared base weights for the decode and then copies back the
+  original target weights it kept, so the base is restored bit for bit (no subtract-after-add drift).
+  GLoRA's gates depend on the input and cannot be folded: it is served unmerged, and the response says so.
+- **One lock around the model.** The base and the slots are one mutable object; requests are serialised
+  around swap + decode (audio decoding and feature extraction run outside it). Throughput on this design
+  comes from batching (long audio is decoded as one batch of windows) and a faster device, not from
+  concurrent requests.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.message
+import email.parser
+import email.utils
+import io
+import itertools
+import json
+import logging
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
+from torch import nn
+
+from lightning_asr.adapters import build_strategy
+from lightning_asr.adapters.base import AdapterStrategy, matches_any
+from lightning_asr.adapters.export import (PEFT_CONFIG, PEFT_TENSORS, SIDE_JSON, SIDE_TENSORS, AdapterFileError,
+                                           base_fingerprint, fingerprint_mismatch, read_adapter_tensors, read_side_file)
+from lightning_asr.adapters.glora import NOT_MERGEABLE, GLoRA
+from lightning_asr.adapters.lora import LoRA
+from lightning_asr.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE
+from lightning_asr.config import AdapterConfig, ConfigError, DecodeConfig, structured
+from lightning_asr.models import input_seconds, load_model_processor
+from lightning_asr.module import count_cap_hits
+
+ADAPTER_FILES = (SIDE_JSON, SIDE_TENSORS, PEFT_CONFIG, PEFT_TENSORS)
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+# Config keys that only matter for training: adapters differing in these share one injected structure.
+TRAINING_ONLY_KEYS = ("kl_weight", "kl_reduction", "num_train_examples", "prior_std", "noise", "rho_init")
+FULL_WEIGHTS_NOTE = "full fine-tuning has no separate adapter: its slot holds every trained weight, nothing to merge"
+MODES = ("merged", "unmerged")
+WINDOWS_PER_BATCH = 16  # long audio: windows decoded together, in batches of at most this many (bounded memory)
+log = logging.getLogger(__name__)
+
+
+class ServeError(Exception):
+    """A request that cannot be served; ``status`` is the HTTP status, the message names problem and fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# ---- audio ----------------------------------------------------------------------------------------------------
+def decode_audio_bytes(data: bytes) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from WAV/FLAC (anything soundfile reads) bytes."""
+    if not data:
+        raise ServeError(400, "the request holds no audio — fix: send WAV or FLAC bytes as the body (or the 'audio' part)")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as err:
+        raise ServeError(400, f"unreadable audio ({err}) — fix: send WAV or FLAC bytes") from err
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ServeError(400, f"sample rate {rate} Hz cannot be resampled — fix: re-encode the audio at 16000 Hz")
+    if samples.shape[0] == 0:
+        raise ServeError(400, "the audio holds no samples — fix: send a non-empty recording")
+    samples = samples.mean(axis=1)
+    if not np.isfinite(samples).all():
+        raise ServeError(400, "the audio holds NaN or infinite samples — fix: re-encode it as PCM WAV or FLAC")
+    if rate != SAMPLE_RATE:
+        import torchaudio
+
+        samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+# ---- multipart ------------------------------------------------------------------------------------------------
+def _header_param(headers: email.message.Message, header: str, param: str) -> str | None:
+    value = headers.get_param(param, header=header)
+    return None if value is None else email.utils.collapse_rfc2231_value(value)
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
+    """``(field name, file name, content)`` of each part of a ``multipart/form-data`` body held in memory.
+    The standard library parses the headers; the body is split on its boundary, which by definition does
+    not occur inside any part (python-multipart would be one more dependency for this)."""
+    envelope = email.message.Message()
+    envelope["content-type"] = content_type
+    boundary = envelope.get_param("boundary")
+    if not boundary:
+        raise ServeError(400, "multipart body without a boundary in its Content-Type")
+    pieces = body.split(b"--" + str(boundary).encode("latin-1"))
+    if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
+        raise ServeError(400, "truncated multipart body (no closing boundary)")
+    parts = []
+    for piece in pieces[1:-1]:
+        head, separator, content = piece.partition(b"\r\n\r\n")
+        if not (head.startswith(b"\r\n") and separator and content.endswith(b"\r\n")):
+            raise ServeError(400, "malformed multipart body (a part without headers or line ends)")
+        headers = email.parser.BytesHeaderParser().parsebytes(head[2:] + b"\r\n\r\n")
+        name = _header_param(headers, "content-disposition", "name")
+        if not name:
+            raise ServeError(400, "a multipart part has no name in its Content-Disposition")
+        parts.append((name, _header_param(headers, "content-disposition", "filename"), content[:-2]))
+    return parts
+
+
+# ---- engine ---------------------------------------------------------------------------------------------------
+@dataclass
+class Slot:
+    """One injected copy of the base for one adapter structure; its base weights are the base's tensors."""
+
+    key: str
+    strategy: AdapterStrategy
+    model: nn.Module
+    tokenizer: object  # the base's, or a copy extended with the adapter's new tokens
+    loaded: int | None = None  # token of the adapter whose tensors the slot's parameters hold
+
+
+@dataclass
+class ReadyAdapter:
+    """An adapter's tensors read and checked, ready to copy into its slot."""
+
+    key: str
+    strategy: str
+    tensors: dict[str, torch.Tensor]
+    signature: tuple = ()
+    token: int = 0
+    nbytes: int = 0
+
+
+def structure_key(side: dict) -> str:
+    config = {k: v for k, v in sorted((side.get("config") or {}).items()) if k not in TRAINING_ONLY_KEYS}
+    return f"{side['strategy']}:{json.dumps(config, sort_keys=True)}"
+
+
+def file_signature(directory: Path) -> tuple:
+    """Size and modification time of each adapter file: a re-exported adapter invalidates its cache entry."""
+    signature = []
+    for name in ADAPTER_FILES:
+        path = directory / name
+        if path.exists():
+            stat = path.stat()
+            signature.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+class AdapterServer:
+    """The model side of the service: base, slots, adapter LRU, decoding. ``transcribe`` is thread-safe."""
+
+    def __init__(self, base: str, adapters: str | Path, mode: str = "unmerged", cache_size: int = 8,
+                 language: str = "auto", num_beams: int | None = None, max_new_tokens: int | None = None,
+                 device: str = "cpu", max_structures: int = 8):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: choose merged or unmerged")
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self.base_spec, self.adapters_dir, self.mode, self.cache_size = str(base), Path(adapters), mode, cache_size
+        self.max_structures = max(1, max_structures)
+        decode = DecodeConfig()
+        self.num_beams = num_beams or decode.num_beams
+        self.max_new_tokens = max_new_tokens or decode.max_new_tokens
+        self.device = torch.device(device)
+        model, self.processor = load_model_processor(base)
+        self.base = model.to(self.device).eval()
+        for parameter in self.base.parameters():
+            parameter.requires_grad_(False)
+        self.fingerprint = base_fingerprint(self.base)
+        languages = getattr(self.base.generation_config, "lang_to_id", None) or {}
+        self.lang_to_code = {token_id: token[2:-2] for token, token_id in languages.items()}
+        try:
+            self.default_language = self.parse_language(language)
+        except ServeError as err:
+            raise ValueError(err.message) from None
+        self.window_samples = input_seconds(self.base) * SAMPLE_RATE
+        self.lock = threading.Lock()
+        self.slots: OrderedDict[str, Slot] = OrderedDict()
+        self.cache: OrderedDict[str, ReadyAdapter] = OrderedDict()
+        self.tokens = itertools.count(1)
+        self.served = 0
+        # (cached users, structures, cached bytes), replaced whole under the lock: health reads it without waiting
+        self.snapshot: tuple[tuple[str, ...], tuple[str, ...], int] = ((), (), 0)
+
+    # ---- requests --------------------------------------------------------------------------------------------
+    def parse_language(self, language: str | None) -> str | None:
+        """``auto`` (detected per request) -> None; a code, or a code-switching pair such as ``zh-en``, whose
+        first language is forced, as offline decoding does with manifest languages."""
+        if language is None or language == "auto":
+            return None
+        code = language.split("-")[0]
+        if code not in self.lang_to_code.values():
+            raise ServeError(422, f"unknown language {language!r} — fix: use 'auto' or a Whisper language code such as 'en'")
+        return code
+
+    def features(self, audio: bytes) -> tuple[torch.Tensor, float]:
+        """Log-mel features, one row per encoder window (audio longer than a window is cut into windows)."""
+        samples = decode_audio_bytes(audio)
+        chunks = [samples[i:i + self.window_samples] for i in range(0, len(samples), self.window_samples)]
+        features = self.processor.feature_extractor(chunks, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return features, len(samples) / SAMPLE_RATE
+
+    def transcribe(self, audio: bytes, user: str | None = None, adapter_files: dict[str, bytes] | None = None,
+                   language: str | None = None) -> dict:
+        """Decode ``audio`` with the adapter of ``user`` (from the store) or the uploaded ``adapter_files``."""
+        started = time.perf_counter()
+        if (user is None) == (adapter_files is None):
+            raise ServeError(400, "give either a user id or the adapter files, not both and not neither")
+        if user is not None and not USER_ID.match(user):
+            raise ServeError(400, f"invalid user id {user!r} — fix: letters, digits and _ . @ - only, at most 128")
+        forced = self.default_language if language is None else self.parse_language(language)
+        features, seconds = self.features(audio)
+        audio_ms = (time.perf_counter() - started) * 1000
+        with self.lock:
+            try:
+                locked = time.perf_counter()
+                if user is not None:
+                    adapter, cache_hit, load_ms = self._user_adapter(user)
+                else:
+                    adapter, cache_hit, load_ms = self._uploaded_adapter(adapter_files), False, None
+                loaded = time.perf_counter()
+                slot = self.slots[adapter.key]
+                self.slots.move_to_end(adapter.key)
+                swapped = self._swap(slot, adapter)
+                swap_done = time.perf_counter()
+                with self._merged(slot) as merge:
+                    texts, detected, cap_hits = self._decode(slot, features, forced)
+                decoded = time.perf_counter()
+                self.served += 1
+            finally:
+                self.snapshot = self._snapshot()
+        merged, merge_ms, note = merge["merged"], merge["ms"], merge["note"]
+        decode_ms = (decoded - swap_done) * 1000 - merge_ms
+        response = {
+            "text": "".join(texts), "language": forced or detected, "language_detected": forced is None,
+            "user": user, "adapter_source": "store" if user is not None else "upload",
+            "strategy": adapter.strategy, "mode": "merged" if merged else "unmerged", "cache_hit": cache_hit,
+            "swapped": swapped, "windows": len(texts), "audio_seconds": round(seconds, 3), "cap_hits": cap_hits,
+            "timings_ms": {"audio": audio_ms, "queue": (locked - started) * 1000 - audio_ms,
+                           "adapter_load": load_ms if load_ms is not None else (loaded - locked) * 1000,
+                           "swap": (swap_done - loaded) * 1000, "merge": merge_ms, "decode": decode_ms,
+                           "total": (time.perf_counter() - started) * 1000},
+        }
+        response["timings_ms"] = {k: round(v, 3) for k, v in response["timings_ms"].items()}
+        if note:
+            response["note"] = note
+        return response
+
+    # ---- adapters --------------------------------------------------------------------------------------------
+    def _user_adapter(self, user: str) -> tuple[ReadyAdapter, bool, float]:
+        directory = self.adapters_dir / user
+        if not directory.is_dir():
+            self.cache.pop(user, None)
+            raise ServeError(404, f"no adapter for user {user!r} (no directory {directory}) — fix: export one "
+                                  "there with strategy.save_adapter, or send the adapter files with the request")
+        signature = file_signature(directory)
+        cached = self.cache.get(user)
+        if cached is not None and cached.signature == signature and cached.key in self.slots:
+            self.cache.move_to_end(user)
+            return cached, True, 0.0
+        started = time.perf_counter()
+        adapter = self._read_adapter(directory, f"user {user!r}")
+        adapter.signature = signature
+        self.cache[user] = adapter
+        self.cache.move_to_end(user)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return adapter, False, (time.perf_counter() - started) * 1000
+
+    def _uploaded_adapter(self, files: dict[str, bytes]) -> ReadyAdapter:
+        unknown = sorted(set(files) - set(ADAPTER_FILES))
+        if unknown:
+            raise ServeError(422, f"unexpected adapter file(s) {unknown} — fix: send only {', '.join(ADAPTER_FILES)}")
+        with tempfile.TemporaryDirectory(prefix="lightning-asr-upload-") as tmp:
+            for name, content in files.items():
+                (Path(tmp) / name).write_bytes(content)
+            return self._read_adapter(Path(tmp), "the uploaded adapter")
+
+    def _read_adapter(self, directory: Path, what: str) -> ReadyAdapter:
+        """Read and check an adapter directory, creating the slot for its structure when it is new."""
+        try:
+            side = read_side_file(directory)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ServeError(422, f"{what}: {SIDE_JSON} is not valid JSON ({err})") from err
+        except AdapterFileError as err:
+            raise ServeError(422, f"{what}: {err}") from err
+        if side is None:
+            raise ServeError(422, f"{what} has no {SIDE_JSON} (strategy, config and base fingerprint) — fix: "
+                                  "export it with strategy.save_adapter, which writes it")
+        if not (isinstance(side, dict) and {"strategy", "config", "fingerprint"} <= set(side)
+                and isinstance(side["config"], dict) and isinstance(side["fingerprint"], dict)):
+            raise ServeError(422, f"{what}: {SIDE_JSON} lacks strategy, config or fingerprint")
+        problem = fingerprint_mismatch(side["fingerprint"], self.fingerprint)
+        if problem:
+            raise ServeError(409, f"{what} was exported for another base model: {problem} — fix: serve it with "
+                                  f"the base it was trained on, or retrain it on {self.base_spec}")
+        slot = self._slot(side, what)
+        try:
+            tensors = read_adapter_tensors(slot.strategy, directory)
+        except AdapterFileError as err:
+            raise ServeError(422, f"{what}: {err}") from err
+        except Exception as err:  # safetensors' own errors: truncated or corrupt files
+            raise ServeError(422, f"{what}: unreadable adapter tensors ({err}) — fix: export it again") from err
+        own = dict(slot.strategy.trainable_parameters())
+        unknown, missing = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
+        wrong = sorted(n for n in set(tensors) & set(own) if tuple(tensors[n].shape) != tuple(own[n].shape))
+        if unknown or missing or wrong:
+            raise ServeError(422, f"{what} does not fit its {side['strategy']} config: unknown {unknown[:3]}, "
+                                  f"missing {missing[:3]}, wrong shape {wrong[:3]}")
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return ReadyAdapter(slot.key, side["strategy"], tensors, token=next(self.tokens), nbytes=nbytes)
+
+    def _slot(self, side: dict, what: str) -> Slot:
+        key = structure_key(side)
+        if key in self.slots:
+            return self.slots[key]
+        try:
+            config = structured(AdapterConfig, dict(side["config"]))
+            strategy = build_strategy(config)
+        except (ConfigError, ValueError, TypeError) as err:
+            raise ServeError(422, f"{what}: its adapter config cannot be built here ({err})") from err
+        if strategy.name == "frozen":
+            raise ServeError(422, f"{what} is a 'frozen' export: it holds no adapter")
+        model = copy.deepcopy(self.base, self._shared_memo(config))
+        try:
+            strategy.attach(model)
+        except ValueError as err:
+            raise ServeError(422, f"{what}: {err}") from err
+        if hasattr(strategy, "initial_weights"):
+            strategy.initial_weights = {}  # W0 snapshot for training statistics: a whole extra model, unused here
+        targets = side.get("target_modules")
+        if targets is not None and list(targets) != list(getattr(strategy, "target_names", targets)):
+            raise ServeError(422, f"{what} adapts {len(targets)} modules, but its target patterns select "
+                                  f"{len(strategy.target_names)} on this base — fix: export it from this base")
+        tokenizer = self.processor.tokenizer
+        new_tokens = list(getattr(config, "new_tokens", None) or [])
+        if new_tokens:  # their embedding rows come with the adapter's tensors; the ids need the words
+            from lightning_asr.vocabulary import extend_tokenizer
+
+            tokenizer = copy.deepcopy(tokenizer)
+            try:
+                extend_tokenizer(tokenizer, new_tokens)
+            except ValueError as err:
+                raise ServeError(422, f"{what}: {err}") from err
+        model.eval()
+        slot = Slot(key, strategy, model, tokenizer)
+        self.slots[key] = slot
+        while len(self.slots) > self.max_structures:
+            evicted, _ = self.slots.popitem(last=False)
+            for user in [u for u, a in self.cache.items() if a.key == evicted]:
+                del self.cache[user]
+        return slot
+
+    def _shared_memo(self, config) -> dict:
+        """``deepcopy`` memo that makes the copy reuse the base's parameters and buffers instead of copying
+        them. Full fine-tuning trains (and so overwrites) every weight outside ``frozen_modules``: those
+        must be its own copies."""
+        frozen = list(config.frozen_modules or [])
+        memo = {}
+        for name, parameter in self.base.named_parameters(remove_duplicate=False):
+            if config.name != "full_ft" or matches_any(name, frozen):
+                memo[id(parameter)] = parameter
+        for buffer in self.base.buffers():
+            memo[id(buffer)] = buffer
+        return memo
+
+    @staticmethod
+    def _swap(slot: Slot, adapter: ReadyAdapter) -> bool:
+        if slot.loaded == adapter.token:
+            return False
+        slot.loaded = None  # a copy that fails halfway must not be taken for a loaded adapter
+        slot.strategy.load_adapter_state_dict(adapter.tensors, strict=True)
+        slot.loaded = adapter.token
+        return True
+
+    @contextmanager
+    def _merged(self, slot: Slot):
+        """Yields ``{"merged", "ms", "note"}``; ``ms`` (merge + restore) is final once the block exits. Merging
+        writes into the shared base weights: the original target weights are kept and copied back
+        afterwards, whatever the decode did, so the base is restored bit for bit."""
+        state = {"merged": False, "ms": 0.0, "note": None}
+        if self.mode != "merged":
+            yield state
+            return
+        if isinstance(slot.strategy, GLoRA):
+            state["note"] = f"served unmerged: {NOT_MERGEABLE}"
+            yield state
+            return
+        if not isinstance(slot.strategy, LoRA):
+            state["note"] = FULL_WEIGHTS_NOTE
+            yield state
+            return
+        started = time.perf_counter()
+        layers = list(slot.strategy.layers().values())
+        originals = [layer.base_layer.weight.detach().clone() for layer in layers]
+        try:
+            slot.strategy.merge()
+            state["merged"] = True
+            state["ms"] = (time.perf_counter() - started) * 1000
+            yield state
+        finally:
+            restore = time.perf_counter()
+            with torch.no_grad():
+                for layer, weight in zip(layers, originals):
+                    layer.base_layer.weight.copy_(weight)
+                    layer.merged = False
+            state["ms"] += (time.perf_counter() - restore) * 1000
+
+    def _decode(self, slot: Slot, features: torch.Tensor, language: str | None) -> tuple[list[str], str, int]:
+        """Greedy or beam decoding as ``ASRModule.transcribe`` does it; ``auto`` detects the language of the
+        first window and forces it on every window."""
+        features = features.to(self.device)
+        model, tokenizer = slot.model, slot.tokenizer
+        texts, cap_hits = [], 0
+        with torch.no_grad():
+            if language is None:
+                language = self.lang_to_code[int(model.detect_language(features[:1])[0])]
+            for start in range(0, len(features), WINDOWS_PER_BATCH):
+                batch = features[start:start + WINDOWS_PER_BATCH]
+                sequences = model.generate(batch, language=[language] * len(batch), task="transcribe",
+                                           max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+                if not torch.is_tensor(sequences):
+                    sequences = sequences.sequences
+                cap_hits += count_cap_hits(sequences, tokenizer.eos_token_id, self.max_new_tokens)
+                texts += tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return texts, language, cap_hits
+
+    # ---- introspection ---------------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple:
+        return tuple(self.cache), tuple(self.slots), sum(a.nbytes for a in self.cache.values())
+
+    def users(self) -> list[dict]:
+        """The store's users with the strategy of each adapter (or the problem that makes it unusable)."""
+        rows = []
+        if not self.adapters_dir.is_dir():
+            return rows
+        for directory in sorted(p for p in self.adapters_dir.iterdir() if p.is_dir() and USER_ID.match(p.name)):
+            row = {"user": directory.name, "cached": directory.name in self.snapshot[0]}
+            try:
+                side = read_side_file(directory)
+                if side is None:
+                    row["problem"] = f"no {SIDE_JSON}"
+                else:
+                    row["strategy"] = side.get("strategy")
+                    problem = fingerprint_mismatch(side.get("fingerprint") or {}, self.fingerprint)
+                    if problem:
+                        row["problem"] = f"exported for another base model: {problem}"
+            except Exception as err:
+                row["problem"] = str(err)
+            rows.append(row)
+        return rows
+
+    def health(self) -> dict:
+        return {"status": "ok", "base": self.base_spec, "base_weights_sha256": self.fingerprint["weights_sha256"],
+                "mode": self.mode, "device": str(self.device), "window_seconds": input_seconds(self.base),
+                "cache_size": self.cache_size, "cached_users": list(self.snapshot[0]), "cached_bytes": self.snapshot[2],
+                "structures": list(self.snapshot[1]),
+                "requests_served": self.served}
+
+    def preload_structures(self) -> int:
+        """Build the slots of the structures found in the store now, so first requests don't pay for it."""
+        if not self.adapters_dir.is_dir():
+            return 0
+        with self.lock:
+            for directory in sorted(self.adapters_dir.iterdir()):
+                if len(self.slots) >= self.max_structures:
+                    break
+                try:
+                    side = read_side_file(directory) if directory.is_dir() else None
+                    if side and not fingerprint_mismatch(side.get("fingerprint") or {}, self.fingerprint):
+                        self._slot(side, directory.name)
+                except Exception:  # an unusable entry is reported when its user is requested
+                    continue
+            self.snapshot = self._snapshot()
+        return len(self.slots)
+
+
+# ---- HTTP -----------------------------------------------------------------------------------------------------
+def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
+    """The FastAPI application over ``server``. ``POST /transcribe`` takes either
+
+    - the audio as the raw body, with ``?user=ID`` (and optionally ``&language=xx``), or
+    - ``multipart/form-data`` with an ``audio`` file part, and either a ``user`` field or ``adapter`` file
+      parts named by their file names (``lightning_asr_adapter.json``, ``lightning_asr_adapter.safetensors``
+      and, for LoRA/BLoRA, ``adapter_config.json`` and ``adapter_model.safetensors``).
+    """
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from lightning_asr import __version__
+
+    app = FastAPI(title="lightning-asr", version=__version__)
+    limit_mb = max_upload_bytes / 2**20
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, err: ServeError):
+        return JSONResponse({"detail": err.message, "status": err.status}, status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, err: Exception):
+        return JSONResponse({"detail": f"internal error: {err.__class__.__name__}: {err}", "status": 500}, status_code=500)
+
+    async def read_body(request: Request) -> bytes:
+        too_large = ServeError(413, f"upload larger than {limit_mb:g} MB — fix: send shorter audio, or start the "
+                                    "server with a larger --max-upload-mb")
+        declared = request.headers.get("content-length")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= max_upload_bytes:
+                chunks.append(chunk)
+            elif size > 16 * max_upload_bytes + 2**26:
+                break  # drained enough; the connection is closed after the 413
+            else:
+                chunks = []  # keep reading (discarding) so the client can read the 413 instead of a reset
+        if size > max_upload_bytes or (declared and declared.isdigit() and int(declared) > max_upload_bytes):
+            raise too_large
+        return b"".join(chunks)
+
+    @app.get("/health")
+    async def health():
+        return server.health()
+
+    @app.get("/users")
+    async def users():
+        return {"users": await run_in_threadpool(server.users)}
+
+    @app.post("/transcribe")
+    async def transcribe(request: Request, user: str | None = None, language: str | None = None):
+        body = await read_body(request)
+        content_type = request.headers.get("content-type", "")
+        adapter_files = None
+        if content_type.lower().startswith("multipart/form-data"):
+            audio = None
+            for name, filename, content in parse_multipart(body, content_type):
+                if name == "audio":
+                    audio = content
+                elif name == "user":
+                    user = content.decode("utf-8", "replace").strip()
+                elif name == "language":
+                    language = content.decode("utf-8", "replace").strip()
+                elif name == "adapter":
+                    adapter_files = adapter_files or {}
+                    key = Path(filename or "").name
+                    if key not in ADAPTER_FILES:
+                        raise ServeError(422, f"adapter part with file name {filename!r} — fix: send the files of an "
+                                              f"adapter directory under their own names ({', '.join(ADAPTER_FILES)})")
+                    adapter_files[key] = content
+                else:
+                    raise ServeError(422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter")
+            if audio is None:
+                raise ServeError(422, "multipart request without an 'audio' part")
+        else:
+            audio = body
+        try:
+            return await run_in_threadpool(server.transcribe, audio, user=user, adapter_files=adapter_files,
+                                           language=language)
+        except ServeError:
+            raise
+        except Exception as err:  # the model and slots are left consistent (see _swap, _merged): keep serving
+            log.exception("transcription failed")
+            raise ServeError(500, f"internal error: {err.__class__.__name__}: {err}") from err
+
+    return app
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` from a daemon thread on a loopback port (0: a free one), for tests and
+    benchmarks. ``with BackgroundServer(app) as url: ...``"""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.url = f"http://{host}:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+
+def serve(base: str, adapters: str, host: str = "127.0.0.1", port: int = 8000, mode: str = "unmerged",
+          cache_size: int = 8, max_upload_mb: float = 25.0, language: str = "auto", num_beams: int | None = None,
+          max_new_tokens: int | None = None, device: str = "cpu") -> None:
+    """Load the base once and serve until interrupted (one process, one worker: one shared base)."""
+    import uvicorn
+
+    server = AdapterServer(base, adapters, mode=mode, cache_size=cache_size, language=language, num_beams=num_beams,
+                           max_new_tokens=max_new_tokens, device=device)
+    structures = server.preload_structures()
+    print(f"serving {base} ({mode}) with adapters from {adapters} ({structures} structure(s) injected) "
+          f"on http://{host}:{port}", flush=True)
+    uvicorn.run(create_app(server, int(max_upload_mb * 2**20)), host=host, port=port, log_level="info", workers=1)

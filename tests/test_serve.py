@@ -1,0 +1,279 @@
+"""The adapter server over real HTTP on loopback: per-user transcripts equal offline decoding, isolation
+under concurrent requests, adapter uploads, refusals that leave the service serving, LRU eviction, and
+merged mode restoring the shared base weights bit for bit."""
+
+import contextlib
+import io
+import json
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lightning_asr import client
+from lightning_asr.adapters import build_strategy
+from lightning_asr.audio import read_audio, write_wav
+from lightning_asr.config import AdapterConfig
+from lightning_asr.models import load_base_model
+from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
+
+BASE = "whisper-tiny-random"
+DECODE = {"language": "manifest", "max_new_tokens": 12, "num_beams": 1}
+USERS = {
+    "alice": ({"name": "lora", "rank": 4, "alpha": 8}, 1),
+    "bob": ({"name": "lora", "rank": 4, "alpha": 8}, 2),
+    "gina": ({"name": "glora", "type": 1, "rank": 4, "alpha": 8}, 3),
+    "bella": ({"name": "blora", "rank": 4, "alpha": 8}, 4),
+    "nina": ({"name": "lora", "rank": 4, "alpha": 8, "new_tokens": ["회의실", "email을"]}, 5),  # extended vocabulary
+}
+MERGEABLE = ("alice", "bob", "bella")
+
+
+def export_adapter(directory, values, seed, base_seed=0):
+    """An adapter with random nonzero B (so it changes the transcript), exported as a device keeps it."""
+    model = load_base_model(BASE, seed=base_seed)
+    strategy = build_strategy(OmegaConf.merge(OmegaConf.structured(AdapterConfig), values))
+    with torch.random.fork_rng():  # A's initialisation too: the same adapters (and transcripts) every run
+        torch.manual_seed(seed)
+        strategy.attach(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in strategy.trainable_parameters():
+            if name.endswith("lora_B.weight") or "gate" in name or "glu" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            elif name.endswith("embed_tokens.extra"):  # large rows: the new tokens get decoded
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 3)
+    strategy.save_adapter(directory)
+
+
+def offline_texts(adapters, audio_path) -> tuple[dict, dict]:
+    """What offline decoding returns, unmerged and merged: ASRModule with each adapter loaded, the same
+    decode settings (one module per adapter config; merging is undone by copying the kept weights back)."""
+    from lightning_asr.module import ASRModule
+
+    unmerged, merged, modules = {}, {}, {}
+    for user, (values, _) in USERS.items():
+        key = json.dumps(values, sort_keys=True)
+        if key not in modules:
+            modules[key] = ASRModule({"model": {"spec": BASE}, "adapter": values, "decode": DECODE}).eval()
+        module = modules[key]
+        features = module.processor.feature_extractor([read_audio(audio_path)], sampling_rate=16000,
+                                                      return_tensors="pt").input_features
+        module.strategy.load_adapter(adapters / user)
+        with torch.no_grad():
+            unmerged[user] = module.transcribe(features, ["en"])[0][0]
+            if user in MERGEABLE:
+                layers = list(module.strategy.layers().values())
+                kept = [layer.base_layer.weight.clone() for layer in layers]
+                module.strategy.merge()
+                merged[user] = module.transcribe(features, ["en"])[0][0]
+                for layer, weight in zip(layers, kept):
+                    layer.base_layer.weight.copy_(weight)
+                    layer.merged = False
+    return unmerged, merged
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    adapters = root / "adapters"
+    for user, (values, seed) in USERS.items():
+        export_adapter(adapters / user, values, seed)
+    export_adapter(adapters / "foreign", USERS["alice"][0], 1, base_seed=7)  # trained on another base
+    rng = np.random.RandomState(0)
+    write_wav(root / "speech.wav", (0.1 * rng.randn(2 * 16000)).astype(np.float32))
+    write_wav(root / "long.wav", (0.1 * rng.randn(8 * 16000)).astype(np.float32))
+    (root / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(range(40)))
+    offline, merged = offline_texts(adapters, root / "speech.wav")
+    return {"root": root, "adapters": adapters, "audio": root / "speech.wav", "offline": offline, "merged": merged}
+
+
+@pytest.fixture(scope="module")
+def served(store):
+    engine = AdapterServer(BASE, store["adapters"], mode="unmerged", cache_size=8, language="en", max_new_tokens=12)
+    engine.preload_structures()
+    with BackgroundServer(create_app(engine, max_upload_bytes=2**20)) as url:
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def merged_served(store):
+    engine = AdapterServer(BASE, store["adapters"], mode="merged", cache_size=1, language="en", max_new_tokens=12)
+    original = {name: tensor.clone() for name, tensor in engine.base.state_dict().items()}
+    with BackgroundServer(create_app(engine)) as url:
+        yield url, engine, original
+
+
+def ask(url, audio, **kwargs):
+    return client.transcribe(url, audio, **kwargs)
+
+
+def test_health_and_users(served):
+    url, engine = served
+    health = client.health(url)
+    assert health["status"] == "ok" and health["base"] == BASE and health["mode"] == "unmerged"
+    assert len(health["structures"]) == 4  # lora (alice and bob share it), glora, blora, lora + new tokens
+    with urllib.request.urlopen(url + "/users") as response:
+        users = {row["user"]: row for row in json.loads(response.read())["users"]}
+    assert users["alice"]["strategy"] == "lora" and "problem" not in users["alice"]
+    assert "another base model" in users["foreign"]["problem"]
+
+
+def test_each_user_gets_what_offline_decoding_returns(served, store):
+    url, _ = served
+    assert store["offline"]["alice"] != store["offline"]["bob"], "the two LoRA adapters must differ on this audio"
+    for user in USERS:
+        result = ask(url, store["audio"], user=user)
+        assert result["text"] == store["offline"][user], user
+        assert result["user"] == user and result["strategy"] == USERS[user][0]["name"]
+        assert result["language"] == "en" and result["mode"] == "unmerged"
+        assert set(result["timings_ms"]) >= {"adapter_load", "swap", "decode", "total"}
+    assert any(word in store["offline"]["nina"] for word in USERS["nina"][0]["new_tokens"])  # extended tokenizer
+    again = ask(url, store["audio"], user="alice")
+    assert again["cache_hit"] is True and again["timings_ms"]["adapter_load"] == 0
+
+
+def test_slots_share_the_base_weights(served):
+    _, engine = served
+    base = {name: p.data_ptr() for name, p in engine.base.named_parameters()}
+    for slot in engine.slots.values():
+        for name, parameter in slot.model.named_parameters():
+            plain = name.replace(".base_layer.", ".")
+            if plain in base and not parameter.requires_grad:
+                assert parameter.data_ptr() == base[plain], name
+
+
+def test_concurrent_requests_are_isolated(served, store):
+    url, _ = served
+    order = ["alice", "bob", "gina", "bob", "alice", "bella", "alice", "bob"]
+    results = [None] * len(order)
+
+    def worker(index, user):
+        results[index] = ask(url, store["audio"], user=user)
+
+    threads = [threading.Thread(target=worker, args=(i, u)) for i, u in enumerate(order)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for user, result in zip(order, results):
+        assert result is not None and result["user"] == user
+        assert result["text"] == store["offline"][user], user
+
+
+def test_adapter_upload_and_cli(served, store):
+    url, _ = served
+    result = ask(url, store["audio"], adapter_dir=store["adapters"] / "bob")
+    assert result["text"] == store["offline"]["bob"]
+    assert result["user"] is None and result["adapter_source"] == "upload" and result["cache_hit"] is False
+    from lightning_asr.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["transcribe", "--server", url, "--user", "gina", str(store["audio"]), str(store["audio"])]) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 2 and all(line["text"] == store["offline"]["gina"] for line in lines)
+
+
+def test_long_audio_is_decoded_in_windows(served, store):
+    url, _ = served
+    result = ask(url, store["root"] / "long.wav", user="alice")
+    assert result["windows"] == 2 and result["audio_seconds"] == 8.0
+
+
+def raw_post(url, body, query="user=alice"):
+    request = urllib.request.Request(f"{url}/transcribe?{query}", data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("unknown user", 404, "no adapter for user 'nobody'"),
+    ("invalid user id", 400, "invalid user id"),
+    ("corrupt audio", 400, "unreadable audio"),
+    ("empty audio", 400, "no audio"),
+    ("oversize upload", 413, "larger than 1 MB"),
+    ("adapter of another base", 409, "weights differ from those the adapter was trained on"),
+    ("uploaded adapter of another base", 409, "weights differ from those the adapter was trained on"),
+    ("incomplete upload", 422, "lightning_asr_adapter.safetensors"),
+])
+def test_bad_input_is_refused_and_the_service_keeps_serving(served, store, tmp_path, case, status, message):
+    url, _ = served
+    audio = store["audio"].read_bytes()
+    if case == "unknown user":
+        got = raw_post(url, audio, "user=nobody")
+    elif case == "invalid user id":
+        got = raw_post(url, audio, "user=..%2Fadapters")
+    elif case == "corrupt audio":
+        got = raw_post(url, (store["root"] / "corrupt.wav").read_bytes())
+    elif case == "empty audio":
+        got = raw_post(url, b"")
+    elif case == "oversize upload":
+        got = raw_post(url, b"\0" * (2 * 2**20))
+    elif case == "adapter of another base":
+        got = raw_post(url, audio, "user=foreign")
+    else:
+        source = store["adapters"] / ("foreign" if case == "uploaded adapter of another base" else "bob")
+        for name in ("lightning_asr_adapter.json", "adapter_config.json", "adapter_model.safetensors"):
+            (tmp_path / name).write_bytes((source / name).read_bytes())
+        if case != "incomplete upload":
+            name = "lightning_asr_adapter.safetensors"
+            (tmp_path / name).write_bytes((source / name).read_bytes())
+        try:
+            ask(url, store["audio"], adapter_dir=tmp_path)
+            got = (200, {})
+        except client.ServerError as err:
+            got = (err.status, {"detail": err.detail})
+    assert got[0] == status, got
+    assert message in got[1]["detail"]
+    assert ask(url, store["audio"], user="bob")["text"] == store["offline"]["bob"]
+
+
+def test_lru_eviction_and_merged_mode_restore_the_base_exactly(merged_served, store):
+    url, engine, original = merged_served
+    sequence = ["alice", "bob", "alice", "gina", "bella", "bella"]
+    results = [ask(url, store["audio"], user=user) for user in sequence]
+    for user, result in zip(sequence, results):
+        if user in MERGEABLE:
+            assert result["mode"] == "merged" and result["text"] == store["merged"][user], user
+        else:  # GLoRA cannot merge: served unmerged, and the response says so
+            assert result["mode"] == "unmerged" and "cannot be folded" in result["note"]
+            assert result["text"] == store["offline"][user]
+    assert [r["cache_hit"] for r in results] == [False, False, False, False, False, True]  # cache size 1
+    assert client.health(url)["cached_users"] == ["bella"]
+    current = engine.base.state_dict()
+    assert all(torch.equal(current[name], tensor) for name, tensor in original.items())
+
+
+def test_a_failing_merged_decode_still_restores_the_base(merged_served, store, monkeypatch):
+    url, engine, original = merged_served
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(engine, "_decode", broken)
+    status, body = raw_post(url, store["audio"].read_bytes())
+    assert status == 500 and "decoder exploded" in body["detail"]
+    monkeypatch.undo()
+    current = engine.base.state_dict()
+    assert all(torch.equal(current[name], tensor) for name, tensor in original.items())
+    assert ask(url, store["audio"], user="alice")["text"] == store["merged"]["alice"]
+
+
+def test_undoing_a_merge_by_subtraction_would_not_restore_the_base(store):
+    """Why merged mode copies the kept weights back: W + dW - dW drifts from W in float32."""
+    model = load_base_model(BASE)
+    strategy = build_strategy(OmegaConf.merge(OmegaConf.structured(AdapterConfig), USERS["alice"][0]))
+    strategy.attach(model)
+    strategy.load_adapter(store["adapters"] / "alice")
+    before = {name: layer.base_layer.weight.clone() for name, layer in strategy.layers().items()}
+    strategy.merge()
+    strategy.unmerge()
+    assert any(not torch.equal(before[name], layer.base_layer.weight) for name, layer in strategy.layers().items())
