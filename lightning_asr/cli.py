@@ -42,6 +42,8 @@ def _evaluate(args) -> int:
     results = evaluate(module, args.manifest, overrides)
     for key, value in sorted(results.items()):
         print(f"{key}: {value:.4f}")
+    for name, normalizer_id in sorted(module.normalizer_ids.items()):
+        print(f"normalizer/{name}: {normalizer_id}")
     if args.predictions:
         Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
         with open(args.predictions, "w", encoding="utf-8") as handle:

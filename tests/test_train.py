@@ -63,7 +63,7 @@ decode:
     predictions = tmp_path / "pred.jsonl"
     assert main(["evaluate", "--checkpoint", str(best), "--manifest", f"{corpus}/en/test.jsonl", "--predictions", str(predictions)]) == 0
     out = capsys.readouterr().out
-    assert "test/en/test/wer" in out
+    assert "test/en/test/wer" in out and "normalizer/en/test: basic-v3[en," in out
     assert len(predictions.read_text().splitlines()) == 4
     # the evaluated weights are the checkpoint's, not a fresh random model
     reloaded = ASRModule.from_checkpoint(best)
