@@ -39,7 +39,14 @@ def _evaluate(args) -> int:
     if args.num_beams or args.language:
         overrides["decode"] = dict(module.config["decode"], **({"num_beams": args.num_beams} if args.num_beams else {}),
                                    **({"language": args.language} if args.language else {}))
+    if args.devices or args.strategy:  # e.g. --devices 2 --strategy ddp: the test set sharded over processes
+        overrides["trainer"] = dict(module.config["trainer"], **({"devices": args.devices} if args.devices else {}),
+                                    **({"strategy": args.strategy} if args.strategy else {}))
     results = evaluate(module, args.manifest, overrides)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # every process holds the reduced scores; one prints them
+        return 0
     for key, value in sorted(results.items()):
         print(f"{key}: {value:.4f}")
     for name, normalizer_id in sorted(module.normalizer_ids.items()):
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--num-beams", type=int)
     evaluate.add_argument("--language", help="'manifest' (default), 'auto' or a language code")
     evaluate.add_argument("--predictions", help="write per-utterance predictions to this JSONL file")
+    evaluate.add_argument("--devices", type=int, help="processes (or GPUs) to shard the test sets over")
+    evaluate.add_argument("--strategy", help="Lightning strategy for several devices, e.g. ddp")
     serve = commands.add_parser("serve", help="serve one base model with per-user adapters over HTTP")
     serve.add_argument("--base", required=True, help="base model: preset, local directory or hub id")
     serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")

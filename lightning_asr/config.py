@@ -117,7 +117,8 @@ class TrainerConfig:
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: Any = "auto"
-    strategy: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # ddp: one process per device; see README "Scale-out"
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
 

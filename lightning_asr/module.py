@@ -44,6 +44,18 @@ def check_language_control(language: str) -> None:
 OUTPUT_LAYER = r"^lm_head\."  # a CTC output layer made for a new vocabulary
 
 
+def gather_predictions(predictions: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Every process's share of the per-utterance predictions, in manifest order, on every process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        shares = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shares, predictions)
+        predictions = {}
+        for share in shares:
+            for name, rows in share.items():
+                predictions.setdefault(name, []).extend(rows)
+    return {name: sorted(rows, key=lambda row: row["line"]) for name, rows in predictions.items()}
+
+
 def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")
 
@@ -202,10 +214,10 @@ class ASRModule(L.LightningModule):
             metric.update(texts, batch["texts"])
         if split == "test":
             primary = metrics[METRIC_NAMES[primary_unit(lang)]]
-            for text, reference, utt_lang, speaker in zip(texts, batch["texts"], batch["langs"], batch["speakers"]):
+            for text, reference, utt_lang, speaker, line in zip(texts, batch["texts"], batch["langs"], batch["speakers"], batch["lines"]):
                 edits, tokens = primary.utterance_counts(text, reference)
                 self.predictions.setdefault(name, []).append(
-                    {"reference": reference, "prediction": text, "lang": utt_lang, "speaker": speaker,
+                    {"line": line, "reference": reference, "prediction": text, "lang": utt_lang, "speaker": speaker,
                      "edits": edits, "tokens": tokens})
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
@@ -248,6 +260,7 @@ class ASRModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+        self.predictions = gather_predictions(self.predictions)
 
     # ---- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -38,8 +38,9 @@ def make_datamodule(config: dict, processor) -> ManifestDataModule:
 def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trainer:
     trainer = dict(config["trainer"])
     val_check_interval = trainer.pop("val_check_interval")
+    # the data module shards batches itself (same global batches under any number of processes)
     kwargs = dict(trainer, callbacks=list(callbacks), logger=logger if logger is not None else False,
-                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False)
+                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, use_distributed_sampler=False)
     if val_check_interval:
         kwargs.update(val_check_interval=val_check_interval, check_val_every_n_epoch=None)
     kwargs.update(overrides)

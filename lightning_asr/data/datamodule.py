@@ -46,10 +46,19 @@ class UtteranceDataset(Dataset):
 
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar duration: sort within shuffled buckets, then shuffle the batches.
-    Deterministic given ``seed`` and the epoch (``set_epoch``), so a resumed run sees the same order."""
+    Deterministic given ``seed`` and the epoch (``set_epoch``), so a resumed run sees the same order.
 
-    def __init__(self, durations: list[float], batch_size: int, bucket_size: int, shuffle: bool = True, seed: int = 0):
-        self.durations, self.batch_size, self.bucket_size = durations, batch_size, max(bucket_size, batch_size)
+    Under data parallelism every process draws the same global batches of ``batch_size * num_replicas``
+    utterances and takes its own slice of each, so a step of N processes sees exactly the utterances one
+    process with an N-times larger batch would; trailing batches that cannot be split evenly are dropped so
+    that every process takes the same number of steps."""
+
+    def __init__(self, durations: list[float], batch_size: int, bucket_size: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        self.durations, self.batch_size = durations, batch_size
+        self.num_replicas, self.rank = num_replicas, rank
+        self.global_batch = batch_size * num_replicas
+        self.bucket_size = max(bucket_size, self.global_batch)
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,14 +72,34 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), self.bucket_size):
             bucket = sorted(order[start : start + self.bucket_size], key=self.durations.__getitem__)
-            batches += [bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+            batches += [bucket[i : i + self.global_batch] for i in range(0, len(bucket), self.global_batch)]
         if self.shuffle:
             rng.shuffle(batches)
+        if self.num_replicas > 1:
+            batches = [b[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+                       for b in batches if len(b) == self.global_batch]
         return iter(batches)
 
     def __len__(self) -> int:
+        if self.num_replicas > 1:
+            return sum((min(self.bucket_size, len(self.durations) - s)) // self.global_batch
+                       for s in range(0, len(self.durations), self.bucket_size))
         return sum(math.ceil(min(self.bucket_size, len(self.durations) - s) / self.batch_size)
                    for s in range(0, len(self.durations), self.bucket_size))
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``num_replicas``-th utterance from ``rank`` on, without the padding duplicates of
+    ``DistributedSampler``: summed metric counts then cover each test utterance exactly once."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0):
+        self.indices = list(range(rank, size, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 @dataclass
@@ -96,7 +125,8 @@ class Collator:
         for row, ids in enumerate(labels):
             padded[row, : len(ids)] = torch.tensor(ids)
         return {"input_features": features, "labels": padded, "texts": [u.text for u in utterances],
-                "langs": [u.lang for u in utterances], "speakers": [u.speaker for u in utterances]}
+                "langs": [u.lang for u in utterances], "speakers": [u.speaker for u in utterances],
+                "lines": [u.line for u in utterances]}
 
 
 def spec_augment(freq_masks: int, freq_mask_param: int, time_masks: int, time_mask_param: int) -> torch.nn.Module:
@@ -131,7 +161,7 @@ class CTCCollator:
             padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask, "labels": padded,
                 "texts": [u.text for u in utterances], "langs": [u.lang for u in utterances],
-                "speakers": [u.speaker for u in utterances]}
+                "speakers": [u.speaker for u in utterances], "lines": [u.line for u in utterances]}
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -179,12 +209,18 @@ class ManifestDataModule(L.LightningDataModule):
         utterances = [u for us in self.sets["train"].values() for u in us]
         if not utterances:
             raise ManifestError(["no training manifest given — fix: set data.train_manifests"])
-        sampler = BucketBatchSampler([u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed)
+        sampler = BucketBatchSampler([u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed,
+                                     *self.replicas())
         return DataLoader(UtteranceDataset(utterances), batch_sampler=sampler, collate_fn=self._collator(True),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
+    def replicas(self) -> tuple[int, int]:
+        """(number of data-parallel processes, this process's rank), from the Trainer once attached."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(UtteranceDataset(us), batch_size=self.eval_batch_size, shuffle=False,
+        return [DataLoader(UtteranceDataset(us), batch_size=self.eval_batch_size, sampler=ShardSampler(len(us), *self.replicas()),
                            collate_fn=self._collator(False), num_workers=self.num_workers)
                 for us in self.sets[split].values()]
 
