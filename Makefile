@@ -7,7 +7,7 @@ TOKENIZER := .cache/whisper-tokenizer/tokenizer.json
 PROFILE ?= embedded
 SEEDS ?=
 
-.PHONY: setup test test-all bench-forgetting mlflow-ui clean
+.PHONY: setup test test-all bench-forgetting reproduce mlflow-ui clean
 
 setup: $(INSTALLED) $(TOKENIZER)
 
@@ -30,6 +30,11 @@ test-all: setup
 # overrides the benchmark config (e.g. ARGS='target_set=zh-en name=forgetting-embedded-zh-en')
 bench-forgetting: setup
 	$(BIN)/python benchmarks/forgetting.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+
+# PROFILE=embedded|tiny|configs/reproduce/<gpu profile>.yaml; SEEDS as above; ARGS='key=value ...' overrides the
+# reproduce profile (e.g. ARGS='experiments=[blora-vs-lora]'); writes reports/<profile>/REPRODUCTION.md
+reproduce: setup
+	$(BIN)/python benchmarks/reproduce.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 MLFLOW_PORT ?= 5000
 # The MLflow UI on loopback, against the benchmark's store, with one worker (2 processes, ~0.5 GiB)

@@ -49,6 +49,7 @@ from lightning_asr import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_RECIPE_VERSION = 1  # bump when the pretraining code path changes what a cached base would be
+RESULTS_VERSION = 2  # bump when a default or a code path changes what a finished cell would be
 
 
 @dataclass
@@ -99,6 +100,26 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def config_identity(config: dict) -> dict:
+    """What identifies a run's result: its config without ``output_dir`` and without values equal to the
+    schema's defaults, so adding an option (at a default that changes nothing) keeps cached bases and finished
+    cells valid. Changing a default's value is a code change: bump ``RESULTS_VERSION``."""
+    defaults = to_dict(OmegaConf.structured(TrainConfig))
+
+    def differing(values: dict, reference: dict) -> dict:
+        kept = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(reference.get(key), dict):
+                nested = differing(value, reference[key])
+                if nested:
+                    kept[key] = nested
+            elif key not in reference or reference[key] != value:
+                kept[key] = value
+        return kept
+
+    return {"results_version": RESULTS_VERSION, **differing({k: v for k, v in config.items() if k != "output_dir"}, defaults)}
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -114,8 +135,12 @@ def load_bench_config(profile: str, overrides: list[str] | None = None):
 
 
 class Benchmark:
-    def __init__(self, bench, config_path: Path, force: bool = False):
+    def __init__(self, bench, config_path: Path, force: bool = False, parent_tags: dict | None = None):
         self.bench, self.config_path, self.force = bench, config_path, force
+        # extra tags of the parent run (its name, a run to nest under): a caller that groups benchmark runs
+        self.parent_tags = dict(parent_tags or {})
+        self.parent_id: str | None = None
+        self.cell_runs: dict[tuple[str, int], str] = {}  # (label, seed) -> run id of each finished cell
         self.root = Path(bench.corpus.root)
         self.out = Path(bench.output_dir) / bench.name
         unknown = sorted(set(bench.manifests) - {*bench.source_sets, bench.target_set})
@@ -200,7 +225,7 @@ class Benchmark:
             "model": {"spec": base.spec},
             "data": {"train_manifests": self.source_train_manifests(),
                      "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets]}}))
-        key = digest({"config": {k: v for k, v in config.items() if k != "output_dir"}, "corpus": corpus_checksum,
+        key = digest({"config": config_identity(config), "corpus": corpus_checksum,
                       "recipe": PRETRAIN_RECIPE_VERSION, "version": lightning_asr.__version__})[:12]
         target = Path(base.cache_dir) / f"{base.spec}-{key}"
         if (target / "config.json").exists():
@@ -250,7 +275,7 @@ class Benchmark:
 
     def cell_hash(self, config: dict) -> str:
         """What makes a cell's result: its config and the content of the data (not only the paths)."""
-        return digest({"config": {k: v for k, v in config.items() if k != "output_dir"}, "data": self.corpus_checksum})
+        return digest({"config": config_identity(config), "data": self.corpus_checksum})
 
     def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
         from lightning_asr.module import ASRModule
@@ -398,15 +423,16 @@ class Benchmark:
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
         parent = client.create_run(experiment, tags={"mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
                                                       tracking.TAG_BENCH: bench.name, "git_commit": git_commit(),
-                                                      "base_model": base_spec, "dataset": bench.target_set})
-        parent_id = parent.info.run_id
+                                                      "base_model": base_spec, "dataset": bench.target_set,
+                                                      **self.parent_tags})
+        parent_id = self.parent_id = parent.info.run_id
         say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
         try:
             base_scores = self.evaluate_base(base_spec)
             for name, value in errors(base_scores).items():
                 client.log_metric(parent_id, f"base/{name}/error", value)
             cells: dict[str, dict[int, dict[str, Scores]]] = {}
-            cell_runs = {}
+            cell_runs = self.cell_runs = {}
             for entry in bench.strategies:
                 entry = OmegaConf.to_container(entry, resolve=True)
                 for seed in seeds:

@@ -43,3 +43,16 @@ def test_recipe_errors_name_the_key(tmp_path):
     bad_key.write_text(text.replace("  scoring: {korean_jamo_map: true}", "  scoring: {korean_jamo_mapping: true}"))
     with pytest.raises(ConfigError, match="did you mean 'scoring.korean_jamo_map'"):
         Benchmark(*load_bench_config(str(bad_key)))
+
+
+def test_config_identity_ignores_options_at_their_defaults():
+    from forgetting import RESULTS_VERSION, config_identity
+
+    from lightning_asr.config import load_config, to_dict
+
+    config = to_dict(load_config(overrides=["adapter.name=lora", "output_dir=runs/x"]))
+    assert config_identity(config) == {"results_version": RESULTS_VERSION, "adapter": {"name": "lora"}}
+    older = {k: v for k, v in config.items() if k != "scoring"}  # written before the scoring options existed
+    assert config_identity(older) == config_identity(config)
+    config["scoring"]["numbers"] = "words"
+    assert config_identity(config)["scoring"] == {"numbers": "words"}
