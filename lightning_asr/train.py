@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_asr.config import to_dict
 from lightning_asr.data.datamodule import ManifestDataModule
@@ -20,6 +26,41 @@ class OutputExistsError(FileExistsError):
     """A finished or interrupted run is in the output folder; nothing is overwritten without being asked."""
 
 
+class CheckpointError(OutputExistsError):
+    """The run in the output folder cannot be resumed: its last checkpoint is incomplete or not a training checkpoint."""
+
+
+def check_resumable(last: Path) -> None:
+    """Refuse a ``last.ckpt`` that would fail deep inside Lightning: truncated (a copy cut short, a full disk),
+    not a checkpoint at all, or one without the training state. Tensors are memory-mapped, not read."""
+    try:
+        checkpoint = torch.load(str(last), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch's zip reader and unpickler errors
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{last} is truncated or not a checkpoint ({first_line[:160]}) — fix: pass --force "
+                              f"to start the run over, or put an intact checkpoint of this run in its place") from err
+    missing = [key for key in ("state_dict", "loops", "optimizer_states", "global_step") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{last} is not a training checkpoint (no {', '.join(missing)}) — fix: pass --force to "
+                              "start the run over, or put an intact checkpoint of this run in its place")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written next to their final name and renamed into place, so a run killed while saving
+    leaves the previous checkpoint, never a truncated one (Lightning's own save stages the file in the
+    system's temporary folder, from which the final move is a copy when that is another file system)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+
+
 @dataclass
 class TrainResult:
     module: ASRModule
@@ -28,11 +69,131 @@ class TrainResult:
     validation: dict[str, float]
 
 
-def make_datamodule(config: dict, processor) -> ManifestDataModule:
+def make_datamodule(config: dict, processor, resumable: bool = False) -> ManifestDataModule:
+    """The data of a run; ``resumable`` for training (see ``ResumableDataModule``)."""
     data = config["data"]
-    return ManifestDataModule(processor, data["train_manifests"], data["val_manifests"], data["test_manifests"],
-                              data["batch_size"], data["eval_batch_size"], data["num_workers"], data["bucket_size"],
-                              data["skip_bad_lines"], data["spec_augment"], config["seed"])
+    return (ResumableDataModule if resumable else ManifestDataModule)(
+        processor, data["train_manifests"], data["val_manifests"], data["test_manifests"], data["batch_size"],
+        data["eval_batch_size"], data["num_workers"], data["bucket_size"], data["skip_bad_lines"], data["spec_augment"],
+        config["seed"])
+
+
+# ---- exact resumption ---------------------------------------------------------------------------------------------
+# A resumed run ends bit for bit where the uninterrupted one does because nothing random in training depends on
+# the history of the process: (1) the batches of an epoch are a function of (seed, epoch), and the checkpoint
+# records how many of the current epoch were trained on, so the resumed run starts at the next one; (2) the
+# SpecAugment masks of a batch come from a generator seeded by (seed, rank, epoch, position), however many
+# batches the process drew before (prefetching, worker processes, a restart); (3) the global generator is
+# seeded by (seed, rank, epoch, batch index) before each training step, so dropout and BLoRA's weight noise
+# repeat. Weights, optimizer moments, the learning-rate schedule and the loop counters are in the checkpoint.
+# On a GPU this holds to the last bit only where the kernels are deterministic (the Trainer runs with
+# deterministic=False, so atomic-add reductions may differ between any two runs, interrupted or not).
+
+
+def batch_seed(seed: int, *place) -> int:
+    """A 63-bit seed from the run's seed and a place in training (a tag, rank, epoch, batch)."""
+    digest = hashlib.blake2b(repr((seed, *place)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class PlacedBatches(Sampler[list]):
+    """The training batch sampler with every index tagged ``(epoch, position, index)``; after ``resume_at``,
+    the next iteration starts at that batch of that epoch."""
+
+    def __init__(self, batches: Sampler):
+        self.batches, self.epoch, self.start = batches, 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        self.start = (epoch + 1, 0) if position >= len(self) else (epoch, position)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        epoch, skip = self.epoch, 0
+        if self.start is not None:
+            (epoch, skip), self.start = self.start, None
+            self.set_epoch(epoch)
+        batches = list(self.batches)  # the epoch's order is drawn now, for the epoch set just before
+        return iter([[(epoch, position, index) for index in batch] for position, batch in enumerate(batches) if position >= skip])
+
+
+class PlacedDataset(Dataset):
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, placed: tuple[int, int, int]):
+        epoch, position, index = placed
+        return (epoch, position), self.dataset[index]
+
+
+class SeededCollate:
+    """Collates a batch with the CPU generator seeded by the batch's place, and restores it afterwards."""
+
+    def __init__(self, collate, seed: int, rank: int):
+        self.collate, self.seed, self.rank = collate, seed, rank
+
+    def __call__(self, items: list):
+        epoch, position = items[0][0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed(self.seed, "augment", self.rank, epoch, position))
+            return self.collate([item for _, item in items])
+
+
+class ResumableTrainLoader(DataLoader):
+    """The training loader, with the state Lightning saves in checkpoints (``state_dict``) and hands back
+    before it iterates again (``load_state_dict``): the epoch and how many of its batches were trained on."""
+
+    def __init__(self, loader: DataLoader, seed: int, rank: int, progress: Callable[[], tuple[int, int]]):
+        self.placed, self.progress = PlacedBatches(loader.batch_sampler), progress
+        super().__init__(PlacedDataset(loader.dataset), batch_sampler=self.placed,
+                         collate_fn=SeededCollate(loader.collate_fn, seed, rank), num_workers=loader.num_workers,
+                         persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory,
+                         timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                         prefetch_factor=loader.prefetch_factor if loader.num_workers else None)
+
+    def __iter__(self):
+        # Lightning calls set_epoch on a loader's sampler, or on its batch sampler's sampler, never on the
+        # batch sampler itself: without this, every epoch would repeat the first epoch's order
+        self.placed.set_epoch(self.progress()[0])
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        epoch, position = self.progress()
+        return {"epoch": epoch, "position": position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.placed.resume_at(state["epoch"], state["position"])
+
+
+class ResumableDataModule(ManifestDataModule):
+    """``ManifestDataModule`` whose training loader is a ``ResumableTrainLoader``."""
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is None:  # outside a Trainer there is no progress to record
+            return super().train_dataloader()
+        # batches trained on in this epoch: counted before the on_train_batch_end hooks, so a checkpoint saved
+        # there or after validation counts the batch it follows
+        progress = lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # noqa: E731
+        return ResumableTrainLoader(super().train_dataloader(), self.seed, trainer.global_rank, progress)
+
+
+class SeedEachBatch(Callback):
+    """Seeds the global generators before each training batch from the batch's place in training."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        torch.manual_seed(batch_seed(self.seed, "step", trainer.global_rank, trainer.current_epoch, batch_idx))
 
 
 def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trainer:
@@ -40,7 +201,8 @@ def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trai
     val_check_interval = trainer.pop("val_check_interval")
     # the data module shards batches itself (same global batches under any number of processes)
     kwargs = dict(trainer, callbacks=list(callbacks), logger=logger if logger is not None else False,
-                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, use_distributed_sampler=False)
+                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, use_distributed_sampler=False,
+                  plugins=[AtomicCheckpointIO()])
     if val_check_interval:
         kwargs.update(val_check_interval=val_check_interval, check_val_every_n_epoch=None)
     kwargs.update(overrides)
@@ -69,25 +231,34 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         shutil.rmtree(output / "logs", ignore_errors=True)
     saved = output / "config.json"
     if resume and last.exists() and saved.exists():
-        if _comparable(json.loads(saved.read_text())) != _comparable(config):
+        try:
+            saved_config = json.loads(saved.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise OutputExistsError(f"{saved} is not readable JSON ({err}) — fix: --force to start over, or restore the "
+                                    "file from a copy of the run") from err
+        if not isinstance(saved_config, dict) or _comparable(saved_config) != _comparable(config):
             raise OutputExistsError(f"{output} was trained with another config ({saved}) — fix: resume with that "
                                     "config, or --force to start over")
+    if resume and last.exists():
+        check_resumable(last)
     output.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(config["seed"], workers=True, verbose=False)
     module = ASRModule(config)
-    datamodule = make_datamodule(config, module.processor)
+    datamodule = make_datamodule(config, module.processor, resumable=True)
     datamodule.setup()
     if config["adapter"].get("kl_reduction") == "elbo" and not config["adapter"].get("num_train_examples"):
         # the textbook ELBO divides the summed KL by the number of training utterances
         config["adapter"]["num_train_examples"] = sum(len(us) for us in datamodule.sets["train"].values())
         module.strategy.config.num_train_examples = config["adapter"]["num_train_examples"]
-    (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    partial = saved.with_name(saved.name + ".partial")  # renamed into place: a kill never leaves half a file
+    partial.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    partial.replace(saved)
     module.set_eval_sets("val", datamodule.eval_sets("val"))
     has_val = bool(config["data"]["val_manifests"])
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss" if has_val else None,
                                  mode="min", save_last=True, save_top_k=1)
-    callbacks = [checkpoint, *extra_callbacks]
+    callbacks = [checkpoint, SeedEachBatch(config["seed"]), *extra_callbacks]
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = make_trainer(config, callbacks, loggers, limit_val_batches=config["trainer"]["limit_val_batches"] if has_val else 0)

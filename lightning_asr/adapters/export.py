@@ -69,6 +69,8 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
     from omegaconf import OmegaConf
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file, not a directory — fix: choose another directory")
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} already holds files — fix: choose another directory or pass overwrite=True")
     if getattr(strategy, "merged", False) or any(getattr(m, "merged", False) for m in strategy.model.modules()):
@@ -84,17 +86,23 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        (staging / SIDE_JSON).write_text(json.dumps(side, indent=2))
         save_file(tensors, str(staging / SIDE_TENSORS), metadata={"format": "pt"})
         if peft_tensors:
             (staging / PEFT_CONFIG).write_text(json.dumps(peft_config(strategy), indent=2))
             save_file(peft_tensors, str(staging / PEFT_TENSORS), metadata={"format": "pt"})
+        side["sha256"] = {name: file_sha256(staging / name) for name in (SIDE_TENSORS, PEFT_TENSORS) if (staging / name).exists()}
+        (staging / SIDE_JSON).write_text(json.dumps(side, indent=2))
         old = None
         if directory.exists():  # move the old export aside first: a crash never leaves neither
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
-        os.replace(staging, directory)
+        try:
+            os.replace(staging, directory)
+        except BaseException:
+            if old is not None:  # put the previous export back rather than leave none
+                os.replace(old, directory)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -102,21 +110,87 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
     return directory
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_side_file(directory: str | Path) -> dict | None:
+    """The side file's contents after checking its structure, or None where there is none."""
     path = Path(directory) / SIDE_JSON
     if not path.exists():
         return None
-    side = json.loads(path.read_text())
+    try:
+        side = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON
+        raise AdapterFileError(f"{path} is not a readable JSON file ({str(err)[:120]}) — fix: export the adapter "
+                               "again with save_adapter") from err
+    if not isinstance(side, dict):
+        raise AdapterFileError(f"{path} holds a JSON {type(side).__name__}, not an object — fix: export the adapter again")
     if side.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(f"{path}: format version {side.get('format_version')} is not {FORMAT_VERSION}")
+        raise AdapterFileError(f"{path}: format version {side.get('format_version')!r} is not {FORMAT_VERSION} — fix: "
+                               "export the adapter again with this version of lightning_asr")
+    kinds = {"strategy": str, "config": dict, "fingerprint": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(side.get(key), kind)]
+    if "sha256" in side and not isinstance(side["sha256"], dict):
+        wrong.append("sha256")
+    if wrong:
+        raise AdapterFileError(f"{path} lacks a valid {', '.join(wrong)} — fix: export the adapter again with save_adapter")
     return side
+
+
+def _load_tensors(path: Path, side: dict | None) -> dict[str, torch.Tensor]:
+    """A safetensors file, checked against the checksum ``save_adapter`` recorded (where there is one)."""
+    expected = (side or {}).get("sha256", {}).get(path.name)
+    if not path.is_file():
+        raise AdapterFileError(f"{path} is missing — fix: copy every file save_adapter wrote, or export the adapter again")
+    if expected is not None and file_sha256(path) != expected:
+        raise AdapterFileError(f"{path} differs from the file save_adapter wrote (checksum mismatch: truncated or "
+                               "corrupt) — fix: copy it again or export the adapter again")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors' own errors: truncated or corrupt header, bad offsets
+        raise AdapterFileError(f"{path} is not a readable safetensors file ({str(err)[:120]}) — fix: export the "
+                               "adapter again") from err
+
+
+def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors or settings that do not fit the model: a load would fail halfway or compute another function."""
+    own = dict(strategy.model.named_parameters())
+    unknown = sorted(set(tensors) - set(own))
+    missing = sorted({name for name, _ in strategy.trainable_parameters()} - set(tensors))
+    wrong = sorted(name for name in set(tensors) & set(own) if tuple(tensors[name].shape) != tuple(own[name].shape)
+                   or (own[name].is_floating_point() and not tensors[name].is_floating_point()))
+    if unknown or missing or wrong:
+        shown = "; ".join(f"{what} {names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                          for what, names in (("unknown", unknown), ("missing", missing), ("wrong shape or type", wrong)) if names)
+        raise AdapterFileError(f"{directory} does not fit this {strategy.name} model: {shown} — fix: build the model "
+                               f"with the adapter's own settings ('config' in {SIDE_JSON}) on its base model")
+    if side is None:
+        return
+    saved, current = side["config"], strategy.config
+    differ = []
+    if list(saved.get("new_tokens") or []) != list(current.get("new_tokens") or []):
+        differ.append("new_tokens")
+    if getattr(strategy, "target_names", None) is not None:  # the LoRA family: alpha / rank scales every update
+        if "alpha" in saved and saved["alpha"] != current.get("alpha"):
+            differ.append("alpha")
+        targets = side.get("target_modules")
+        if targets is not None and list(targets) != list(strategy.target_names):
+            differ.append("target_modules")
+    if differ:
+        raise AdapterFileError(f"{directory} was trained with other {', '.join(differ)} than this model uses — fix: "
+                               f"build the model with the adapter's own settings ('config' in {SIDE_JSON})")
 
 
 def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of an adapter directory under the model's own parameter names, after every check."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise AdapterFileError(f"{directory} is not an adapter directory")
+        raise AdapterFileError(f"{directory} is not an adapter directory — fix: pass the directory save_adapter wrote")
     side = read_side_file(directory)
     tensors: dict[str, torch.Tensor] = {}
     if side is None:
@@ -125,7 +199,8 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
                 f"{directory} has no {SIDE_JSON}: it holds at most PEFT's LoRA factors, without the "
                 f"{strategy.name} tensors (gates, variances) — fix: export the adapter with save_adapter, which writes both")
         if not (directory / PEFT_TENSORS).exists():
-            raise AdapterFileError(f"{directory} holds neither {SIDE_JSON} nor {PEFT_TENSORS}")
+            raise AdapterFileError(f"{directory} holds neither {SIDE_JSON} nor {PEFT_TENSORS} — fix: export the adapter "
+                                   "with save_adapter, or copy every file it wrote")
     else:
         if side["strategy"] != strategy.name:
             raise AdapterFileError(f"{directory} holds a {side['strategy']!r} adapter; this model uses {strategy.name!r} — "
@@ -134,8 +209,12 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
         if problem and not ignore_fingerprint:
             raise AdapterFileError(f"{directory}: {problem} — fix: load it onto the base model it was trained on, "
                                    "or pass ignore_fingerprint=True if you know the bases are compatible")
-        tensors.update(load_file(str(directory / SIDE_TENSORS)))
+        if side.get("peft_files") and not (directory / PEFT_TENSORS).exists():
+            raise AdapterFileError(f"{directory / PEFT_TENSORS} is missing — fix: copy every file save_adapter wrote, "
+                                   "or export the adapter again")
+        tensors.update(_load_tensors(directory / SIDE_TENSORS, side))
     if (directory / PEFT_TENSORS).exists():
-        for name, tensor in load_file(str(directory / PEFT_TENSORS)).items():
+        for name, tensor in _load_tensors(directory / PEFT_TENSORS, side).items():
             tensors[name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name] = tensor
+    _check_fit(strategy, directory, side, tensors)
     return tensors
