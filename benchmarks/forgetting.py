@@ -511,17 +511,21 @@ class Benchmark:
     def target_lang(self) -> str:
         return set_language(row["lang"] for row in self.target_rows["base"][0])
 
-    def normalizer(self):
-        scoring = structured(ScoringConfig, OmegaConf.to_container(self.bench.adapt).get("scoring", {}))
-        return TextNormalizer(self.target_lang, scoring.numbers, scoring.traditional_to_simplified, scoring.korean_jamo_map)
+    @property
+    def scoring(self):
+        return structured(ScoringConfig, OmegaConf.to_container(self.bench.adapt).get("scoring", {}))
+
+    def normalizer(self) -> TextNormalizer:
+        return TextNormalizer.from_scoring(self.target_lang, self.scoring)
 
     def target_breakdown(self) -> tuple[list[str], dict[str, dict[str, float]]]:
         """MER, JER, CER, WER, the per-language split and PIER of the target set for the base and each
         strategy (mean over seeds), recomputed from the logged predictions."""
         breakdown = {}
+        lang, normalizer, average = self.target_lang, self.normalizer(), self.scoring.average
         for label, per_seed in self.target_rows.items():
-            scores = [score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], self.target_lang,
-                                  self.normalizer()) for rows in per_seed]
+            scores = [score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], lang, normalizer, average)
+                      for rows in per_seed]
             breakdown[label] = {key: float(np.mean([s.get(key, math.nan) for s in scores])) for key in scores[0]}
         columns = [c for c in ("mer", "jer", "cer", "wer", "err_ko", "err_zh", "err_en", "err_other", "pier")
                    if any(c in values for values in breakdown.values())]

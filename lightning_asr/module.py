@@ -186,8 +186,7 @@ class ASRModule(L.LightningModule):
         return structured(ScoringConfig, self.config.get("scoring", {}))
 
     def normalizer(self, lang: str) -> TextNormalizer:
-        scoring = self.scoring
-        return TextNormalizer(lang, scoring["numbers"], scoring["traditional_to_simplified"], scoring["korean_jamo_map"])
+        return TextNormalizer.from_scoring(lang, self.scoring)
 
     def set_eval_sets(self, split: str, sets: list[tuple[str, str]]) -> None:
         """Name and language of each evaluation DataLoader of ``split`` (``val`` or ``test``), in order."""

@@ -663,7 +663,7 @@ def rescore(rows: list[dict], lang: str, scoring: dict | None = None, compat_fra
               "compat_jamo/rewritten_references": count_compatibility_jamo(respelt)}
     for condition, refs in (("natural", references), ("compat", respelt)):
         for mapping in (True, False):
-            normalizer = TextNormalizer(lang, scoring.get("numbers", "keep"), scoring.get("traditional_to_simplified", False), mapping)
+            normalizer = TextNormalizer.from_scoring(lang, {**scoring, "korean_jamo_map": mapping})
             scores = score_texts(predictions, refs, lang, normalizer, scoring.get("average", "corpus"))
             for name in ("mer", "cer", "jer", "wer"):
                 if name in scores:

@@ -125,6 +125,13 @@ class TextNormalizer:
         if self.numbers not in ("keep", "words"):
             raise ValueError(f"numbers={self.numbers!r}: choose keep or words")
 
+    @classmethod
+    def from_scoring(cls, lang: str, scoring) -> "TextNormalizer":
+        """The normaliser a run's ``scoring`` options (``lightning_asr.config.ScoringConfig``, or a plain
+        mapping with any of its keys) ask for."""
+        return cls(lang, scoring.get("numbers", "keep"), scoring.get("traditional_to_simplified", False),
+                   scoring.get("korean_jamo_map", True))
+
     @property
     def id(self) -> str:
         return (f"{NORMALIZER_NAME}-v{NORMALIZER_VERSION}[{self.lang or 'any'},numbers={self.numbers},"

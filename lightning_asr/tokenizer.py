@@ -15,7 +15,6 @@ every tokenizer this module returns is checked to have 51,865 entries and the kn
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shutil
 import subprocess
@@ -55,14 +54,6 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "lightning_asr"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_bpe_ranks(cache: Path | None = None) -> Path:
     """Return the path of ``multilingual.tiktoken``, fetching the pinned sdist with pip once if needed."""
     cache = cache or cache_dir()
@@ -79,7 +70,9 @@ def fetch_bpe_ranks(cache: Path | None = None) -> Path:
                 f"could not download {WHISPER_SDIST} with pip ({result.stderr.strip()[-400:]}). "
                 f"Fix: make the package index reachable, or place multilingual.tiktoken at {target}."
             )
-        if _sha256(sdist) != WHISPER_SDIST_SHA256:
+        from lightning_asr.adapters.export import file_sha256
+
+        if file_sha256(sdist) != WHISPER_SDIST_SHA256:
             raise TokenizerError(f"{WHISPER_SDIST_FILE} does not have the expected sha256 {WHISPER_SDIST_SHA256}")
         with tarfile.open(sdist) as archive:
             member = archive.extractfile(RANKS_MEMBER)
