@@ -105,6 +105,20 @@ def arm_bench(bench, variants: list[rp.Variant], arm: str):
     return OmegaConf.merge(bench, changes)
 
 
+def benchmark_groups(experiment: rp.Experiment) -> list[tuple[str, list[int], list[rp.Variant]]]:
+    """One benchmark run per (arm, seeds): the variants on every seed first, then the cut sweep points with the
+    variants they are compared against (whose cells at those seeds the first run already made)."""
+    groups: dict[tuple[str, tuple[int, ...]], list[rp.Variant]] = {}
+    for variant in experiment.variants:
+        groups.setdefault((variant.arm, tuple(experiment.seeds_of(variant))), []).append(variant)
+    result = []
+    for (arm, seeds), variants in sorted(groups.items(), key=lambda item: (item[0][0] != "pretrained", -len(item[0][1]))):
+        labels = {v.label for v in variants}
+        references = [experiment.variant(v.reference) for v in variants if v.reference and v.reference not in labels]
+        result.append((arm, list(seeds), list({v.label: v for v in references + variants}.values())))
+    return result
+
+
 def run_experiment(experiment: rp.Experiment, bench, bench_path: Path, config, client, experiment_id: str, force: bool) -> bool:
     """Run one named experiment under its own parent run; record its cells in ``cells.json`` even when it
     fails part-way, so the report can list what is missing."""
@@ -114,15 +128,12 @@ def run_experiment(experiment: rp.Experiment, bench, bench_path: Path, config, c
     say(f"{experiment.name}: parent run {parent_id}, {len(experiment.variants)} variants x seeds {experiment.seeds}")
     records, base_errors, context, status = [], {}, {}, "FAILED"
     try:
-        for arm in ("pretrained", "scratch"):
-            variants = [v for v in experiment.variants if v.arm == arm]
-            if not variants:
-                continue
+        for arm, seeds, variants in benchmark_groups(experiment):
             benchmark = Benchmark(arm_bench(bench, variants, arm), bench_path, force, parent_tags={
                 "mlflow.parentRunId": parent_id, rp.TAG_REPRODUCE: config.name,
                 "mlflow.runName": f"{config.name}/{experiment.name}/{arm} {time.strftime('%Y-%m-%d %H:%M')}"})
             try:
-                benchmark.run(experiment.seeds)
+                benchmark.run(seeds)
             finally:
                 if benchmark.parent_id:
                     run = client.get_run(benchmark.parent_id)
@@ -138,7 +149,8 @@ def run_experiment(experiment: rp.Experiment, bench, bench_path: Path, config, c
                     context.update(target_lang=benchmark.target_lang,
                                    target_metric=METRIC_NAMES[primary_unit(benchmark.target_lang)])
                 records += [{"label": label, "seed": seed, "arm": arm, "run_id": run_id}
-                            for (label, seed), run_id in benchmark.cell_runs.items()]
+                            for (label, seed), run_id in benchmark.cell_runs.items()
+                            if not any(r["label"] == label and r["seed"] == seed and r["arm"] == arm for r in records)]
         if experiment.name == "token-normalisation":
             scoring = OmegaConf.to_container(bench.adapt).get("scoring", {})
             for record in records:
@@ -167,8 +179,9 @@ def plan_lines(plan: list[rp.Experiment], cell_seconds: dict) -> list[str]:
         lines.append(f"{experiment.name}: seeds {experiment.seeds}")
         for v in experiment.variants:
             shown = ", ".join(f"{k} {rp._number(x)}" for k, x in v.settings.items())
-            lines.append(f"  {v.label:<22} {v.method:<8} {v.arm:<10} {shown}{'  (paper setting)' if v.headline else ''}")
-            for seed in experiment.seeds:
+            cut = f"  (seed{'s' if len(v.seeds) > 1 else ''} {', '.join(map(str, v.seeds))} only)" if v.seeds is not None else ""
+            lines.append(f"  {v.label:<22} {v.method:<8} {v.arm:<10} {shown}{'  (paper setting)' if v.headline else ''}{cut}")
+            for seed in experiment.seeds_of(v):
                 unique[(v.arm, v.label, seed)] = v.method
     seconds = [cell_seconds.get(method, cell_seconds.get("full_ft" if method == "scratch" else method)) for method in unique.values()]
     known = [s for s in seconds if s is not None]

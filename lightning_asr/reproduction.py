@@ -88,6 +88,9 @@ class ReproduceConfig:
     bench: str = "embedded"  # the forgetting-benchmark profile every experiment builds on
     bench_overrides: list[str] = field(default_factory=list)  # key=value overrides of that profile
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # how many of the seeds the sweep points run on (BLoRA settings other than the benchmark's, ranks other than
+    # its rank); 0: all. The claims judged with an interval always get every seed.
+    sweep_seeds: int = 0
     experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
     blora_vs_lora: BloraSweepSection = field(default_factory=BloraSweepSection)
     glora_types: GloraTypesSection = field(default_factory=GloraTypesSection)
@@ -108,6 +111,7 @@ class Variant:
     reference: str | None = None  # the variant compared against, seed by seed
     settings: dict = field(default_factory=dict)  # the swept values (rank, kl_weight, prior_std, type)
     headline: bool = False  # the seed paper's own setting
+    seeds: list[int] | None = None  # fewer seeds than the experiment's (a cut sweep point); None: all of them
 
 
 @dataclass
@@ -115,6 +119,9 @@ class Experiment:
     name: str
     variants: list[Variant]
     seeds: list[int]
+
+    def seeds_of(self, variant: Variant) -> list[int]:
+        return self.seeds if variant.seeds is None else variant.seeds
 
     def variant(self, label: str) -> Variant | None:
         return next((v for v in self.variants if v.label == label), None)
@@ -200,6 +207,10 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
     if unknown:
         raise ConfigError(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}")
     seeds = list(seeds or config["seeds"])
+    sweep_count = config.get("sweep_seeds", 0)
+    if sweep_count < 0:
+        raise ConfigError(f"sweep_seeds={sweep_count}: give how many of the seeds sweep points run on (0: all)")
+    sweep_seeds = seeds[:sweep_count] if 0 < sweep_count < len(seeds) else None
     templates = strategy_templates(strategies)
     lora, blora = templates["lora"], templates["blora"]
     plan = []
@@ -217,6 +228,8 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
                 pairs = [(kl, prior0) for kl in sweep["kl_weight"]] + [(kl0, prior) for prior in sweep["prior_std"]]
             entries = [with_adapter(blora, kl_weight=kl, prior_std=prior) for kl, prior in dict.fromkeys(pairs)]
             variants = [variant_of(lora, None)] + [variant_of(e, lora["label"], e["label"] == blora["label"]) for e in entries]
+            for variant in variants[1:]:
+                variant.seeds = None if variant.headline else sweep_seeds
         elif name == "glora-types":
             variants = [variant_of(lora, None)] + [variant_of(templates[f"glora-{t}"], lora["label"], t == 1)
                                                    for t in config["glora_types"]["types"]]
@@ -244,6 +257,7 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
                     entry = at_rank(templates[method], rank)
                     variants.append(variant_of(entry, None if method == "lora" else reference,
                                                rank == adapter_value(lora, "rank")))
+                    variants[-1].seeds = None if variants[-1].headline else sweep_seeds
         plan.append(Experiment(name, variants, seeds))
     return plan
 
@@ -327,7 +341,7 @@ class Cells:
         self.missing = []
         for experiment in plan:
             for variant in experiment.variants:
-                for seed in experiment.seeds:
+                for seed in experiment.seeds_of(variant):
                     key = (experiment.name, variant.label, seed)
                     if key not in self.by_key:
                         status = reported.get(key, {}).get("status", "not run")
@@ -341,7 +355,7 @@ def per_seed(cells: Cells, experiment: Experiment, variant: Variant, context: di
     """Every metric of ``variant`` seed by seed: the benchmark's derived metrics against its reference
     (same seed), the target error, and the cell's own metrics (sparsity, parameters, rescoring)."""
     result = {}
-    for seed in experiment.seeds:
+    for seed in experiment.seeds_of(variant):
         cell = cells.get(experiment.name, variant.label, seed)
         if cell is None:
             continue
@@ -822,7 +836,8 @@ def _cell_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], context: dict, figures: dict[str, str]) -> str:
+def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], context: dict, figures: dict[str, str],
+           plan: list[Experiment] = ()) -> str:
     seeds = context.get("seeds", [])
     lines = [f"# Reproducing the seeds' claims: {context.get('name', 'reproduction')}", ""]
     lines += [f"Generated {context.get('generated', '')} by `benchmarks/reproduce.py` (profile `{context.get('profile', '?')}`, "
@@ -832,6 +847,11 @@ def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], cont
               + (f"MLflow: {context['mlflow']}." if context.get("mlflow") else ""), ""]
     if len(seeds) < MIN_SEEDS:
         lines += [f"**Only {len(seeds)} seed(s) planned: every verdict below is inconclusive by rule 2.**", ""]
+    cut = sorted({(e.name, v.label, tuple(v.seeds)) for e in plan for v in e.variants if v.seeds is not None})
+    if cut:
+        names = ", ".join(f"{label} ({name})" for name, label, _ in cut)
+        lines += [f"**Sweep points cut to seed(s) {', '.join(map(str, cut[0][2]))} by the profile's `sweep_seeds`:** "
+                  f"{names}. Their rows show single values, and a claim that needs them is inconclusive by rule 2.", ""]
     lines += ["## Verdicts", ""]
     table = []
     for claim in claims:
@@ -957,7 +977,7 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
             figure.savefig(out_dir / f"{key}.png", dpi=110)
             plt.close(figure)
             figures[key] = f"{key}.png"
-    text = render(claims, sections, index.missing, context, figures)
+    text = render(claims, sections, index.missing, context, figures, plan)
     path = out_dir / "REPRODUCTION.md"
     path.write_text(text)
     (out_dir / "verdicts.json").write_text(json.dumps(

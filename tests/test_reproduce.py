@@ -196,6 +196,38 @@ def test_missing_cells_are_listed_and_cost_their_seeds(tmp_path):
     assert got["G3"] == rp.INCONCLUSIVE and "not in this profile" in next(c for c in report.claims if c.id == "G3").verdict.reason
 
 
+def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path):
+    from reproduce import benchmark_groups, plan_lines
+
+    plan = {e.name: e for e in rp.build_plan(profile(sweep_seeds=1), BENCH_STRATEGIES)}
+    blora, ranks = plan["blora-vs-lora"], plan["rank-sweep"]
+    assert {v.label: blora.seeds_of(v) for v in blora.variants} == {
+        "lora": [1, 2, 3], "blora": [1, 2, 3], "blora-kl1e-05": [1], "blora-kl0.001": [1], "blora-prior0.005": [1], "blora-prior0.05": [1]}
+    assert {v.label for v in ranks.variants if ranks.seeds_of(v) == [1]} == {"lora-r2", "glora-1-r2", "blora-r2"}
+    assert all(e.seeds_of(v) == [1, 2, 3] for name in ("glora-types", "finetune-vs-scratch") for e in [plan[name]] for v in e.variants)
+    # one benchmark run on every seed first, then the cut points with the LoRA cells they are compared against
+    groups = [(arm, seeds, [v.label for v in variants]) for arm, seeds, variants in benchmark_groups(blora)]
+    assert groups == [("pretrained", [1, 2, 3], ["lora", "blora"]),
+                      ("pretrained", [1], ["lora", "blora-kl1e-05", "blora-kl0.001", "blora-prior0.005", "blora-prior0.05"])]
+    assert [g[1] for g in benchmark_groups(ranks)] == [[1, 2, 3], [1]]
+    lines = plan_lines(list(plan.values()), {"lora": 100, "glora": 100, "blora": 100, "full_ft": 100})
+    assert "  (seed 1 only)" in next(line for line in lines if line.strip().startswith("blora-kl1e-05"))
+    # distinct cells: lora, blora x 3 seeds; 4 BLoRA points x 1; glora-1, glora-2 x 3; full_ft, scratch x 3; three methods at rank 2 x 1
+    assert lines[-1].startswith("25 distinct cells")
+
+    cells = fake_cells(list(plan.values()))
+    report = rp.generate_report(list(plan.values()), [c for c in cells if c["seed"] == 1 or c["label"] in
+                                                      {v.label for e in plan.values() for v in e.variants if v.seeds is None}],
+                                CONTEXT, tmp_path)
+    assert report.missing == []  # seeds 2 and 3 of a cut point are not planned, so not missing
+    got = verdicts(report)
+    assert got["B1"] == rp.HOLDS and got["G1"] == rp.HOLDS and got["R1"] == rp.INCONCLUSIVE and got["R2"] == rp.INCONCLUSIVE
+    assert "1 seed(s) with a defined value" in next(c for c in report.claims if c.id == "R1").verdict.reason
+    assert "cut to seed(s) 1 by the profile's `sweep_seeds`" in report.text and "blora-r2 (rank-sweep)" in report.text
+    with pytest.raises(ConfigError, match="sweep_seeds=-1"):
+        rp.build_plan(profile(sweep_seeds=-1), BENCH_STRATEGIES)
+
+
 def test_report_with_no_cells_at_all_lists_every_planned_cell(tmp_path):
     plan = rp.build_plan(profile(seeds=[1]), BENCH_STRATEGIES)
     report = rp.generate_report(plan, [], {"name": "empty", "seeds": [1]}, tmp_path)
