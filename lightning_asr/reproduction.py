@@ -427,6 +427,18 @@ def _not_run(claim_id, paper, quote, measure, name) -> ClaimResult:
                        Verdict(INCONCLUSIVE, f"experiment {name} is not in this profile"), "—")
 
 
+def variant_rows(cells: Cells, experiment: Experiment, context: dict, **metrics: str) -> tuple[dict, list[dict]]:
+    """LoRA's values seed by seed, and a row per variant: its values, target error, forgetting and ``metrics``
+    (row key = metric name) as estimates over seeds."""
+    lora_values = per_seed(cells, experiment, experiment.of("lora")[0], context)
+    rows = []
+    for variant in experiment.variants:
+        values = per_seed(cells, experiment, variant, context)
+        rows.append({"variant": variant, "values": values, "target_error": metric(values, "target_error"),
+                     "forgetting": metric(values, "forgetting"), **{k: metric(values, key) for k, key in metrics.items()}})
+    return lora_values, rows
+
+
 def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tuple[list[ClaimResult], dict]:
     """The verdict of every claim, and per-experiment tables (``sections``) for the report."""
     claims, sections = [], {}
@@ -441,15 +453,11 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
         claims += [_not_run(i, BLORA_PAPER, q, "—", "blora-vs-lora") for i, q in quotes.items()]
     else:
         lora = exp.of("lora")[0]
-        lora_values = per_seed(cells, exp, lora, context)
-        rows = []
-        for variant in exp.variants:
-            values = per_seed(cells, exp, variant, context)
-            row = {"variant": variant, "values": values,
-                   "target_error": metric(values, "target_error"), "forgetting": metric(values, "forgetting"),
-                   "sparsity": metric(values, "sparsity/frac_below_1e-3"),
-                   "factor_sparsity": metric(values, "sparsity/factors/frac_below_1e-3")}
-            if variant.method == "blora":
+        lora_values, rows = variant_rows(cells, exp, context, sparsity="sparsity/frac_below_1e-3",
+                                         factor_sparsity="sparsity/factors/frac_below_1e-3")
+        for row in rows:
+            values = row["values"]
+            if row["variant"].method == "blora":
                 row["backward_gain"] = metric(values, "backward_gain")
                 row["relative_source_gain"] = metric(values, "relative_source_gain")
                 row["forward_loss"] = metric(values, "forward_loss")
@@ -458,7 +466,6 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                                    "B2": judge(row["forward_loss"], "less", 0.04),
                                    "B3": judge(row["sparsity_gain"], "greater", 0.0),
                                    "B4": judge(row["sparsity"], "greater", 0.99)}
-            rows.append(row)
         sections["blora-vs-lora"] = rows
         headline = next((r for r in rows if r["variant"].headline), None)
         setting = (f"BLoRA {_settings_text(headline['variant'])} vs LoRA at rank {lora.settings['rank']}, same targets "
@@ -494,17 +501,12 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
         claims += [_not_run(i, GLORA_PAPER, q, "—", "glora-types") for i, q in quotes_g.items()]
     else:
         lora = exp.of("lora")[0]
-        lora_values = per_seed(cells, exp, lora, context)
-        rows = []
-        for variant in exp.variants:
-            values = per_seed(cells, exp, variant, context)
-            row = {"variant": variant, "values": values, "target_error": metric(values, "target_error"),
-                   "forgetting": metric(values, "forgetting"), "params": metric(values, "params/trainable")}
-            if variant.method == "glora":
-                row["gain"] = Estimate.of(paired(lora_values, values, "target_error"))
-                row["extra_params"] = Estimate.of(paired(values, lora_values, "params/trainable"))
+        lora_values, rows = variant_rows(cells, exp, context, params="params/trainable")
+        for row in rows:
+            if row["variant"].method == "glora":
+                row["gain"] = Estimate.of(paired(lora_values, row["values"], "target_error"))
+                row["extra_params"] = Estimate.of(paired(row["values"], lora_values, "params/trainable"))
                 row["verdicts"] = {"G1": judge(row["gain"], "greater", 0.0)}
-            rows.append(row)
         sections["glora-types"] = rows
         type1 = next((r for r in rows if r["variant"].method == "glora" and r["variant"].settings.get("type") == 1), None)
         types = ", ".join(str(v.settings["type"]) for v in exp.of("glora"))
