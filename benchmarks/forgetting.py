@@ -390,6 +390,7 @@ class Benchmark:
 
             plt.close(figure)
             client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
+            client.log_dict(run_id, report, "sparsity/report.json")  # histogram counts, for side-by-side plots
 
     def check(self, seeds: list[int]) -> list[str]:
         """Resolve and validate everything a run would use, without data, models or training: every cell's

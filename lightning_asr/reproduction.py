@@ -33,7 +33,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -439,6 +439,13 @@ def variant_rows(cells: Cells, experiment: Experiment, context: dict, **metrics:
     return lora_values, rows
 
 
+def summed_histogram(cells: Cells, experiment: Experiment, variant: Variant) -> list[int] | None:
+    """The |delta W| histogram counts of ``variant``'s cells, summed over seeds (None when no cell has one)."""
+    found = [cell["delta_w_histogram"] for seed in experiment.seeds_of(variant)
+             for cell in [cells.get(experiment.name, variant.label, seed)] if cell and cell.get("delta_w_histogram")]
+    return [sum(column) for column in zip(*found)] if found else None
+
+
 def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tuple[list[ClaimResult], dict]:
     """The verdict of every claim, and per-experiment tables (``sections``) for the report."""
     claims, sections = [], {}
@@ -457,6 +464,7 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                                          factor_sparsity="sparsity/factors/frac_below_1e-3")
         for row in rows:
             values = row["values"]
+            row["histogram"] = summed_histogram(cells, exp, row["variant"])
             if row["variant"].method == "blora":
                 row["backward_gain"] = metric(values, "backward_gain")
                 row["relative_source_gain"] = metric(values, "relative_source_gain")
@@ -758,6 +766,45 @@ def sparsity_figure(rows: list[dict], title: str):
     return figure
 
 
+def histogram_figure(rows: list[dict], title: str):
+    """|delta W| histograms side by side, one panel per variant (counts summed over its seeds), LoRA's drawn
+    in grey behind every other panel, the 1e-3 threshold and the share below it marked. None without data."""
+    from lightning_asr.adapters.sparsity import BIN_EDGES, bin_centers
+
+    drawn = [row for row in rows if row.get("histogram")]
+    if not drawn:
+        return None
+    plt = _plt()
+    columns = min(3, len(drawn))
+    grid_rows = -(-len(drawn) // columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns + 0.6, 2.9 * grid_rows + 0.6),
+                                sharex=True, sharey=True, squeeze=False)
+    centers = bin_centers()
+    lora = next((row["histogram"] for row in drawn if row["variant"].method == "lora"), None)
+    threshold_bin = BIN_EDGES.index(next(edge for edge in BIN_EDGES if edge >= 1e-3 * (1 - 1e-9)))
+    for axis in axes.flat[len(drawn):]:
+        axis.set_visible(False)
+    for axis, row in zip(axes.flat, drawn):
+        counts = row["histogram"]
+        total = sum(counts) or 1
+        if lora is not None and row["variant"].method != "lora":
+            axis.plot(centers, [c / (sum(lora) or 1) for c in lora], color="grey", lw=1, label="lora")
+        axis.plot(centers, [c / total for c in counts], lw=1.8, label=row["variant"].label)
+        axis.axvline(1e-3, color="red", ls="--", lw=1)
+        axis.text(0.03, 0.92, f"{sum(counts[:threshold_bin]) / total:.1%} < 1e-3", transform=axis.transAxes,
+                  color="red", fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xlim(1e-8, 1)
+        axis.set_xlabel("|delta W| entry", fontsize=8)
+        axis.set_title(row["variant"].label + (" ★" if row["variant"].headline else ""), fontsize=8)
+        axis.legend(fontsize=6, loc="upper right")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("fraction of entries", fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def glora_figure(rows: list[dict], title: str):
     plt = _plt()
     figure, axis = plt.subplots(figsize=(6, 4.5))
@@ -892,7 +939,7 @@ def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], cont
                           " / ".join(f"{k} {verdicts[k].status}" for k in ("B1", "B2", "B3", "B4") if k in verdicts) or "reference"])
         lines += [_cell_table(["variant", "rank", "kl_weight", "prior_std", "target error", "forgetting", "BG vs LoRA",
                                "rel. source gain", "FL vs LoRA", "ΔW below 1e-3", "entries below 1e-3", "verdicts"], table), ""]
-        for key in ("blora_tradeoff", "sparsity"):
+        for key in ("blora_tradeoff", "sparsity", "sparsity_histograms"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
 
@@ -967,15 +1014,18 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
     claims, sections = evaluate_claims(plan, index, context)
     plt = _plt()
     figures = {}
-    makers = [("blora_tradeoff", "blora-vs-lora", tradeoff_figure, "BLoRA settings and LoRA: target error vs forgetting"),
-              ("sparsity", "blora-vs-lora", sparsity_figure, "share of entries below 1e-3"),
-              ("glora", "glora-types", glora_figure, "GLoRA types and LoRA: target error"),
-              ("rank_sweep", "rank-sweep", rank_figure, "rank sweep")]
+    seeds = context.get("seeds", [])
+    interval = " (95 % t-interval over seeds)" if len(seeds) > 1 else " (one seed: no interval)"
+    makers = [("blora_tradeoff", "blora-vs-lora", tradeoff_figure, "BLoRA settings and LoRA: target error vs forgetting" + interval),
+              ("sparsity", "blora-vs-lora", sparsity_figure, "share of entries below 1e-3" + interval),
+              ("sparsity_histograms", "blora-vs-lora", histogram_figure, "|delta W| histograms, counts summed over seeds"),
+              ("glora", "glora-types", glora_figure, "GLoRA types and LoRA: target error" + interval),
+              ("rank_sweep", "rank-sweep", rank_figure, "rank sweep" + interval)]
     for key, section, maker, title in makers:
         if section in sections and sections[section]:
-            seeds = context.get("seeds", [])
-            interval = "95 % t-interval over seeds" if len(seeds) > 1 else "one seed: no interval"
-            figure = maker(sections[section], f"{context.get('name', '')}: {title} ({interval})")
+            figure = maker(sections[section], f"{context.get('name', '')}: {title}")
+            if figure is None:
+                continue
             figure.savefig(out_dir / f"{key}.png", dpi=110)
             plt.close(figure)
             figures[key] = f"{key}.png"
@@ -1014,10 +1064,26 @@ def cell_from_run(record: dict, run, sets: list[str], base_errors: dict, predict
     return cell
 
 
-def load_cells(client, experiment_id: str, name: str, plan: list[Experiment]) -> tuple[list[dict], dict, dict[str, str]]:
-    """Per-cell result dicts of the latest parent run of each named experiment (tagged ``TAG_REPRODUCE`` =
-    ``name``), the context they were run in, and those parents' run ids."""
+def logged_histogram(client, run_id: str) -> list[int] | None:
+    """The overall |delta W| histogram a benchmark cell logged (``sparsity/report.json``), or None."""
     import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = json.loads(Path(client.download_artifacts(run_id, "sparsity/report.json", tmp)).read_text())
+    except Exception:  # cells logged before the report was: the caller may recompute it from the adapter
+        return None
+    return report.get("overall", {}).get("delta_w", {}).get("histogram")
+
+
+def load_cells(client, experiment_id: str, name: str, plan: list[Experiment],
+               histogram: Callable[[str], list[int] | None] | None = None) -> tuple[list[dict], dict, dict[str, str]]:
+    """Per-cell result dicts of the latest parent run of each named experiment (tagged ``TAG_REPRODUCE`` =
+    ``name``), the context they were run in, and those parents' run ids. The cells of ``blora-vs-lora`` get
+    their |delta W| histogram from ``histogram(run_id)`` (default: ``logged_histogram``)."""
+    import tempfile
+
+    histogram = histogram or (lambda run_id: logged_histogram(client, run_id))
 
     cells, context, parents = [], {}, {}
     for experiment in plan:
@@ -1045,5 +1111,8 @@ def load_cells(client, experiment_id: str, name: str, plan: list[Experiment]) ->
             except Exception as err:  # a run or artifact deleted since: the cell is missing, and the report says so
                 cells.append({**record, "status": f"run {record['run_id']} unreadable ({type(err).__name__})"})
                 continue
-            cells.append(cell_from_run(record, run, sets, logged["base_errors"].get(record.get("arm", "pretrained"), {}), predictions))
+            cell = cell_from_run(record, run, sets, logged["base_errors"].get(record.get("arm", "pretrained"), {}), predictions)
+            if experiment.name == "blora-vs-lora" and cell["status"] == "finished":
+                cell["delta_w_histogram"] = histogram(record["run_id"])
+            cells.append(cell)
     return cells, context, parents

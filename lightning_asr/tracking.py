@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lightning_asr.adapters.sparsity import BIN_EDGES, fractions  # noqa: E402
+from lightning_asr.adapters.sparsity import BIN_EDGES, bin_centers, fractions  # noqa: E402
 
 TAG_BENCH, TAG_CELL, TAG_CONFIG, TAG_STATUS = "lightning_asr.bench", "lightning_asr.cell", "lightning_asr.config_hash", "lightning_asr.status"
 
@@ -54,8 +54,7 @@ def sparsity_figure(report: dict, title: str):
         group = groups.setdefault(f"{side} {kind}", [0] * len(BIN_EDGES))
         groups[f"{side} {kind}"] = [a + b for a, b in zip(group, entry["delta_w"]["histogram"])]
     figure, axis = plt.subplots(figsize=(7, 4))
-    centers = [1e-11] + [math.sqrt(BIN_EDGES[i] * BIN_EDGES[i + 1]) if BIN_EDGES[i] > 0 else BIN_EDGES[i + 1] / 2
-                         for i in range(1, len(BIN_EDGES) - 1)] + [BIN_EDGES[-1] * 1.5]
+    centers = bin_centers()
     overall = report["overall"]["delta_w"]
     for label, counts in [*sorted(groups.items()), ("overall", overall["histogram"])]:
         total = sum(counts) or 1

@@ -70,6 +70,9 @@ def fake_cells(plan, seeds=(1, 2, 3), skip=(), lora_forgets=True) -> list[dict]:
                 cells.append({"experiment": experiment.name, "label": variant.label, "seed": seed, "status": "finished",
                               "errors": {"en/test": en, "ko/test": ko, TARGET: target}, "base_errors": base_errors,
                               "metrics": metrics})
+                if experiment.name == "blora-vs-lora":  # |delta W| counts: 29 bins lie below 1e-3
+                    below = round(100 * metrics["sparsity/frac_below_1e-3"])
+                    cells[-1]["delta_w_histogram"] = [0] * 28 + [below, 100 - below] + [0] * 16
     return cells
 
 
@@ -164,8 +167,11 @@ def test_report_from_hand_made_cells(tmp_path):
     assert len([r for r in verdict_rows if "**" in r]) == 10  # one verdict row per claim
     assert "## Missing cells\n\nNone" in text and "How a verdict is reached" in text
     assert "- B4: holds if the interval lies above 99 %" in text and "- R1: holds if it holds at every rank" in text
-    for figure in ("blora_tradeoff.png", "sparsity.png", "glora.png", "rank_sweep.png"):
+    for figure in ("blora_tradeoff.png", "sparsity.png", "sparsity_histograms.png", "glora.png", "rank_sweep.png"):
         assert (tmp_path / figure).stat().st_size > 1000 and f"]({figure})" in text
+    # histograms are summed over seeds: each of LoRA's three seeds holds 20 of 100 entries below 1e-3
+    lora_histogram = rp.summed_histogram(rp.Cells(plan, fake_cells(plan)), plan[0], plan[0].variant("lora"))
+    assert sum(lora_histogram) == 300 and sum(lora_histogram[:29]) == 60
     assert json.loads((tmp_path / "verdicts.json").read_text())[0]["id"] == "B1"
 
 
@@ -294,6 +300,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
         rows = [line for line in text.splitlines() if line.startswith(f"| {claim} |")]
         assert len(rows) == 1 and "**inconclusive**" in rows[0], claim  # one seed: inconclusive by rule
     assert "## Missing cells\n\nNone" in text and (tmp_path / "reports" / "tiny" / "blora_tradeoff.png").exists()
+    assert "](sparsity_histograms.png)" in text
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("forgetting-smoke")
@@ -312,6 +319,18 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert report_run.data.tags["verdict/B1"] == rp.INCONCLUSIVE
     cells = json.loads(Path(client.download_artifacts(parents["token-normalisation"].info.run_id, "cells.json", str(tmp_path))).read_text())
     assert cells["cells"][0]["metrics"]["compat_jamo/references"] == 0 and cells["context"]["target_set"] == "ko-en/test"
+
+    # the |delta W| histogram a cell logged equals the one recomputed from its logged adapter (cells logged
+    # before the benchmark wrote it)
+    from reproduce import delta_w_histogram
+
+    blora_cell = next(r for r in runs if r.data.tags.get("lightning_asr.cell") == "blora-seed1")
+    logged = rp.logged_histogram(client, blora_cell.info.run_id)
+    assert logged and sum(logged) > 1000
+    artifact = Path(blora_cell.info.artifact_uri.removeprefix("file://")) / "sparsity" / "report.json"
+    artifact.unlink()
+    assert rp.logged_histogram(client, blora_cell.info.run_id) is None
+    assert delta_w_histogram(client, blora_cell.info.run_id) == logged
 
     # a cell deleted since is reported missing, in every experiment that used it
     glora = next(r for r in runs if r.data.tags.get("lightning_asr.cell") == "glora-1-seed1")

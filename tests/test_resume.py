@@ -159,7 +159,7 @@ def draw_with_noise(items: list[int]) -> tuple[list[int], float]:
 
 def loader_at(epoch: int, seed: int = 7):
     from lightning_asr.data.datamodule import BucketBatchSampler
-    from lightning_asr.train import ResumableTrainLoader
+    from lightning_asr.data.resumable import ResumableTrainLoader
 
     durations = [1.0 + i % 5 for i in range(12)]
     plain = torch.utils.data.DataLoader(Items(), batch_sampler=BucketBatchSampler(durations, 4, 4, True, seed),

@@ -16,6 +16,12 @@ THRESHOLDS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 BIN_EDGES = [0.0] + [10 ** (e / 4) for e in range(-40, 5)]
 
 
+def bin_centers() -> list[float]:
+    """Where each histogram bin is drawn on a log axis: the zero bin at 1e-11, the last (>= 10) at 15."""
+    return ([1e-11] + [(BIN_EDGES[i] * BIN_EDGES[i + 1]) ** 0.5 for i in range(1, len(BIN_EDGES) - 1)]
+            + [BIN_EDGES[-1] * 1.5])
+
+
 def threshold_key(threshold: float) -> str:
     return f"{threshold:.0e}".replace("e-0", "e-")
 
