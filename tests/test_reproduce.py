@@ -282,10 +282,10 @@ def test_random_init_base_keeps_the_architecture_and_replaces_the_weights(tmp_pa
 
 
 # ---- the tiny profile end to end -----------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_tiny_profile_end_to_end(tmp_path, capsys):
-    """~3-4 min on 2 cores: every named experiment on the smoke benchmark, a report with one verdict per claim,
-    runs grouped under one parent per experiment, a cell shared by experiments trained once."""
+    """`make reproduce PROFILE=tiny` as CI runs it (~1 min on 2 idle cores): every named experiment on the smoke
+    benchmark, a report with one verdict per claim, runs grouped under one parent per experiment, a cell shared
+    by experiments trained once."""
     from mlflow.tracking import MlflowClient
 
     from reproduce import main
@@ -343,9 +343,9 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert f"- rank-sweep / glora-1 / seed 1: run {glora.info.run_id} deleted" in text
 
 
-def test_tiny_profile_one_experiment_in_ci(tmp_path):
-    """The CI path of `make reproduce PROFILE=tiny`: one experiment trained (LoRA and GLoRA type 1 on the smoke
-    benchmark), the report written for every claim, the cells of the experiments not run listed as missing."""
+def test_tiny_profile_one_experiment(tmp_path):
+    """`--experiments` runs a subset: one experiment trained (LoRA and GLoRA type 1 on the smoke benchmark), the
+    report written for every claim, the cells of the experiments not run listed as missing."""
     from reproduce import main
 
     bench = (f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
