@@ -259,20 +259,14 @@ def delta_w_histogram(client, run_id: str) -> list[int] | None:
             module = ASRModule(config)
             module.strategy.load_adapter(client.download_artifacts(run_id, "adapter", tmp))
             return module.strategy.sparsity_stats()["overall"]["delta_w"]["histogram"]
-    except Exception as err:  # a deleted base or artifact: the histogram is left out, the figure says nothing of it
+    except Exception as err:  # a deleted base or artifact: that cell's counts are left out of its variant's panel
         say(f"no |delta W| histogram for run {run_id}: {type(err).__name__}: {err}")
         return None
 
 
 def write_report(config, path: Path, bench, plan, client, experiment_id: str, seeds: list[int]) -> rp.Report:
-    histograms: dict[str, list[int] | None] = {}  # a cell shared by experiments is read once
-
-    def histogram(run_id: str) -> list[int] | None:
-        if run_id not in histograms:
-            histograms[run_id] = delta_w_histogram(client, run_id)
-        return histograms[run_id]
-
-    cells, context, parents = rp.load_cells(client, experiment_id, config.name, plan, histogram)
+    cells, context, parents = rp.load_cells(client, experiment_id, config.name, plan,
+                                            lambda run_id: delta_w_histogram(client, run_id))
     context.update(name=config.name, profile=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                    bench=bench.name, seeds=seeds, generated=time.strftime("%Y-%m-%d %H:%M"),
                    compat_fraction=config.token_normalisation.compat_fraction,

@@ -61,9 +61,14 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"adapter", "config.yaml", "predictions.json", "sparsity"} <= files
-        assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {"sparsity/histogram.png", "sparsity/table.json"}
+        assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {
+            "sparsity/histogram.png", "sparsity/table.json", "sparsity/report.json"}
         table = json.loads(Path(client.download_artifacts(child.info.run_id, "sparsity/table.json", str(tmp))).read_text())
         assert "below_1e-3" in table["columns"]
+        report = json.loads(Path(client.download_artifacts(child.info.run_id, "sparsity/report.json", str(tmp))).read_text())
+        overall = report["overall"]["delta_w"]
+        assert sum(overall["histogram"]) == overall["count"] > 0  # every |delta W| entry counted once
+        assert overall["below"]["1e-3"] / overall["count"] == pytest.approx(data.metrics["sparsity/frac_below_1e-3"])
 
 
 def test_rerun_reuses_finished_cells(smoke_run, capsys):
