@@ -7,7 +7,7 @@ TOKENIZER := .cache/whisper-tokenizer/tokenizer.json
 PROFILE ?= embedded
 SEEDS ?=
 
-.PHONY: setup test test-all bench-forgetting reproduce mlflow-ui clean
+.PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui clean
 
 setup: $(INSTALLED) $(TOKENIZER)
 
@@ -19,6 +19,15 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 $(TOKENIZER): $(INSTALLED)
 	$(BIN)/python -m lightning_asr.tokenizer
+
+# ruff: lint rules and formatting in pyproject.toml; `make format` rewrites the tree to match
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"

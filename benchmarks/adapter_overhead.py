@@ -41,8 +41,11 @@ def make_batch(model, batch_size: int, label_length: int = 20) -> dict:
     frames = 2 * model.config.max_source_positions
     labels = torch.randint(0, 50000, (batch_size, label_length), generator=generator)
     decoder_input_ids = torch.cat([torch.full((batch_size, 1), 50258), labels[:, :-1]], dim=1)
-    return {"input_features": torch.randn(batch_size, 80, frames, generator=generator),
-            "decoder_input_ids": decoder_input_ids, "labels": labels}
+    return {
+        "input_features": torch.randn(batch_size, 80, frames, generator=generator),
+        "decoder_input_ids": decoder_input_ids,
+        "labels": labels,
+    }
 
 
 def step_timer(model, batch):
@@ -69,7 +72,9 @@ def decode_timer(model, batch, new_tokens: int = 20):
     def decode() -> float:
         started = time.perf_counter()
         with torch.no_grad():
-            model.generate(features, language="en", task="transcribe", max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            model.generate(
+                features, language="en", task="transcribe", max_new_tokens=new_tokens, min_new_tokens=new_tokens
+            )
         return time.perf_counter() - started
 
     decode()
@@ -99,13 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base_model(args.model)
     batch = make_batch(base, args.batch)
     model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-    print(f"model {args.model}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters, "
-          f"{model_bytes / 2**20:.1f} MiB; batch {args.batch}; rank {args.rank}; median of {args.repeats}; "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters, "
+        f"{model_bytes / 2**20:.1f} MiB; batch {args.batch}; rank {args.rank}; median of {args.repeats}; "
+        f"{torch.get_num_threads()} threads"
+    )
 
     models, strategies, timers = {}, {}, {}
     for name, values in STRATEGIES.items():
-        config = OmegaConf.merge(OmegaConf.structured(AdapterConfig), {"rank": args.rank, "alpha": 2 * args.rank, **values})
+        config = OmegaConf.merge(
+            OmegaConf.structured(AdapterConfig), {"rank": args.rank, "alpha": 2 * args.rank, **values}
+        )
         model = copy.deepcopy(base)
         strategies[name] = build_strategy(config)
         strategies[name].attach(model)
@@ -113,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         timers[name] = step_timer(model, batch)
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
-                                                                target_modules=strategies["lora"].target_names))
+    peft_model = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=strategies["lora"].target_names),
+    )
     timers["peft-lora"] = step_timer(peft_model, batch)
     steps = interleaved_medians(timers, args.repeats)
 
@@ -123,18 +134,32 @@ def main(argv: list[str] | None = None) -> int:
         for name, strategy in strategies.items():
             directory = strategy.save_adapter(Path(tmp) / name)
             size = sum(f.stat().st_size for f in directory.iterdir())
-            print(f"{name:<10} {steps[name]:>8.3f} {steps[name] / steps['lora']:>7.2f}x "
-                  f"{strategy.parameter_counts()['trainable']:>11,} {size:>14,} {size / model_bytes:>8.2%}")
+            print(
+                f"{name:<10} {steps[name]:>8.3f} {steps[name] / steps['lora']:>7.2f}x "
+                f"{strategy.parameter_counts()['trainable']:>11,} {size:>14,} {size / model_bytes:>8.2%}"
+            )
     print(f"\nour LoRA vs PEFT LoRA, training step: {steps['lora'] / steps['peft-lora']:.3f}x (target <= 1.05)")
-    print("GLoRA types 1-4 vs LoRA: " + ", ".join(f"{steps[f'glora-{t}'] / steps['lora']:.2f}x" for t in range(1, 5)) + " (target <= 1.10)")
+    print(
+        "GLoRA types 1-4 vs LoRA: "
+        + ", ".join(f"{steps[f'glora-{t}'] / steps['lora']:.2f}x" for t in range(1, 5))
+        + " (target <= 1.10)"
+    )
     print(f"BLoRA vs LoRA: {steps['blora'] / steps['lora']:.2f}x (target <= 1.35)")
 
     for name in ("lora", "blora"):
         strategies[name].merge()
-    decode = interleaved_medians({"base": decode_timer(base, batch), "lora-merged": decode_timer(models["lora"], batch),
-                                  "blora-merged": decode_timer(models["blora"], batch)}, args.repeats)
-    print(f"greedy decoding, 20 tokens: base {decode['base']:.3f} s; merged LoRA {decode['lora-merged'] / decode['base']:.3f}x, "
-          f"merged BLoRA {decode['blora-merged'] / decode['base']:.3f}x (target <= 1.02)")
+    decode = interleaved_medians(
+        {
+            "base": decode_timer(base, batch),
+            "lora-merged": decode_timer(models["lora"], batch),
+            "blora-merged": decode_timer(models["blora"], batch),
+        },
+        args.repeats,
+    )
+    print(
+        f"greedy decoding, 20 tokens: base {decode['base']:.3f} s; merged LoRA {decode['lora-merged'] / decode['base']:.3f}x, "
+        f"merged BLoRA {decode['blora-merged'] / decode['base']:.3f}x (target <= 1.02)"
+    )
     return 0
 
 

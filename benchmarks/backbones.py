@@ -24,13 +24,27 @@ from lightning_asr.config import load_config, to_dict
 from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.module import ASRModule
 
-BACKBONES = {"whisper-tiny-random": [], "wav2vec2-tiny-random": ["model.ctc_unit=jamo"], "whisper-toy": [],
-             "wav2vec2-toy": ["model.ctc_unit=jamo"]}
+BACKBONES = {
+    "whisper-tiny-random": [],
+    "wav2vec2-tiny-random": ["model.ctc_unit=jamo"],
+    "whisper-toy": [],
+    "wav2vec2-toy": ["model.ctc_unit=jamo"],
+}
 
 
 def build(spec: str, extra: list[str], manifest: str, batch_size: int, out: str):
-    config = to_dict(load_config(overrides=[f"model.spec={spec}", f"data.train_manifests=[{manifest}]", "adapter.name=lora",
-                                            f"output_dir={out}", "data.spec_augment.enabled=false", *extra]))
+    config = to_dict(
+        load_config(
+            overrides=[
+                f"model.spec={spec}",
+                f"data.train_manifests=[{manifest}]",
+                "adapter.name=lora",
+                f"output_dir={out}",
+                "data.spec_augment.enabled=false",
+                *extra,
+            ]
+        )
+    )
     module = ASRModule(config)
     datamodule = ManifestDataModule(module.processor, [manifest], batch_size=batch_size, bucket_size=10_000, seed=0)
     datamodule.setup()
@@ -63,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if not Path(args.manifest).exists():
-        print(f"error: {args.manifest} does not exist — fix: build the corpus (python -m lightning_asr.data.synth "
-              "--out data_manifests/synth) or pass --manifest", file=sys.stderr)
+        print(
+            f"error: {args.manifest} does not exist — fix: build the corpus (python -m lightning_asr.data.synth "
+            "--out data_manifests/synth) or pass --manifest",
+            file=sys.stderr,
+        )
         return 2
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec, (module, _, _) in built.items():
         counts = module.strategy.parameter_counts()
         m = median[spec]
-        print(f"| {spec} | {counts['total'] / 1e6:.1f} M | {counts['trainable'] / 1e3:.0f} k | {m['train']:.3f} | "
-              f"{m['train'] / median[first]['train']:.2f}x | {m['decode']:.3f} | {m['decode'] / median[first]['decode']:.2f}x |")
+        print(
+            f"| {spec} | {counts['total'] / 1e6:.1f} M | {counts['trainable'] / 1e3:.0f} k | {m['train']:.3f} | "
+            f"{m['train'] / median[first]['train']:.2f}x | {m['decode']:.3f} | {m['decode'] / median[first]['decode']:.2f}x |"
+        )
     return 0
 
 

@@ -40,12 +40,21 @@ from omegaconf import OmegaConf
 
 import lightning_asr
 import lightning_asr.models
-from lightning_asr.config import ConfigError, ScoringConfig, TrainConfig, check_keys, flatten, load_config, structured, to_dict
+from lightning_asr import tracking
+from lightning_asr.config import (
+    ConfigError,
+    ScoringConfig,
+    TrainConfig,
+    check_keys,
+    flatten,
+    load_config,
+    structured,
+    to_dict,
+)
 from lightning_asr.data.datamodule import set_language, set_name
 from lightning_asr.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.text import TextNormalizer, primary_unit
-from lightning_asr import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_RECIPE_VERSION = 1  # bump when the pretraining code path changes what a cached base would be
@@ -117,12 +126,17 @@ def config_identity(config: dict) -> dict:
                 kept[key] = value
         return kept
 
-    return {"results_version": RESULTS_VERSION, **differing({k: v for k, v in config.items() if k != "output_dir"}, defaults)}
+    return {
+        "results_version": RESULTS_VERSION,
+        **differing({k: v for k, v in config.items() if k != "output_dir"}, defaults),
+    }
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -152,8 +166,10 @@ class Benchmark:
         self.source_names = [set_name(m) for m in self.source_tests]
         self.target_name = set_name(self.target["test"])
         if len(set(self.source_names + [self.target_name])) != len(self.test_manifests):
-            raise ConfigError(f"{config_path}: two test manifests share the name <folder>/<file> "
-                              f"({self.source_names + [self.target_name]}) — fix: keep each set in its own folder")
+            raise ConfigError(
+                f"{config_path}: two test manifests share the name <folder>/<file> "
+                f"({self.source_names + [self.target_name]}) — fix: keep each set in its own folder"
+            )
         self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
         labels = [entry["label"] for entry in bench.strategies]
@@ -170,11 +186,15 @@ class Benchmark:
             from lightning_asr.data.synth import CorpusSpec, build_corpus
 
             say(f"stage 0: synthetic corpus {self.root}")
-            build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root)  # every set: one corpus serves both target profiles
+            build_corpus(
+                CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root
+            )  # every set: one corpus serves both target profiles
         checksum = hashlib.sha256()
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
             if not Path(manifest).exists():
-                raise ConfigError(f"{manifest} does not exist — fix: build the corpus (corpus.build: true) or correct corpus.root")
+                raise ConfigError(
+                    f"{manifest} does not exist — fix: build the corpus (corpus.build: true) or correct corpus.root"
+                )
             checksum.update(Path(manifest).read_bytes())
         say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
         return checksum.hexdigest()
@@ -183,14 +203,18 @@ class Benchmark:
         entry = self.bench.manifests.get(set_name_, {})
         unknown = sorted(set(entry) - {"train", "dev", "test"})
         if unknown:
-            raise ConfigError(f"{self.config_path}: manifests.{set_name_} has {unknown}; splits are train, dev and test")
+            raise ConfigError(
+                f"{self.config_path}: manifests.{set_name_} has {unknown}; splits are train, dev and test"
+            )
         return str(entry.get(split) or self.root / set_name_ / f"{split}.jsonl")
 
     @property
     def pretrains(self) -> bool:
         from lightning_asr.models.wav2vec2 import CTC_PRESETS
 
-        return self.bench.base.pretrain and (self.bench.base.spec in lightning_asr.models.PRESETS or self.bench.base.spec in CTC_PRESETS)
+        return self.bench.base.pretrain and (
+            self.bench.base.spec in lightning_asr.models.PRESETS or self.bench.base.spec in CTC_PRESETS
+        )
 
     def source_train_manifests(self) -> list[str]:
         return [self.manifest(s, "train") for s in self.bench.source_sets] if self.pretrains else []
@@ -203,16 +227,25 @@ class Benchmark:
 
         def tokens(manifests):
             if tokenizer is None:  # CTC: the output units themselves
-                return set(build_ctc_tokens([(u.text, u.lang) for m in manifests for u in read_manifest(m)], self.ctc_unit))
-            return {t for m in manifests for u in read_manifest(m) for t in tokenizer.encode(u.text, add_special_tokens=False)}
+                return set(
+                    build_ctc_tokens([(u.text, u.lang) for m in manifests for u in read_manifest(m)], self.ctc_unit)
+                )
+            return {
+                t
+                for m in manifests
+                for u in read_manifest(m)
+                for t in tokenizer.encode(u.text, add_special_tokens=False)
+            }
 
         source, target = tokens(self.source_train_manifests()), tokens([self.target["train"], self.target["test"]])
         unseen = sorted(target - source)
         if unseen:
             shown = unseen[:10] if tokenizer is None else [tokenizer.decode([t]) for t in unseen[:10]]
-            raise ConfigError(f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
-                              f"({shown}...) — fix: extend the source text pools so "
-                              "the pretrained base has trained embeddings for every target token")
+            raise ConfigError(
+                f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
+                f"({shown}...) — fix: extend the source text pools so "
+                "the pretrained base has trained embeddings for every target token"
+            )
 
     def prepare_base(self, corpus_checksum: str) -> str:
         base = self.bench.base
@@ -221,12 +254,27 @@ class Benchmark:
             return base.spec
         overrides = OmegaConf.to_container(base.train, resolve=True)
         check_keys(overrides, TrainConfig, f"{self.config_path}: base.train")
-        config = to_dict(OmegaConf.merge(OmegaConf.structured(TrainConfig), overrides, {
-            "model": {"spec": base.spec},
-            "data": {"train_manifests": self.source_train_manifests(),
-                     "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets]}}))
-        key = digest({"config": config_identity(config), "corpus": corpus_checksum,
-                      "recipe": PRETRAIN_RECIPE_VERSION, "version": lightning_asr.__version__})[:12]
+        config = to_dict(
+            OmegaConf.merge(
+                OmegaConf.structured(TrainConfig),
+                overrides,
+                {
+                    "model": {"spec": base.spec},
+                    "data": {
+                        "train_manifests": self.source_train_manifests(),
+                        "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets],
+                    },
+                },
+            )
+        )
+        key = digest(
+            {
+                "config": config_identity(config),
+                "corpus": corpus_checksum,
+                "recipe": PRETRAIN_RECIPE_VERSION,
+                "version": lightning_asr.__version__,
+            }
+        )[:12]
         target = Path(base.cache_dir) / f"{base.spec}-{key}"
         if (target / "config.json").exists():
             say(f"stage 0: reusing pretrained base {target}")
@@ -237,10 +285,14 @@ class Benchmark:
 
         if base.require_vocabulary_coverage:
             self.ctc_unit = config["model"]["ctc_unit"]
-            self.check_vocabulary_coverage(None if is_ctc_spec(base.spec) else load_model_processor(base.spec)[1].tokenizer)
+            self.check_vocabulary_coverage(
+                None if is_ctc_spec(base.spec) else load_model_processor(base.spec)[1].tokenizer
+            )
         resume = (Path(config["output_dir"]) / "checkpoints" / "last.ckpt").exists()
-        say(f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config['trainer']['max_steps']} "
-            f"steps{' (resuming)' if resume else ''}")
+        say(
+            f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config['trainer']['max_steps']} "
+            f"steps{' (resuming)' if resume else ''}"
+        )
         started = time.perf_counter()
         from lightning_asr.module import ASRModule
         from lightning_asr.train import train
@@ -253,12 +305,18 @@ class Benchmark:
             staging.chmod(0o755)
             module.model.save_pretrained(staging)
             module.processor.save_pretrained(staging)
-            (staging / "pretraining.json").write_text(json.dumps({"validation": result.validation, "config": config}, indent=2))
+            (staging / "pretraining.json").write_text(
+                json.dumps({"validation": result.validation, "config": config}, indent=2)
+            )
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        say(f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: " +
-            ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")))
+        say(
+            f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: "
+            + ", ".join(
+                f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")
+            )
+        )
         return str(target)
 
     # ---- stages 1-3 -------------------------------------------------------------------------------------------
@@ -266,9 +324,20 @@ class Benchmark:
         entry = dict(entry)
         label = entry.pop("label")
         check_keys(entry, TrainConfig, f"{self.config_path}: strategy {label}")
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), self.bench.adapt, entry, {
-            "seed": seed, "model": {"spec": base_spec},
-            "data": {"train_manifests": [self.target["train"]], "val_manifests": [self.target["dev"]], "test_manifests": []}})
+        merged = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            self.bench.adapt,
+            entry,
+            {
+                "seed": seed,
+                "model": {"spec": base_spec},
+                "data": {
+                    "train_manifests": [self.target["train"]],
+                    "val_manifests": [self.target["dev"]],
+                    "test_manifests": [],
+                },
+            },
+        )
         config = to_dict(merged)
         config["output_dir"] = str(self.out / "cells" / f"{label}-seed{seed}-{self.cell_hash(config)[:8]}")
         return config
@@ -282,7 +351,10 @@ class Benchmark:
         from lightning_asr.train import evaluate
 
         config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
-        cache = self.out / f"base-eval-{digest([base_spec, self.test_manifests, config['decode'], self.corpus_checksum])[:12]}.json"
+        cache = (
+            self.out
+            / f"base-eval-{digest([base_spec, self.test_manifests, config['decode'], self.corpus_checksum])[:12]}.json"
+        )
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
             rows = json.loads(cache.read_text())
@@ -296,8 +368,10 @@ class Benchmark:
             partial = cache.with_suffix(".partial")
             partial.write_text(json.dumps(rows, ensure_ascii=False))
             partial.replace(cache)
-            say(f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: " +
-                ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error")))
+            say(
+                f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: "
+                + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
+            )
         self.target_rows["base"] = [rows[self.target_name]]
         return {name: Scores.from_rows(r) for name, r in rows.items()}
 
@@ -308,7 +382,9 @@ class Benchmark:
         unfinished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) != "finished"]
         return finished, unfinished
 
-    def run_cell(self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str) -> tuple[str, dict[str, Scores]]:
+    def run_cell(
+        self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str
+    ) -> tuple[str, dict[str, Scores]]:
         from lightning.pytorch.loggers import MLFlowLogger
 
         from lightning_asr.module import ASRModule
@@ -337,11 +413,21 @@ class Benchmark:
             if output.exists():
                 shutil.rmtree(output)
             adapter = config["adapter"]
-            tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": cell, tracking.TAG_BENCH: self.bench.name,
-                    tracking.TAG_CELL: cell, tracking.TAG_CONFIG: config_hash, tracking.TAG_STATUS: "running",
-                    "strategy": adapter["name"], "label": label, "seed": str(seed), "base_model": base_spec,
-                    "dataset": self.bench.target_set, "git_commit": git_commit(),
-                    "glora_type": str(adapter["type"]) if adapter["name"] == "glora" else "-"}
+            tags = {
+                "mlflow.parentRunId": parent_id,
+                "mlflow.runName": cell,
+                tracking.TAG_BENCH: self.bench.name,
+                tracking.TAG_CELL: cell,
+                tracking.TAG_CONFIG: config_hash,
+                tracking.TAG_STATUS: "running",
+                "strategy": adapter["name"],
+                "label": label,
+                "seed": str(seed),
+                "base_model": base_spec,
+                "dataset": self.bench.target_set,
+                "git_commit": git_commit(),
+                "glora_type": str(adapter["type"]) if adapter["name"] == "glora" else "-",
+            }
             run_id = client.create_run(experiment, tags=tags).info.run_id
             for key, value in flatten(config).items():
                 client.log_param(run_id, key, str(value)[:500])
@@ -352,17 +438,23 @@ class Benchmark:
         result = train(config, resume=resume, force=not resume, logger=logger, extra_callbacks=[timer])
         train_seconds = time.perf_counter() - started
         module = ASRModule.from_checkpoint(result.best_checkpoint)
-        say(f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})")
+        say(
+            f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})"
+        )
         test_metrics = evaluate(module, self.test_manifests)
         self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds)
         client.set_tag(run_id, tracking.TAG_STATUS, "finished")
         client.set_terminated(run_id, "FINISHED")
-        say(f"cell {cell}: done in {time.perf_counter() - started:.0f} s: " +
-            ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error")))
+        say(
+            f"cell {cell}: done in {time.perf_counter() - started:.0f} s: "
+            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error"))
+        )
         self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
         return run_id, {name: Scores.from_rows(rows) for name, rows in module.predictions.items()}
 
-    def log_cell(self, client, run_id: str, module, config: dict, test_metrics: dict, timer, train_seconds: float) -> None:
+    def log_cell(
+        self, client, run_id: str, module, config: dict, test_metrics: dict, timer, train_seconds: float
+    ) -> None:
         from lightning_asr.adapters.sparsity import scalar_metrics
 
         strategy = module.strategy
@@ -376,9 +468,15 @@ class Benchmark:
             client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
             (Path(tmp) / "predictions.json").write_text(json.dumps(module.predictions, ensure_ascii=False))
             client.log_artifact(run_id, str(Path(tmp) / "predictions.json"))
-        metrics = {**test_metrics, **scalar_metrics(report), "params/trainable": counts["trainable"],
-                   "params/total": counts["total"], "adapter/bytes": adapter_bytes,
-                   "train/step_time_s": timer.median(), "train/seconds": train_seconds}
+        metrics = {
+            **test_metrics,
+            **scalar_metrics(report),
+            "params/trainable": counts["trainable"],
+            "params/total": counts["total"],
+            "adapter/bytes": adapter_bytes,
+            "train/step_time_s": timer.median(),
+            "train/seconds": train_seconds,
+        }
         for key, value in tracking.finite_metrics(metrics).items():
             client.log_metric(run_id, key, value)
         for name, normalizer_id in module.normalizer_ids.items():
@@ -399,8 +497,10 @@ class Benchmark:
         from lightning_asr.config import AdapterConfig
         from lightning_asr.module import check_language_control
 
-        lines = [f"profile {self.config_path}: base {self.bench.base.spec} "
-                 f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"]
+        lines = [
+            f"profile {self.config_path}: base {self.bench.base.spec} "
+            f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"
+        ]
         self.corpus_checksum = "unchecked"
         for entry in self.bench.strategies:
             entry = OmegaConf.to_container(entry, resolve=True)
@@ -408,8 +508,10 @@ class Benchmark:
                 config = structured(TrainConfig, self.cell_config(entry, seed, self.bench.base.spec))
                 strategy = build_strategy(structured(AdapterConfig, to_dict(config.adapter)))
                 check_language_control(config.decode.language)
-                lines.append(f"cell {entry['label']}-seed{seed}: {strategy.name}, {config.trainer.max_steps} steps, "
-                             f"lr {config.optim.lr}, precision {config.trainer.precision}")
+                lines.append(
+                    f"cell {entry['label']}-seed{seed}: {strategy.name}, {config.trainer.max_steps} steps, "
+                    f"lr {config.optim.lr}, precision {config.trainer.precision}"
+                )
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
             lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
         return lines
@@ -422,10 +524,17 @@ class Benchmark:
         base_spec = self.prepare_base(self.corpus_checksum)
         client = tracking.client_for(bench.tracking_uri)
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
-        parent = client.create_run(experiment, tags={"mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
-                                                      tracking.TAG_BENCH: bench.name, "git_commit": git_commit(),
-                                                      "base_model": base_spec, "dataset": bench.target_set,
-                                                      **self.parent_tags})
+        parent = client.create_run(
+            experiment,
+            tags={
+                "mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
+                tracking.TAG_BENCH: bench.name,
+                "git_commit": git_commit(),
+                "base_model": base_spec,
+                "dataset": bench.target_set,
+                **self.parent_tags,
+            },
+        )
         parent_id = self.parent_id = parent.info.run_id
         say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
         try:
@@ -440,11 +549,22 @@ class Benchmark:
                     run_id, scores = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
                     cells.setdefault(entry["label"], {})[seed] = scores
                     cell_runs[(entry["label"], seed)] = run_id
-            rows, reasons = compare(base_scores, cells, bench.reference, self.source_names, self.target_name,
-                                    bench.bootstrap if len(seeds) == 1 else 0)
+            rows, reasons = compare(
+                base_scores,
+                cells,
+                bench.reference,
+                self.source_names,
+                self.target_name,
+                bench.bootstrap if len(seeds) == 1 else 0,
+            )
             for (label, seed), run_id in cell_runs.items():
-                values, _ = derived_metrics(errors(base_scores), errors(cells[bench.reference][seed]),
-                                            errors(cells[label][seed]), self.source_names, self.target_name)
+                values, _ = derived_metrics(
+                    errors(base_scores),
+                    errors(cells[bench.reference][seed]),
+                    errors(cells[label][seed]),
+                    self.source_names,
+                    self.target_name,
+                )
                 for key, value in tracking.finite_metrics(values).items():
                     client.log_metric(run_id, f"cl/{key}", value)
             self.log_comparison(client, parent_id, rows, reasons, base_scores, seeds)
@@ -459,11 +579,29 @@ class Benchmark:
         import pandas as pd
 
         interval = "95 % t-interval over seeds" if len(seeds) > 1 else "95 % paired bootstrap over utterances"
-        columns = ["strategy", "target_error", "adaptation_gain", "source_error", "forgetting", "backward_gain",
-                   "relative_source_gain", "forward_loss"]
+        columns = [
+            "strategy",
+            "target_error",
+            "adaptation_gain",
+            "source_error",
+            "forgetting",
+            "backward_gain",
+            "relative_source_gain",
+            "forward_loss",
+        ]
         base_errors = errors(base_scores)
-        table_rows = [["base", base_errors[self.target_name], 0.0,
-                       sum(base_errors[s] for s in self.source_names) / len(self.source_names), 0.0, math.nan, math.nan, math.nan]]
+        table_rows = [
+            [
+                "base",
+                base_errors[self.target_name],
+                0.0,
+                sum(base_errors[s] for s in self.source_names) / len(self.source_names),
+                0.0,
+                math.nan,
+                math.nan,
+                math.nan,
+            ]
+        ]
         table_rows += [[row["strategy"]] + [row[c] for c in columns[1:]] for row in rows]
         frame = pd.DataFrame(table_rows, columns=columns)
         lows = {c: [math.nan] + [row.get(f"{c}_low", math.nan) for row in rows] for c in columns[1:]}
@@ -473,27 +611,35 @@ class Benchmark:
             detailed[f"{column}_low"], detailed[f"{column}_high"] = lows[column], highs[column]
         for name in self.source_names:
             detailed[f"forgetting/{name}"] = [0.0] + [row[f"forgetting/{name}"] for row in rows]
-        printable = [[r[0]] + [self.with_interval(r[i], lows[c][j], highs[c][j]) for i, c in enumerate(columns[1:], 1)]
-                     for j, r in enumerate(table_rows)]
+        printable = [
+            [r[0]] + [self.with_interval(r[i], lows[c][j], highs[c][j]) for i, c in enumerate(columns[1:], 1)]
+            for j, r in enumerate(table_rows)
+        ]
         markdown = tracking.markdown_table(columns, printable)
         notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
         breakdown_columns, breakdown = self.target_breakdown()
-        breakdown_markdown = tracking.markdown_table(["strategy"] + breakdown_columns,
-                                                     [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()])
+        breakdown_markdown = tracking.markdown_table(
+            ["strategy"] + breakdown_columns,
+            [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()],
+        )
         with tempfile.TemporaryDirectory() as tmp:
             detailed.to_csv(Path(tmp) / "comparison.csv", index=False)
-            summary = (f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
-                       f"(WER for en, CER for ko/zh); target = {self.target_name} ({METRIC_NAMES[primary_unit(self.target_lang)].upper()}). "
-                       f"Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
-                       + (f"\nUndefined values:\n{notes}\n" if notes else "")
-                       + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
-                       f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
-                       f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n")
+            summary = (
+                f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
+                f"(WER for en, CER for ko/zh); target = {self.target_name} ({METRIC_NAMES[primary_unit(self.target_lang)].upper()}). "
+                f"Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
+                + (f"\nUndefined values:\n{notes}\n" if notes else "")
+                + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
+                f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
+                f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
+            )
             (Path(tmp) / "comparison.md").write_text(summary)
             (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
             (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
             client.log_artifacts(parent_id, tmp)
-        client.log_table(parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json")
+        client.log_table(
+            parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json"
+        )
         figure = tracking.tradeoff_figure(rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})")
         client.log_figure(parent_id, figure, "tradeoff.png")
         for label, values in breakdown.items():
@@ -525,11 +671,16 @@ class Benchmark:
         breakdown = {}
         lang, normalizer, average = self.target_lang, self.normalizer(), self.scoring.average
         for label, per_seed in self.target_rows.items():
-            scores = [score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], lang, normalizer, average)
-                      for rows in per_seed]
+            scores = [
+                score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], lang, normalizer, average)
+                for rows in per_seed
+            ]
             breakdown[label] = {key: float(np.mean([s.get(key, math.nan) for s in scores])) for key in scores[0]}
-        columns = [c for c in ("mer", "jer", "cer", "wer", "err_ko", "err_zh", "err_en", "err_other", "pier")
-                   if any(c in values for values in breakdown.values())]
+        columns = [
+            c
+            for c in ("mer", "jer", "cer", "wer", "err_ko", "err_zh", "err_en", "err_other", "pier")
+            if any(c in values for values in breakdown.values())
+        ]
         return columns, {label: {c: values.get(c, math.nan) for c in columns} for label, values in breakdown.items()}
 
     @staticmethod
@@ -564,7 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="embedded", help="embedded, smoke, or a benchmark YAML")
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the profile's)")
     parser.add_argument("--force", action="store_true", help="retrain every cell in new MLflow runs")
-    parser.add_argument("--check", action="store_true", help="validate the profile and list its cells and manifests; run nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the profile and list its cells and manifests; run nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
     args = parser.parse_args(argv)
     from lightning_asr.cli import _quiet

@@ -116,8 +116,11 @@ def swap_latency(engine: AdapterServer, strategy: str, repeats: int) -> dict:
             warm.append((time.perf_counter() - started) * 1000)
             assert hit and swapped
         slot = engine.slots[adapter.key]
-    return {"swap_cold_ms": statistics.median(cold), "swap_warm_ms": statistics.median(warm),
-            "slot_bytes": slot_bytes(engine, slot)}
+    return {
+        "swap_cold_ms": statistics.median(cold),
+        "swap_warm_ms": statistics.median(warm),
+        "slot_bytes": slot_bytes(engine, slot),
+    }
 
 
 def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, seconds: float) -> dict:
@@ -142,8 +145,16 @@ def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, s
                 latencies.append((time.perf_counter() - started) * 1000)
                 hits.append(result["cache_hit"])
                 note = result.get("note", "")
-                modes.add(result["mode"] + (" (cannot merge)" if "cannot be folded" in note
-                                            else " (full weights)" if "full fine-tuning" in note else ""))
+                modes.add(
+                    result["mode"]
+                    + (
+                        " (cannot merge)"
+                        if "cannot be folded" in note
+                        else " (full weights)"
+                        if "full fine-tuning" in note
+                        else ""
+                    )
+                )
 
     threads = [threading.Thread(target=worker, args=(f"{strategy}-{i}",)) for i in range(users)]
     started = time.perf_counter()
@@ -157,15 +168,23 @@ def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, s
     def quantile(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
-    return {"requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": quantile(0.5), "p95_ms": quantile(0.95), "cache_hit_rate": sum(hits) / max(1, len(hits)),
-            "served_as": ", ".join(sorted(modes)),
-            **({"first_error": errors[0]} if errors else {})}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": quantile(0.5),
+        "p95_ms": quantile(0.95),
+        "cache_hit_rate": sum(hits) / max(1, len(hits)),
+        "served_as": ", ".join(sorted(modes)),
+        **({"first_error": errors[0]} if errors else {}),
+    }
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
-             "|" + "|".join("---" if fmt == "s" else "---:" for _, _, fmt in columns) + "|"]
+    lines = [
+        "| " + " | ".join(title for _, title, _ in columns) + " |",
+        "|" + "|".join("---" if fmt == "s" else "---:" for _, _, fmt in columns) + "|",
+    ]
     for row in rows:
         cells = []
         for key, _, fmt in columns:
@@ -204,40 +223,87 @@ def main(argv: list[str] | None = None) -> int:
         del base
         sizes, serving = [], []
         for mode in args.modes:
-            engine = AdapterServer(args.base, tmp / "adapters", mode=mode, cache_size=most_users, language="en",
-                                   max_new_tokens=args.max_new_tokens)
+            engine = AdapterServer(
+                args.base,
+                tmp / "adapters",
+                mode=mode,
+                cache_size=most_users,
+                language="en",
+                max_new_tokens=args.max_new_tokens,
+            )
             engine.preload_structures()
             if mode == args.modes[0]:
                 for strategy in args.strategies:
                     device = directory_bytes(tmp / "adapters" / f"{strategy}-0")
-                    sizes.append({"strategy": strategy, "device_bytes": device, "base_bytes": total_base_bytes,
-                                  "device_vs_base": device / total_base_bytes,
-                                  **swap_latency(engine, strategy, args.swap_repeats)})
+                    sizes.append(
+                        {
+                            "strategy": strategy,
+                            "device_bytes": device,
+                            "base_bytes": total_base_bytes,
+                            "device_vs_base": device / total_base_bytes,
+                            **swap_latency(engine, strategy, args.swap_repeats),
+                        }
+                    )
             with BackgroundServer(create_app(engine)) as url:
                 for strategy in args.strategies:  # untimed: the first decode of a process pays one-off costs
                     client.transcribe(url, audio, user=f"{strategy}-0")
                 for strategy in args.strategies:
                     for users in args.users:
                         engine.cache.clear()
-                        row = {"strategy": strategy, "mode": mode, "users": users,
-                               **load_test(url, audio, strategy, users, args.requests, args.seconds)}
+                        row = {
+                            "strategy": strategy,
+                            "mode": mode,
+                            "users": users,
+                            **load_test(url, audio, strategy, users, args.requests, args.seconds),
+                        }
                         serving.append(row)
-                        print(f"{strategy} {mode} users={users}: {row['requests']} requests, "
-                              f"{row['requests_per_s']:.2f}/s, p50 {row['p50_ms']:.0f} ms", file=sys.stderr, flush=True)
+                        print(
+                            f"{strategy} {mode} users={users}: {row['requests']} requests, "
+                            f"{row['requests_per_s']:.2f}/s, p50 {row['p50_ms']:.0f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
             del engine
-    print(f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
-          f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n")
-    print(markdown(sizes, [("strategy", "strategy", "s"), ("device_bytes", "bytes on device", ",d"),
-                           ("device_vs_base", "vs base model", ".2%"), ("slot_bytes", "server memory beyond base", ",d"),
-                           ("swap_cold_ms", "swap cold (disk) ms", ".2f"), ("swap_warm_ms", "swap warm (LRU) ms", ".2f")]))
+    print(
+        f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
+        f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n"
+    )
+    print(
+        markdown(
+            sizes,
+            [
+                ("strategy", "strategy", "s"),
+                ("device_bytes", "bytes on device", ",d"),
+                ("device_vs_base", "vs base model", ".2%"),
+                ("slot_bytes", "server memory beyond base", ",d"),
+                ("swap_cold_ms", "swap cold (disk) ms", ".2f"),
+                ("swap_warm_ms", "swap warm (LRU) ms", ".2f"),
+            ],
+        )
+    )
     print()
-    print(markdown(serving, [("strategy", "strategy", "s"), ("mode", "mode", "s"), ("served_as", "served as", "s"),
-                             ("users", "users", "d"), ("requests", "requests", "d"), ("requests_per_s", "req/s", ".2f"),
-                             ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("errors", "errors", "d")]))
+    print(
+        markdown(
+            serving,
+            [
+                ("strategy", "strategy", "s"),
+                ("mode", "mode", "s"),
+                ("served_as", "served as", "s"),
+                ("users", "users", "d"),
+                ("requests", "requests", "d"),
+                ("requests_per_s", "req/s", ".2f"),
+                ("p50_ms", "p50 ms", ".0f"),
+                ("p95_ms", "p95 ms", ".0f"),
+                ("errors", "errors", "d"),
+            ],
+        )
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items()}
-    (out / "weight_separation.json").write_text(json.dumps({"settings": settings, "sizes": sizes, "serving": serving}, indent=2))
+    (out / "weight_separation.json").write_text(
+        json.dumps({"settings": settings, "sizes": sizes, "serving": serving}, indent=2)
+    )
     with open(out / "weight_separation.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["table", "strategy", "mode", "users", "metric", "value"])

@@ -23,7 +23,9 @@ def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
     try:
         info = sf.info(str(path))
     except Exception as err:
-        raise AudioError(f"{path}: unreadable audio ({err}) — fix: re-encode it as WAV/FLAC or remove the utterance") from err
+        raise AudioError(
+            f"{path}: unreadable audio ({err}) — fix: re-encode it as WAV/FLAC or remove the utterance"
+        ) from err
     rate = info.samplerate
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"{path}: sample rate {rate} Hz cannot be resampled — fix: re-encode it at 16000 Hz")
@@ -32,7 +34,9 @@ def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
     try:
         samples, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as err:
-        raise AudioError(f"{path}: unreadable audio ({err}) — fix: re-encode it as WAV/FLAC or remove the utterance") from err
+        raise AudioError(
+            f"{path}: unreadable audio ({err}) — fix: re-encode it as WAV/FLAC or remove the utterance"
+        ) from err
     samples = samples.mean(axis=1)
     if rate != SAMPLE_RATE:
         samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()

@@ -37,11 +37,17 @@ def _evaluate(args) -> int:
     module = ASRModule.from_checkpoint(args.checkpoint)
     overrides = {}
     if args.num_beams or args.language:
-        overrides["decode"] = dict(module.config["decode"], **({"num_beams": args.num_beams} if args.num_beams else {}),
-                                   **({"language": args.language} if args.language else {}))
+        overrides["decode"] = dict(
+            module.config["decode"],
+            **({"num_beams": args.num_beams} if args.num_beams else {}),
+            **({"language": args.language} if args.language else {}),
+        )
     if args.devices or args.strategy:  # e.g. --devices 2 --strategy ddp: the test set sharded over processes
-        overrides["trainer"] = dict(module.config["trainer"], **({"devices": args.devices} if args.devices else {}),
-                                    **({"strategy": args.strategy} if args.strategy else {}))
+        overrides["trainer"] = dict(
+            module.config["trainer"],
+            **({"devices": args.devices} if args.devices else {}),
+            **({"strategy": args.strategy} if args.strategy else {}),
+        )
     results = evaluate(module, args.manifest, overrides)
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -65,9 +71,19 @@ def _serve(args) -> int:
     from lightning_asr.serve import serve
 
     try:
-        serve(args.base, args.adapters, host=args.host, port=args.port, mode=args.mode, cache_size=args.cache_size,
-              max_upload_mb=args.max_upload_mb, language=args.language, num_beams=args.num_beams,
-              max_new_tokens=args.max_new_tokens, device=args.device)
+        serve(
+            args.base,
+            args.adapters,
+            host=args.host,
+            port=args.port,
+            mode=args.mode,
+            cache_size=args.cache_size,
+            max_upload_mb=args.max_upload_mb,
+            language=args.language,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+        )
     except (ModelSpecError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -109,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--mode", choices=("merged", "unmerged"), default="unmerged",
-                       help="merged: fold LoRA/BLoRA into the base weights for each decode (restored exactly after)")
+    serve.add_argument(
+        "--mode",
+        choices=("merged", "unmerged"),
+        default="unmerged",
+        help="merged: fold LoRA/BLoRA into the base weights for each decode (restored exactly after)",
+    )
     serve.add_argument("--cache-size", type=int, default=8, help="adapters kept ready in memory (LRU)")
     serve.add_argument("--max-upload-mb", type=float, default=25.0, help="larger request bodies get HTTP 413")
     serve.add_argument("--language", default="auto", help="'auto' (detected) or a language code; requests may override")

@@ -16,8 +16,12 @@ from pathlib import Path
 
 # The files of an adapter directory (``lightning_asr.adapters.export``), spelled out so that the client
 # imports neither torch nor the framework.
-ADAPTER_FILES = ("lightning_asr_adapter.json", "lightning_asr_adapter.safetensors", "adapter_config.json",
-                 "adapter_model.safetensors")
+ADAPTER_FILES = (
+    "lightning_asr_adapter.json",
+    "lightning_asr_adapter.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+)
 
 
 class ServerError(RuntimeError):
@@ -35,8 +39,11 @@ def multipart_body(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, 
     for name, filename, content in fields:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         kind = "application/octet-stream" if filename else "text/plain; charset=utf-8"
-        lines.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n".encode()
-                     + content + b"\r\n")
+        lines.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
     return b"".join(lines) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -54,8 +61,14 @@ def post(url: str, body: bytes, content_type: str, timeout: float = 300.0) -> di
         raise ServerError(err.code, detail if isinstance(detail, str) else json.dumps(detail)) from None
 
 
-def transcribe(server: str, audio_path: str | Path, user: str | None = None, adapter_dir: str | Path | None = None,
-               language: str | None = None, timeout: float = 300.0) -> dict:
+def transcribe(
+    server: str,
+    audio_path: str | Path,
+    user: str | None = None,
+    adapter_dir: str | Path | None = None,
+    language: str | None = None,
+    timeout: float = 300.0,
+) -> dict:
     """Transcribe one WAV/FLAC file with ``user``'s adapter from the server's store, or with the adapter in
     ``adapter_dir`` (sent along). Raises ``ServerError`` with the server's explanation when refused."""
     if (user is None) == (adapter_dir is None):
@@ -66,7 +79,9 @@ def transcribe(server: str, audio_path: str | Path, user: str | None = None, ada
         query = {"user": user, **({"language": language} if language else {})}
         return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout)
     directory = Path(adapter_dir)
-    files = [("adapter", name, (directory / name).read_bytes()) for name in ADAPTER_FILES if (directory / name).exists()]
+    files = [
+        ("adapter", name, (directory / name).read_bytes()) for name in ADAPTER_FILES if (directory / name).exists()
+    ]
     if not files:
         raise FileNotFoundError(f"{directory} holds no adapter files ({', '.join(ADAPTER_FILES)})")
     fields = [("audio", Path(audio_path).name, audio), *files]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,10 +21,14 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     spec: str = "whisper-tiny-random"  # preset, local HF directory or hub id
-    tokenizer: Optional[str] = None  # None: the model directory's own, else the built-in one
+    tokenizer: str | None = None  # None: the model directory's own, else the built-in one
     init_seed: int = 0  # random weights of presets
-    ctc_unit: str = "chars"  # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
-    ctc_tokens: list[str] = field(default_factory=list)  # wav2vec2-CTC: the vocabulary; built from the manifests when empty
+    ctc_unit: str = (
+        "chars"  # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
+    )
+    ctc_tokens: list[str] = field(
+        default_factory=list
+    )  # wav2vec2-CTC: the vocabulary; built from the manifests when empty
     # recompute activations in the backward pass (less memory, ~30 % more time); adapters in checkpointed
     # layers still get gradients (lightning_asr/module.py, enable_gradient_checkpointing)
     gradient_checkpointing: bool = False
@@ -73,7 +77,7 @@ class AdapterConfig:
     noise: str = "flipout"  # blora: flipout, reparam or local_reparam
     bayesian_b: bool = True  # blora: B Bayesian too (else only A)
     rho_init: list[float] = field(default_factory=lambda: [-5.5, -4.5])  # blora: rho_A ~ U(low, high)
-    num_train_examples: Optional[int] = None  # blora elbo: filled in from the training data when unset
+    num_train_examples: int | None = None  # blora elbo: filled in from the training data when unset
     # words the base tokenizer splits badly, added as new tokens whose embedding rows train under every
     # strategy and travel with the adapter export (lightning_asr/vocabulary.py)
     new_tokens: list[str] = field(default_factory=list)
@@ -109,11 +113,11 @@ class ScoringConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 100
-    val_check_interval: Optional[int] = None  # steps between validations; None: once per epoch
-    check_val_every_n_epoch: Optional[int] = 1
-    limit_val_batches: Optional[float] = None
+    val_check_interval: int | None = None  # steps between validations; None: once per epoch
+    check_val_every_n_epoch: int | None = 1
+    limit_val_batches: float | None = None
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -150,24 +154,30 @@ def check_keys(values: Any, schema: type, origin: str, prefix: str = "") -> None
         factory = known[key].default_factory
         if factory is not MISSING and is_dataclass(factory):
             if not isinstance(value, (dict, DictConfig)):
-                raise ConfigError(f"{origin}: '{dotted}' is a section, not a value (got {value!r:.40}) — fix: set "
-                                  f"its keys, e.g. {dotted}.{fields(factory)[0].name}=...")
+                raise ConfigError(
+                    f"{origin}: '{dotted}' is a section, not a value (got {value!r:.40}) — fix: set "
+                    f"its keys, e.g. {dotted}.{fields(factory)[0].name}=..."
+                )
             check_keys(value, factory, origin, dotted + ".")
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     for override in overrides:
         if not isinstance(override, str) or "=" not in override:
-            raise ConfigError(f"command line: override {override!r} is not key=value — fix: write it as key=value "
-                              "(key=null for no value)")
+            raise ConfigError(
+                f"command line: override {override!r} is not key=value — fix: write it as key=value "
+                "(key=null for no value)"
+            )
         if not override.split("=", 1)[0].strip():
             raise ConfigError(f"command line: override {override!r} has no key — fix: write it as key=value")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except Exception as err:  # omegaconf's grammar or YAML parser errors: "a=${", "a=[1,"
         key = getattr(err, "full_key", None) or _first_bad_key(overrides)
-        raise ConfigError(f"command line: cannot parse the value of '{key}' ({_first_line(err)}) — fix: quote it "
-                          "or write it as YAML, e.g. key=[a,b] or key='text'") from err
+        raise ConfigError(
+            f"command line: cannot parse the value of '{key}' ({_first_line(err)}) — fix: quote it "
+            "or write it as YAML, e.g. key=[a,b] or key='text'"
+        ) from err
 
 
 def _first_bad_key(overrides: list[str]) -> str:
@@ -207,7 +217,9 @@ def _origin_of(key: str, sources: list[tuple[str, Any]]) -> str:
     return "the defaults"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig) -> DictConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig
+) -> DictConfig:
     """Merge the schema's defaults, a YAML file and ``key=value`` overrides; unknown keys are errors."""
     config = OmegaConf.structured(schema)
     sources = []
@@ -220,8 +232,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except Exception as err:  # YAML syntax, invalid UTF-8, an unreadable file
             raise ConfigError(f"{path}: not a readable YAML file ({_first_line(err)}) — fix: correct the YAML") from err
         if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: the file holds a {type(loaded).__name__}, not a mapping of keys — fix: write "
-                              "keys at the top level, e.g. 'trainer:' with 'max_steps: 100' below it")
+            raise ConfigError(
+                f"{path}: the file holds a {type(loaded).__name__}, not a mapping of keys — fix: write "
+                "keys at the top level, e.g. 'trainer:' with 'max_steps: 100' below it"
+            )
         sources.append((str(path), loaded))
     if overrides:
         sources.append(("command line", _parse_overrides(overrides)))
@@ -237,14 +251,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             config = OmegaConf.merge(config, values)
         except Exception as err:  # type errors: "max_steps=abc"
             key = getattr(err, "full_key", None) or _failing_key(config, container)
-            raise ConfigError(f"{origin}: invalid value for '{key}': {_first_line(err)} — fix: give it a value of "
-                              "the type lightning_asr/config.py declares") from err
+            raise ConfigError(
+                f"{origin}: invalid value for '{key}': {_first_line(err)} — fix: give it a value of "
+                "the type lightning_asr/config.py declares"
+            ) from err
     try:  # interpolations such as ${seed} are resolved when the run starts: a broken one is an error now
         OmegaConf.to_container(config, resolve=True)
     except Exception as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{_origin_of(str(key), plain)}: cannot resolve '{key}' ({_first_line(err)}) — fix: "
-                          "correct the ${...} interpolation or write the value itself") from err
+        raise ConfigError(
+            f"{_origin_of(str(key), plain)}: cannot resolve '{key}' ({_first_line(err)}) — fix: "
+            "correct the ${...} interpolation or write the value itself"
+        ) from err
     OmegaConf.set_readonly(config, False)
     return config
 

@@ -36,8 +36,10 @@ class Scores:
     tokens: np.ndarray
 
     @classmethod
-    def from_rows(cls, rows: list[dict]) -> "Scores":
-        return cls(np.array([r["edits"] for r in rows], dtype=float), np.array([r["tokens"] for r in rows], dtype=float))
+    def from_rows(cls, rows: list[dict]) -> Scores:
+        return cls(
+            np.array([r["edits"] for r in rows], dtype=float), np.array([r["tokens"] for r in rows], dtype=float)
+        )
 
     def error(self, index: np.ndarray | None = None) -> float:
         edits, tokens = (self.edits, self.tokens) if index is None else (self.edits[index], self.tokens[index])
@@ -51,8 +53,9 @@ def ratio(numerator: float, denominator: float, what: str) -> tuple[float, str]:
     return numerator / denominator, ""
 
 
-def derived_metrics(base: dict[str, float], ref: dict[str, float], k: dict[str, float],
-                    source_sets: list[str], target_set: str) -> tuple[dict[str, float], dict[str, str]]:
+def derived_metrics(
+    base: dict[str, float], ref: dict[str, float], k: dict[str, float], source_sets: list[str], target_set: str
+) -> tuple[dict[str, float], dict[str, str]]:
     """All metrics of strategy ``k`` from error rates per set; returns (values, reasons for NaNs)."""
     values, reasons = {}, {}
 
@@ -73,7 +76,10 @@ def derived_metrics(base: dict[str, float], ref: dict[str, float], k: dict[str, 
         if f_ref > 0:
             put(f"backward_gain{suffix}", ratio(f_ref - f_k, f_ref, "backward gain"))
         else:  # a share of the reference's forgetting means nothing when it did not forget
-            put(f"backward_gain{suffix}", (float("nan"), f"backward gain undefined: the reference did not forget (F_ref = {f_ref:.4f} <= 0)"))
+            put(
+                f"backward_gain{suffix}",
+                (float("nan"), f"backward gain undefined: the reference did not forget (F_ref = {f_ref:.4f} <= 0)"),
+            )
         put(f"relative_source_gain{suffix}", ratio(e_ref - e_k, e_ref, "relative source gain"))
     put("target_error", k[target_set])
     put("adaptation_gain", base[target_set] - k[target_set])
@@ -103,8 +109,15 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def compare(base: dict[str, Scores], cells: dict[str, dict[int, dict[str, Scores]]], reference: str,
-            source_sets: list[str], target_set: str, bootstrap: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+def compare(
+    base: dict[str, Scores],
+    cells: dict[str, dict[int, dict[str, Scores]]],
+    reference: str,
+    source_sets: list[str],
+    target_set: str,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> tuple[list[dict], dict]:
     """One row per strategy label: each metric's value (mean over seeds) with ``_low``/``_high`` bounds.
 
     ``cells[label][seed][set]`` are the scores of a strategy; the reference must have every seed the
@@ -118,7 +131,9 @@ def compare(base: dict[str, Scores], cells: dict[str, dict[int, dict[str, Scores
         for run_seed, scores in by_seed.items():
             if run_seed not in cells[reference]:
                 raise ValueError(f"reference {reference!r} has no run with seed {run_seed}")
-            values, reasons = derived_metrics(errors(base), errors(cells[reference][run_seed]), errors(scores), source_sets, target_set)
+            values, reasons = derived_metrics(
+                errors(base), errors(cells[reference][run_seed]), errors(scores), source_sets, target_set
+            )
             per_seed.append(values)
             all_reasons.update({f"{label}/{k}": v for k, v in reasons.items()})
         row = {"strategy": label, "seeds": len(per_seed)}
@@ -131,13 +146,18 @@ def compare(base: dict[str, Scores], cells: dict[str, dict[int, dict[str, Scores
             samples = {metric: [] for metric in per_seed[0]}
             for _ in range(bootstrap):
                 index = {name: rng.integers(0, len(s.edits), len(s.edits)) for name, s in base.items()}
-                values, _ = derived_metrics(errors(base, index), errors(ref_scores, index), errors(scores, index), source_sets, target_set)
+                values, _ = derived_metrics(
+                    errors(base, index), errors(ref_scores, index), errors(scores, index), source_sets, target_set
+                )
                 for metric, value in values.items():
                     samples[metric].append(value)
             for metric, value in per_seed[0].items():
                 finite = [v for v in samples[metric] if not math.isnan(v)]
                 row[metric] = value
                 row[f"{metric}_low"], row[f"{metric}_high"] = (
-                    (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite and bootstrap else (float("nan"),) * 2)
+                    (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
+                    if finite and bootstrap
+                    else (float("nan"),) * 2
+                )
         rows.append(row)
     return rows, all_reasons

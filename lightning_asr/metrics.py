@@ -26,7 +26,16 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from lightning_asr.text import TextNormalizer, align, code_switched, edit_distance, jamo, primary_unit, script_language, units
+from lightning_asr.text import (
+    TextNormalizer,
+    align,
+    code_switched,
+    edit_distance,
+    jamo,
+    primary_unit,
+    script_language,
+    units,
+)
 
 METRIC_NAMES = {"words": "wer", "chars": "cer", "mixed": "mer", "jamo": "jer"}
 LANGUAGES = ("en", "ko", "zh", "other")
@@ -39,8 +48,14 @@ class ErrorRate(Metric):
     full_state_update = False
     unit: str = ""
 
-    def __init__(self, unit: str | None = None, lang: str = "", normalizer: TextNormalizer | None = None,
-                 average: str = "corpus", **kwargs):
+    def __init__(
+        self,
+        unit: str | None = None,
+        lang: str = "",
+        normalizer: TextNormalizer | None = None,
+        average: str = "corpus",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.unit = unit or self.unit
         if self.unit not in METRIC_NAMES:
@@ -129,8 +144,11 @@ class PerLanguageErrorRate(Metric):
             self.tokens += torch.tensor(tokens, device=self.tokens.device)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {lang: self.edits[i].float() / self.tokens[i].float()
-                for i, lang in enumerate(LANGUAGES) if self.tokens[i] > 0}
+        return {
+            lang: self.edits[i].float() / self.tokens[i].float()
+            for i, lang in enumerate(LANGUAGES)
+            if self.tokens[i] > 0
+        }
 
 
 def embedded_language(lang: str) -> str:
@@ -166,8 +184,13 @@ def metrics_for(lang: str, normalizer: TextNormalizer | None = None, average: st
     return metrics
 
 
-def score_texts(predictions: list[str], references: list[str], lang: str, normalizer: TextNormalizer | None = None,
-                average: str = "corpus") -> dict[str, float]:
+def score_texts(
+    predictions: list[str],
+    references: list[str],
+    lang: str,
+    normalizer: TextNormalizer | None = None,
+    average: str = "corpus",
+) -> dict[str, float]:
     """Every metric of ``metrics_for(lang)`` on one set, with the per-language split as ``err_<lang>``."""
     scores = {}
     for name, metric in metrics_for(lang, normalizer, average).items():

@@ -37,8 +37,9 @@ def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: i
 def check_language_control(language: str) -> None:
     """``decode.language``: ``manifest`` (each utterance's own), ``auto`` (the model detects it) or a code."""
     if language not in ("manifest", "auto") and language not in WHISPER_LANGUAGES:
-        raise ValueError(f"decode.language={language!r} — fix: use manifest, auto or a Whisper language code "
-                         "such as en, ko or zh")
+        raise ValueError(
+            f"decode.language={language!r} — fix: use manifest, auto or a Whisper language code such as en, ko or zh"
+        )
 
 
 OUTPUT_LAYER = r"^lm_head\."  # a CTC output layer made for a new vocabulary
@@ -46,7 +47,11 @@ OUTPUT_LAYER = r"^lm_head\."  # a CTC output layer made for a new vocabulary
 
 def gather_predictions(predictions: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Every process's share of the per-utterance predictions, in manifest order, on every process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         shares = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(shares, predictions)
         predictions = {}
@@ -70,8 +75,9 @@ class ASRModule(L.LightningModule):
         if self.ctc:
             config = self._build_ctc_base(config)
         else:
-            self.model, self.processor = load_model_processor(model_config["spec"], model_config.get("tokenizer"),
-                                                              model_config.get("init_seed", 0))
+            self.model, self.processor = load_model_processor(
+                model_config["spec"], model_config.get("tokenizer"), model_config.get("init_seed", 0)
+            )
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds at fit start
         self.config = config
         self.tokenizer = self.processor.tokenizer
@@ -99,10 +105,16 @@ class ASRModule(L.LightningModule):
         tokens = list(model_config.get("ctc_tokens") or [])
         if not tokens and not Path(model_config["spec"], "vocab.json").exists():
             manifests = list(config["data"]["train_manifests"]) + list(config["data"]["val_manifests"])
-            pairs = [(u.text, u.lang) for m in manifests for u in read_manifest(m, skip_bad_lines=config["data"]["skip_bad_lines"])]
+            pairs = [
+                (u.text, u.lang)
+                for m in manifests
+                for u in read_manifest(m, skip_bad_lines=config["data"]["skip_bad_lines"])
+            ]
             tokens = build_ctc_tokens(pairs, model_config.get("ctc_unit", "chars"))
             model_config["ctc_tokens"] = tokens
-        self.model, self.processor, new_head = load_ctc_model_processor(model_config["spec"], tokens, model_config.get("init_seed", 0))
+        self.model, self.processor, new_head = load_ctc_model_processor(
+            model_config["spec"], tokens, model_config.get("init_seed", 0)
+        )
         if new_head and OUTPUT_LAYER not in config["adapter"].get("modules_to_save", []):
             config["adapter"]["modules_to_save"] = list(config["adapter"].get("modules_to_save", [])) + [OUTPUT_LAYER]
         return config
@@ -131,10 +143,14 @@ class ASRModule(L.LightningModule):
             out = self.model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
             return out.loss, int((labels != IGNORE_INDEX).sum())
         config = self.model.config
-        decoder_input_ids = shift_tokens_right(labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
-                                               config.pad_token_id, config.decoder_start_token_id)
-        hidden = self.model.model(input_features=batch["input_features"], decoder_input_ids=decoder_input_ids,
-                                  use_cache=False).last_hidden_state
+        decoder_input_ids = shift_tokens_right(
+            labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
+            config.pad_token_id,
+            config.decoder_start_token_id,
+        )
+        hidden = self.model.model(
+            input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
+        ).last_hidden_state
         mask = labels != IGNORE_INDEX
         logits = self.model.proj_out(hidden[mask])
         return F.cross_entropy(logits.float(), labels[mask]), int(mask.sum())
@@ -161,8 +177,13 @@ class ASRModule(L.LightningModule):
             language = None
         else:
             language = decode["language"]
-        sequences = self.model.generate(input_features, language=language, task="transcribe",
-                                        max_new_tokens=decode["max_new_tokens"], num_beams=decode["num_beams"])
+        sequences = self.model.generate(
+            input_features,
+            language=language,
+            task="transcribe",
+            max_new_tokens=decode["max_new_tokens"],
+            num_beams=decode["num_beams"],
+        )
         if not torch.is_tensor(sequences):
             sequences = sequences.sequences
         cap_hits = count_cap_hits(sequences, self.tokenizer.eos_token_id, decode["max_new_tokens"])
@@ -195,7 +216,9 @@ class ASRModule(L.LightningModule):
             key = f"{split}__{_key(name)}"
             if key not in self.eval_metrics:
                 normalizer = self.normalizer(lang)
-                self.eval_metrics[key] = nn.ModuleDict(metrics_for(lang, normalizer, self.scoring["average"])).to(self.device)
+                self.eval_metrics[key] = nn.ModuleDict(metrics_for(lang, normalizer, self.scoring["average"])).to(
+                    self.device
+                )
                 self.normalizer_ids[name] = normalizer.id
                 self.eval_losses[key] = nn.ModuleDict({"loss": MeanMetric(), "cap_hits": MeanMetric()}).to(self.device)
 
@@ -213,11 +236,21 @@ class ASRModule(L.LightningModule):
             metric.update(texts, batch["texts"])
         if split == "test":
             primary = metrics[METRIC_NAMES[primary_unit(lang)]]
-            for text, reference, utt_lang, speaker, line in zip(texts, batch["texts"], batch["langs"], batch["speakers"], batch["lines"]):
+            for text, reference, utt_lang, speaker, line in zip(
+                texts, batch["texts"], batch["langs"], batch["speakers"], batch["lines"]
+            ):
                 edits, tokens = primary.utterance_counts(text, reference)
                 self.predictions.setdefault(name, []).append(
-                    {"line": line, "reference": reference, "prediction": text, "lang": utt_lang, "speaker": speaker,
-                     "edits": edits, "tokens": tokens})
+                    {
+                        "line": line,
+                        "reference": reference,
+                        "prediction": text,
+                        "lang": utt_lang,
+                        "speaker": speaker,
+                        "edits": edits,
+                        "tokens": tokens,
+                    }
+                )
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
         results = {}
@@ -269,9 +302,11 @@ class ASRModule(L.LightningModule):
             raise ValueError(f"adapter strategy {self.strategy.name!r} leaves nothing to train")
         decay = [p for p in parameters if p.ndim >= 2]
         no_decay = [p for p in parameters if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim["weight_decay"]},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=optim["lr"], betas=tuple(optim["betas"]))
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim["lr"],
+            betas=tuple(optim["betas"]),
+        )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
 
@@ -289,7 +324,7 @@ class ASRModule(L.LightningModule):
         checkpoint["lightning_asr_config"] = self.config
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "ASRModule":
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ASRModule:
         """Rebuild the module a checkpoint was written by, and load its weights (no unpickling of code)."""
         checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
         if "lightning_asr_config" not in checkpoint:
@@ -297,4 +332,3 @@ class ASRModule(L.LightningModule):
         module = cls(checkpoint["lightning_asr_config"])
         module.load_state_dict(checkpoint["state_dict"])
         return module
-

@@ -31,9 +31,10 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,11 @@ from lightning_asr.forgetting import derived_metrics, mean_interval
 MIN_SEEDS = 3
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 EXPERIMENTS = ("blora-vs-lora", "glora-types", "finetune-vs-scratch", "token-normalisation", "rank-sweep")
-TAG_REPRODUCE, TAG_EXPERIMENT, TAG_CELLS = "lightning_asr.reproduce", "lightning_asr.reproduce.experiment", "lightning_asr.reproduce.cells"
+TAG_REPRODUCE, TAG_EXPERIMENT, TAG_CELLS = (
+    "lightning_asr.reproduce",
+    "lightning_asr.reproduce.experiment",
+    "lightning_asr.reproduce.cells",
+)
 BLORA_PAPER, GLORA_PAPER = "BLoRA (seed 000, arXiv 2510.18723)", "GLoRA (seed 001, arXiv 2406.02562)"
 # the adapter keys that make two low-rank strategies comparable ("equal rank and targets")
 SHAPE_KEYS = ("rank", "alpha", "dropout", "target_modules")
@@ -127,7 +132,9 @@ class Experiment:
         return next((v for v in self.variants if v.label == label), None)
 
     def of(self, method: str, **settings) -> list[Variant]:
-        return [v for v in self.variants if v.method == method and all(v.settings.get(k) == s for k, s in settings.items())]
+        return [
+            v for v in self.variants if v.method == method and all(v.settings.get(k) == s for k, s in settings.items())
+        ]
 
 
 def adapter_value(entry: dict, key: str) -> Any:
@@ -151,12 +158,20 @@ def strategy_templates(strategies: list[dict]) -> dict[str, dict]:
             continue
         differing = [k for k in SHAPE_KEYS if adapter_value(entry, k) != adapter_value(lora, k)]
         if differing:
-            raise ConfigError(f"benchmark strategy {entry['label']!r} differs from LoRA in {differing}: the seeds' "
-                              "claims are at equal rank and targets — fix: give every low-rank strategy LoRA's values")
+            raise ConfigError(
+                f"benchmark strategy {entry['label']!r} differs from LoRA in {differing}: the seeds' "
+                "claims are at equal rank and targets — fix: give every low-rank strategy LoRA's values"
+            )
     templates.setdefault("blora", {**lora, "label": "blora", "adapter": {**lora["adapter"], "name": "blora"}})
     for glora_type in (1, 2, 3, 4):
-        templates.setdefault(f"glora-{glora_type}", {**lora, "label": f"glora-{glora_type}",
-                                                     "adapter": {**lora["adapter"], "name": "glora", "type": glora_type}})
+        templates.setdefault(
+            f"glora-{glora_type}",
+            {
+                **lora,
+                "label": f"glora-{glora_type}",
+                "adapter": {**lora["adapter"], "name": "glora", "type": glora_type},
+            },
+        )
     templates.setdefault("full_ft", {"label": "full_ft", "adapter": {"name": "full_ft"}})
     return templates
 
@@ -186,10 +201,19 @@ def low_rank_settings(entry: dict) -> dict:
     return settings
 
 
-def variant_of(entry: dict, reference: str | None, headline: bool = False, arm: str = "pretrained", method: str | None = None) -> Variant:
+def variant_of(
+    entry: dict, reference: str | None, headline: bool = False, arm: str = "pretrained", method: str | None = None
+) -> Variant:
     name = adapter_value(entry, "name")
-    return Variant(label=entry["label"], method=method or name, entry=entry, arm=arm, reference=reference,
-                   settings=low_rank_settings(entry) if name in ("lora", "blora", "glora") else {}, headline=headline)
+    return Variant(
+        label=entry["label"],
+        method=method or name,
+        entry=entry,
+        arm=arm,
+        reference=reference,
+        settings=low_rank_settings(entry) if name in ("lora", "blora", "glora") else {},
+        headline=headline,
+    )
 
 
 def at_rank(template: dict, rank: int) -> dict:
@@ -227,23 +251,30 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
             else:
                 pairs = [(kl, prior0) for kl in sweep["kl_weight"]] + [(kl0, prior) for prior in sweep["prior_std"]]
             entries = [with_adapter(blora, kl_weight=kl, prior_std=prior) for kl, prior in dict.fromkeys(pairs)]
-            variants = [variant_of(lora, None)] + [variant_of(e, lora["label"], e["label"] == blora["label"]) for e in entries]
+            variants = [variant_of(lora, None)] + [
+                variant_of(e, lora["label"], e["label"] == blora["label"]) for e in entries
+            ]
             for variant in variants[1:]:
                 variant.seeds = None if variant.headline else sweep_seeds
         elif name == "glora-types":
-            variants = [variant_of(lora, None)] + [variant_of(templates[f"glora-{t}"], lora["label"], t == 1)
-                                                   for t in config["glora_types"]["types"]]
+            variants = [variant_of(lora, None)] + [
+                variant_of(templates[f"glora-{t}"], lora["label"], t == 1) for t in config["glora_types"]["types"]
+            ]
         elif name == "finetune-vs-scratch":
             full_ft = templates["full_ft"]
             scratch = _merge(full_ft, config["finetune_vs_scratch"]["strategy"])
             scratch["label"] = "scratch"
             variants = [variant_of(full_ft, None, True), variant_of(scratch, None, arm="scratch", method="scratch")]
         elif name == "token-normalisation":
-            missing = [label for label in config["token_normalisation"]["strategies"] if not _by_label(strategies, label)]
+            missing = [
+                label for label in config["token_normalisation"]["strategies"] if not _by_label(strategies, label)
+            ]
             if missing:
                 raise ConfigError(f"token_normalisation.strategies {missing} are not benchmark strategy labels")
-            variants = [variant_of(_by_label(strategies, label), None, label == lora["label"])
-                        for label in config["token_normalisation"]["strategies"]]
+            variants = [
+                variant_of(_by_label(strategies, label), None, label == lora["label"])
+                for label in config["token_normalisation"]["strategies"]
+            ]
         else:
             sweep = config["rank_sweep"]
             methods = list(dict.fromkeys(["lora", *sweep["methods"]]))
@@ -255,8 +286,9 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
                 reference = at_rank(lora, rank)["label"]
                 for method in methods:
                     entry = at_rank(templates[method], rank)
-                    variants.append(variant_of(entry, None if method == "lora" else reference,
-                                               rank == adapter_value(lora, "rank")))
+                    variants.append(
+                        variant_of(entry, None if method == "lora" else reference, rank == adapter_value(lora, "rank"))
+                    )
                     variants[-1].seeds = None if variants[-1].headline else sweep_seeds
         plan.append(Experiment(name, variants, seeds))
     return plan
@@ -283,7 +315,7 @@ class Estimate:
     undefined: int = 0  # seeds whose value is undefined (NaN)
 
     @classmethod
-    def of(cls, values: list[float]) -> "Estimate":
+    def of(cls, values: list[float]) -> Estimate:
         values = [float(v) for v in values]
         mean, low, high = mean_interval(values)
         finite = sum(not math.isnan(v) for v in values)
@@ -296,20 +328,31 @@ class Verdict:
     reason: str
 
 
-def judge(estimate: Estimate, direction: str, threshold: float, min_seeds: int = MIN_SEEDS, undefined_reason: str = "") -> Verdict:
+def judge(
+    estimate: Estimate, direction: str, threshold: float, min_seeds: int = MIN_SEEDS, undefined_reason: str = ""
+) -> Verdict:
     """Rules 2 and 3 of the module docstring: ``direction`` is ``greater`` (the claim says the value exceeds
     ``threshold``) or ``less``."""
     if direction not in ("greater", "less"):
         raise ValueError(f"direction {direction!r}: choose greater or less")
-    undefined = f"; {estimate.undefined} seed(s) undefined" + (f" ({undefined_reason})" if undefined_reason else "") if estimate.undefined else ""
+    undefined = (
+        f"; {estimate.undefined} seed(s) undefined" + (f" ({undefined_reason})" if undefined_reason else "")
+        if estimate.undefined
+        else ""
+    )
     if estimate.n < min_seeds:
-        return Verdict(INCONCLUSIVE, f"{estimate.n} seed(s) with a defined value, {min_seeds} needed for a 95 % t-interval{undefined}")
+        return Verdict(
+            INCONCLUSIVE,
+            f"{estimate.n} seed(s) with a defined value, {min_seeds} needed for a 95 % t-interval{undefined}",
+        )
     interval = f"95 % interval [{estimate.low:.4g}, {estimate.high:.4g}] over {estimate.n} seeds"
     above, below = estimate.low > threshold, estimate.high < threshold
     if (above and direction == "greater") or (below and direction == "less"):
         return Verdict(HOLDS, f"{interval} lies {'above' if above else 'below'} {threshold:g}{undefined}")
     if above or below:
-        return Verdict(FAILS, f"{interval} lies {'above' if above else 'below'} {threshold:g}, against the claim{undefined}")
+        return Verdict(
+            FAILS, f"{interval} lies {'above' if above else 'below'} {threshold:g}, against the claim{undefined}"
+        )
     return Verdict(INCONCLUSIVE, f"{interval} contains {threshold:g}{undefined}")
 
 
@@ -322,8 +365,11 @@ def combine_verdicts(parts: list[tuple[str, Verdict]], nothing: str) -> Verdict:
         return Verdict(FAILS, f"does not hold for {', '.join(failing)}")
     open_ = [name for name, v in parts if v.status == INCONCLUSIVE]
     if open_:
-        return Verdict(INCONCLUSIVE, f"inconclusive for {', '.join(open_)}; " + "; ".join(
-            f"{name}: {v.reason}" for name, v in parts if v.status == INCONCLUSIVE)[:400])
+        return Verdict(
+            INCONCLUSIVE,
+            f"inconclusive for {', '.join(open_)}; "
+            + "; ".join(f"{name}: {v.reason}" for name, v in parts if v.status == INCONCLUSIVE)[:400],
+        )
     return Verdict(HOLDS, f"holds for each of {', '.join(name for name, _ in parts)}")
 
 
@@ -364,8 +410,9 @@ def per_seed(cells: Cells, experiment: Experiment, variant: Variant, context: di
             continue
         values: dict[str, float] = dict(cell.get("metrics", {}))
         if cell.get("base_errors"):
-            derived, _ = derived_metrics(cell["base_errors"], reference["errors"], cell["errors"],
-                                         context["source_sets"], context["target_set"])
+            derived, _ = derived_metrics(
+                cell["base_errors"], reference["errors"], cell["errors"], context["source_sets"], context["target_set"]
+            )
             values.update(derived)
         values["target_error"] = cell["errors"].get(context["target_set"], math.nan)
         result[seed] = values
@@ -423,8 +470,16 @@ def _experiment(plan: list[Experiment], name: str) -> Experiment | None:
 
 
 def _not_run(claim_id, paper, quote, measure, name) -> ClaimResult:
-    return ClaimResult(claim_id, paper, quote, "—", measure, None,
-                       Verdict(INCONCLUSIVE, f"experiment {name} is not in this profile"), "—")
+    return ClaimResult(
+        claim_id,
+        paper,
+        quote,
+        "—",
+        measure,
+        None,
+        Verdict(INCONCLUSIVE, f"experiment {name} is not in this profile"),
+        "—",
+    )
 
 
 def variant_rows(cells: Cells, experiment: Experiment, context: dict, **metrics: str) -> tuple[dict, list[dict]]:
@@ -434,15 +489,26 @@ def variant_rows(cells: Cells, experiment: Experiment, context: dict, **metrics:
     rows = []
     for variant in experiment.variants:
         values = per_seed(cells, experiment, variant, context)
-        rows.append({"variant": variant, "values": values, "target_error": metric(values, "target_error"),
-                     "forgetting": metric(values, "forgetting"), **{k: metric(values, key) for k, key in metrics.items()}})
+        rows.append(
+            {
+                "variant": variant,
+                "values": values,
+                "target_error": metric(values, "target_error"),
+                "forgetting": metric(values, "forgetting"),
+                **{k: metric(values, key) for k, key in metrics.items()},
+            }
+        )
     return lora_values, rows
 
 
 def summed_histogram(cells: Cells, experiment: Experiment, variant: Variant) -> list[int] | None:
     """The |delta W| histogram counts of ``variant``'s cells, summed over seeds (None when no cell has one)."""
-    found = [cell["delta_w_histogram"] for seed in experiment.seeds_of(variant)
-             for cell in [cells.get(experiment.name, variant.label, seed)] if cell and cell.get("delta_w_histogram")]
+    found = [
+        cell["delta_w_histogram"]
+        for seed in experiment.seeds_of(variant)
+        for cell in [cells.get(experiment.name, variant.label, seed)]
+        if cell and cell.get("delta_w_histogram")
+    ]
     return [sum(column) for column in zip(*found)] if found else None
 
 
@@ -452,16 +518,19 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
     no_bg = "LoRA did not forget in that seed (F_ref <= 0), so a share of its forgetting is undefined"
 
     exp = _experiment(plan, "blora-vs-lora")
-    quotes = {"B1": "Compared to LoRA, our method achieves a backward gain of 54%",
-              "B2": "with only a 4% drop on the new domain",
-              "B3": "BLoRA produces substantially sparser adapter weights",
-              "B4": "99.7% of weights below 1e-3"}
+    quotes = {
+        "B1": "Compared to LoRA, our method achieves a backward gain of 54%",
+        "B2": "with only a 4% drop on the new domain",
+        "B3": "BLoRA produces substantially sparser adapter weights",
+        "B4": "99.7% of weights below 1e-3",
+    }
     if exp is None:
         claims += [_not_run(i, BLORA_PAPER, q, "—", "blora-vs-lora") for i, q in quotes.items()]
     else:
         lora = exp.of("lora")[0]
-        lora_values, rows = variant_rows(cells, exp, context, sparsity="sparsity/frac_below_1e-3",
-                                         factor_sparsity="sparsity/factors/frac_below_1e-3")
+        lora_values, rows = variant_rows(
+            cells, exp, context, sparsity="sparsity/frac_below_1e-3", factor_sparsity="sparsity/factors/frac_below_1e-3"
+        )
         for row in rows:
             values = row["values"]
             row["histogram"] = summed_histogram(cells, exp, row["variant"])
@@ -470,41 +539,94 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                 row["relative_source_gain"] = metric(values, "relative_source_gain")
                 row["forward_loss"] = metric(values, "forward_loss")
                 row["sparsity_gain"] = Estimate.of(paired(values, lora_values, "sparsity/frac_below_1e-3"))
-                row["verdicts"] = {"B1": judge(row["backward_gain"], "greater", 0.0, undefined_reason=no_bg),
-                                   "B2": judge(row["forward_loss"], "less", 0.04),
-                                   "B3": judge(row["sparsity_gain"], "greater", 0.0),
-                                   "B4": judge(row["sparsity"], "greater", 0.99)}
+                row["verdicts"] = {
+                    "B1": judge(row["backward_gain"], "greater", 0.0, undefined_reason=no_bg),
+                    "B2": judge(row["forward_loss"], "less", 0.04),
+                    "B3": judge(row["sparsity_gain"], "greater", 0.0),
+                    "B4": judge(row["sparsity"], "greater", 0.99),
+                }
         sections["blora-vs-lora"] = rows
         headline = next((r for r in rows if r["variant"].headline), None)
-        setting = (f"BLoRA {_settings_text(headline['variant'])} vs LoRA at rank {lora.settings['rank']}, same targets "
-                   f"and budget" if headline else "the benchmark's BLoRA setting is not in the sweep")
+        setting = (
+            f"BLoRA {_settings_text(headline['variant'])} vs LoRA at rank {lora.settings['rank']}, same targets "
+            f"and budget"
+            if headline
+            else "the benchmark's BLoRA setting is not in the sweep"
+        )
         specs = {
-            "B1": ("backward gain BG = (F_LoRA - F_BLoRA) / F_LoRA, macro over source sets", "backward_gain", "%",
-                   "holds if the interval lies above 0 (BLoRA forgets less than LoRA)", 0.54),
-            "B2": ("forward loss FL = (E_tgt(BLoRA) - E_tgt(LoRA)) / E_tgt(LoRA)", "forward_loss", "%",
-                   "holds if the interval lies below the paper's 4 % (no larger drop)", None),
-            "B3": ("share of delta W entries below 1e-3 in magnitude, BLoRA minus LoRA (same seed)", "sparsity_gain", "%",
-                   "holds if the interval lies above 0", None),
-            "B4": ("share of BLoRA's delta W entries below 1e-3 in magnitude", "sparsity", "%",
-                   "holds if the interval lies above 99 % (the paper's 99.7 % less 0.7 points for a different "
-                   "model and data)", 0.997),
+            "B1": (
+                "backward gain BG = (F_LoRA - F_BLoRA) / F_LoRA, macro over source sets",
+                "backward_gain",
+                "%",
+                "holds if the interval lies above 0 (BLoRA forgets less than LoRA)",
+                0.54,
+            ),
+            "B2": (
+                "forward loss FL = (E_tgt(BLoRA) - E_tgt(LoRA)) / E_tgt(LoRA)",
+                "forward_loss",
+                "%",
+                "holds if the interval lies below the paper's 4 % (no larger drop)",
+                None,
+            ),
+            "B3": (
+                "share of delta W entries below 1e-3 in magnitude, BLoRA minus LoRA (same seed)",
+                "sparsity_gain",
+                "%",
+                "holds if the interval lies above 0",
+                None,
+            ),
+            "B4": (
+                "share of BLoRA's delta W entries below 1e-3 in magnitude",
+                "sparsity",
+                "%",
+                "holds if the interval lies above 99 % (the paper's 99.7 % less 0.7 points for a different "
+                "model and data)",
+                0.997,
+            ),
         }
         for claim_id, (measure, key, unit, rule, paper_value) in specs.items():
             if headline is None:
-                claims.append(ClaimResult(claim_id, BLORA_PAPER, quotes[claim_id], setting, measure, None,
-                                          Verdict(INCONCLUSIVE, setting), rule, unit))
+                claims.append(
+                    ClaimResult(
+                        claim_id,
+                        BLORA_PAPER,
+                        quotes[claim_id],
+                        setting,
+                        measure,
+                        None,
+                        Verdict(INCONCLUSIVE, setting),
+                        rule,
+                        unit,
+                    )
+                )
                 continue
             estimate = headline[key]
             note = _inside(estimate, paper_value) if paper_value is not None else ""
             if claim_id == "B4":
                 factors = headline["factor_sparsity"]
-                note = "; ".join(filter(None, [note, f"the adapter's own entries (mu of A and B): {fmt_estimate(factors, '%')}"]))
-            claims.append(ClaimResult(claim_id, BLORA_PAPER, quotes[claim_id], setting, measure, estimate,
-                                      headline["verdicts"][claim_id], rule, unit, note))
+                note = "; ".join(
+                    filter(None, [note, f"the adapter's own entries (mu of A and B): {fmt_estimate(factors, '%')}"])
+                )
+            claims.append(
+                ClaimResult(
+                    claim_id,
+                    BLORA_PAPER,
+                    quotes[claim_id],
+                    setting,
+                    measure,
+                    estimate,
+                    headline["verdicts"][claim_id],
+                    rule,
+                    unit,
+                    note,
+                )
+            )
 
     exp = _experiment(plan, "glora-types")
-    quotes_g = {"G1": "GLoRA further enhances parameter-efficient fine-tuning compared to conventional LoRA",
-                "G2": "Type 1 is often best"}
+    quotes_g = {
+        "G1": "GLoRA further enhances parameter-efficient fine-tuning compared to conventional LoRA",
+        "G2": "Type 1 is often best",
+    }
     if exp is None:
         claims += [_not_run(i, GLORA_PAPER, q, "—", "glora-types") for i, q in quotes_g.items()]
     else:
@@ -516,18 +638,40 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                 row["extra_params"] = Estimate.of(paired(row["values"], lora_values, "params/trainable"))
                 row["verdicts"] = {"G1": judge(row["gain"], "greater", 0.0)}
         sections["glora-types"] = rows
-        type1 = next((r for r in rows if r["variant"].method == "glora" and r["variant"].settings.get("type") == 1), None)
+        type1 = next(
+            (r for r in rows if r["variant"].method == "glora" and r["variant"].settings.get("type") == 1), None
+        )
         types = ", ".join(str(v.settings["type"]) for v in exp.of("glora"))
         plural = "s" if len(exp.of("glora")) > 1 else ""
         setting = f"GLoRA type{plural} {types} vs LoRA, rank {lora.settings['rank']}, same targets and budget"
         if type1 is None:
-            claims.append(ClaimResult("G1", GLORA_PAPER, quotes_g["G1"], setting, "—", None,
-                                      Verdict(INCONCLUSIVE, "GLoRA type 1 is not in the profile"), "—"))
+            claims.append(
+                ClaimResult(
+                    "G1",
+                    GLORA_PAPER,
+                    quotes_g["G1"],
+                    setting,
+                    "—",
+                    None,
+                    Verdict(INCONCLUSIVE, "GLoRA type 1 is not in the profile"),
+                    "—",
+                )
+            )
         else:
-            claims.append(ClaimResult("G1", GLORA_PAPER, quotes_g["G1"], setting + "; judged on type 1",
-                                      "target error, LoRA minus GLoRA type 1 (same seed)", type1["gain"],
-                                      type1["verdicts"]["G1"], "holds if the interval lies above 0", "",
-                                      f"extra trainable parameters over LoRA: {fmt_estimate(type1['extra_params'])}"))
+            claims.append(
+                ClaimResult(
+                    "G1",
+                    GLORA_PAPER,
+                    quotes_g["G1"],
+                    setting + "; judged on type 1",
+                    "target error, LoRA minus GLoRA type 1 (same seed)",
+                    type1["gain"],
+                    type1["verdicts"]["G1"],
+                    "holds if the interval lies above 0",
+                    "",
+                    f"extra trainable parameters over LoRA: {fmt_estimate(type1['extra_params'])}",
+                )
+            )
         parts, notes = [], []
         for row in rows:
             if type1 is not None and row["variant"].method == "glora" and row is not type1:
@@ -535,12 +679,23 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                 name = f"type {row['variant'].settings['type']}"
                 parts.append((name, judge(row["type1_lead"], "greater", 0.0)))
                 notes.append(f"{name} minus type 1: {fmt_estimate(row['type1_lead'])}")
-        nothing = "GLoRA type 1 is not in the profile" if type1 is None else "no other GLoRA type measured beside type 1"
-        claims.append(ClaimResult("G2", GLORA_PAPER, quotes_g["G2"], setting,
-                                  "target error of each other type minus type 1's (same seed)", None,
-                                  combine_verdicts(parts, nothing),
-                                  "holds if type 1 is better than every other type (each interval above 0)", "",
-                                  "; ".join(notes)))
+        nothing = (
+            "GLoRA type 1 is not in the profile" if type1 is None else "no other GLoRA type measured beside type 1"
+        )
+        claims.append(
+            ClaimResult(
+                "G2",
+                GLORA_PAPER,
+                quotes_g["G2"],
+                setting,
+                "target error of each other type minus type 1's (same seed)",
+                None,
+                combine_verdicts(parts, nothing),
+                "holds if type 1 is better than every other type (each interval above 0)",
+                "",
+                "; ".join(notes),
+            )
+        )
 
     exp = _experiment(plan, "finetune-vs-scratch")
     quote = "fine-tuning ASR models for code-switching significantly improves performance over training from scratch"
@@ -550,13 +705,23 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
         tuned, scratch = exp.of("full_ft")[0], exp.of("scratch")[0]
         tuned_values, scratch_values = per_seed(cells, exp, tuned, context), per_seed(cells, exp, scratch, context)
         gain = Estimate.of(paired(scratch_values, tuned_values, "target_error"))
-        sections["finetune-vs-scratch"] = [{"variant": v, "values": vals, "target_error": metric(vals, "target_error")}
-                                           for v, vals in ((tuned, tuned_values), (scratch, scratch_values))]
-        claims.append(ClaimResult("G3", GLORA_PAPER, quote,
-                                  "full fine-tuning of the pretrained base vs the same architecture from random weights, "
-                                  "both on the code-switched training set alone, same steps",
-                                  "target error, scratch minus fine-tuned (same seed)", gain, judge(gain, "greater", 0.0),
-                                  "holds if the interval lies above 0"))
+        sections["finetune-vs-scratch"] = [
+            {"variant": v, "values": vals, "target_error": metric(vals, "target_error")}
+            for v, vals in ((tuned, tuned_values), (scratch, scratch_values))
+        ]
+        claims.append(
+            ClaimResult(
+                "G3",
+                GLORA_PAPER,
+                quote,
+                "full fine-tuning of the pretrained base vs the same architecture from random weights, "
+                "both on the code-switched training set alone, same steps",
+                "target error, scratch minus fine-tuned (same seed)",
+                gain,
+                judge(gain, "greater", 0.0),
+                "holds if the interval lies above 0",
+            )
+        )
 
     exp = _experiment(plan, "token-normalisation")
     quote = "tokenizer normalization (U+11xx vs U+31xx) effect on recognition accuracy"
@@ -572,16 +737,26 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                 for mapping in ("map", "no-map"):
                     for name in ("mer", "cer", "jer", "wer"):
                         row[f"{condition}/{mapping}/{name}"] = metric(values, f"rescored/{condition}/{mapping}/{name}")
-                row[f"{condition}/effect"] = Estimate.of([v.get(f"rescored/{condition}/no-map/{unit}", math.nan)
-                                                          - v.get(f"rescored/{condition}/map/{unit}", math.nan)
-                                                          for _, v in sorted(values.items())])
-            row["compat_jamo"] = {key: sum(v.get(f"compat_jamo/{key}", 0) for v in values.values())
-                                  for key in ("references", "predictions", "rewritten_references")}
+                row[f"{condition}/effect"] = Estimate.of(
+                    [
+                        v.get(f"rescored/{condition}/no-map/{unit}", math.nan)
+                        - v.get(f"rescored/{condition}/map/{unit}", math.nan)
+                        for _, v in sorted(values.items())
+                    ]
+                )
+            row["compat_jamo"] = {
+                key: sum(v.get(f"compat_jamo/{key}", 0) for v in values.values())
+                for key in ("references", "predictions", "rewritten_references")
+            }
             rows.append(row)
         sections["token-normalisation"] = rows
         head = next((r for r in rows if r["variant"].headline), rows[0] if rows else None)
         if head is None:
-            claims.append(ClaimResult("G4", GLORA_PAPER, quote, "—", "—", None, Verdict(INCONCLUSIVE, "no strategy rescored"), "—"))
+            claims.append(
+                ClaimResult(
+                    "G4", GLORA_PAPER, quote, "—", "—", None, Verdict(INCONCLUSIVE, "no strategy rescored"), "—"
+                )
+            )
         else:
             estimate = head["natural/effect"]
             verdict = judge(estimate, "greater", 0.0)
@@ -589,33 +764,54 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
             if "ko" not in context.get("target_lang", "ko").split("-"):
                 verdict = Verdict(INCONCLUSIVE, "the target set has no Korean: the jamo map cannot act on it")
             elif head["values"] and counts["references"] + counts["predictions"] == 0:
-                verdict = Verdict(INCONCLUSIVE, "the target set's references and predictions hold no compatibility jamo "
-                                                "(0 characters in U+3131-U+318E): the map is the identity here, so the "
-                                                f"effect is nil by construction ({verdict.reason})")
-            claims.append(ClaimResult(
-                "G4", GLORA_PAPER, quote,
-                f"{head['variant'].label} cells rescored with and without the compatibility-to-conjoining jamo map "
-                "(scoring only: Whisper trains on the raw transcripts, so the map never reaches training)",
-                f"target {unit.upper()} without the map minus with it", estimate, verdict,
-                "holds if the interval lies above 0; inconclusive whenever the data hold no compatibility jamo", "",
-                f"mechanism check, not evidence: with {100 * context.get('compat_fraction', 0):g} % of references respelt "
-                f"in compatibility jamo the map changes {unit.upper()} by {fmt_estimate(head['compat/effect'])}"))
+                verdict = Verdict(
+                    INCONCLUSIVE,
+                    "the target set's references and predictions hold no compatibility jamo "
+                    "(0 characters in U+3131-U+318E): the map is the identity here, so the "
+                    f"effect is nil by construction ({verdict.reason})",
+                )
+            claims.append(
+                ClaimResult(
+                    "G4",
+                    GLORA_PAPER,
+                    quote,
+                    f"{head['variant'].label} cells rescored with and without the compatibility-to-conjoining jamo map "
+                    "(scoring only: Whisper trains on the raw transcripts, so the map never reaches training)",
+                    f"target {unit.upper()} without the map minus with it",
+                    estimate,
+                    verdict,
+                    "holds if the interval lies above 0; inconclusive whenever the data hold no compatibility jamo",
+                    "",
+                    f"mechanism check, not evidence: with {100 * context.get('compat_fraction', 0):g} % of references respelt "
+                    f"in compatibility jamo the map changes {unit.upper()} by {fmt_estimate(head['compat/effect'])}",
+                )
+            )
 
     exp = _experiment(plan, "rank-sweep")
-    quotes_r = {"R1": "GLoRA improves over LoRA (extended here to every rank; the seed leaves rank as an open question)",
-                "R2": "BLoRA reduces forgetting relative to LoRA (extended here to every rank)"}
+    quotes_r = {
+        "R1": "GLoRA improves over LoRA (extended here to every rank; the seed leaves rank as an open question)",
+        "R2": "BLoRA reduces forgetting relative to LoRA (extended here to every rank)",
+    }
     if exp is None:
-        claims += [_not_run(i, GLORA_PAPER if i == "R1" else BLORA_PAPER, q, "—", "rank-sweep") for i, q in quotes_r.items()]
+        claims += [
+            _not_run(i, GLORA_PAPER if i == "R1" else BLORA_PAPER, q, "—", "rank-sweep") for i, q in quotes_r.items()
+        ]
     else:
         rows, parts = [], {"R1": [], "R2": []}
         ranks = list(dict.fromkeys(v.settings["rank"] for v in exp.variants))
         for rank in ranks:
             lora = exp.of("lora", rank=rank)[0]
             lora_values = per_seed(cells, exp, lora, context)
-            for variant in exp.of("lora", rank=rank) + [v for v in exp.variants if v.settings.get("rank") == rank and v.method != "lora"]:
+            for variant in exp.of("lora", rank=rank) + [
+                v for v in exp.variants if v.settings.get("rank") == rank and v.method != "lora"
+            ]:
                 values = per_seed(cells, exp, variant, context)
-                row = {"variant": variant, "values": values, "target_error": metric(values, "target_error"),
-                       "forgetting": metric(values, "forgetting")}
+                row = {
+                    "variant": variant,
+                    "values": values,
+                    "target_error": metric(values, "target_error"),
+                    "forgetting": metric(values, "forgetting"),
+                }
                 if variant.method == "glora" and variant.settings.get("type") == 1:
                     row["gain"] = Estimate.of(paired(lora_values, values, "target_error"))
                     row["verdict"] = judge(row["gain"], "greater", 0.0)
@@ -627,14 +823,30 @@ def evaluate_claims(plan: list[Experiment], cells: Cells, context: dict) -> tupl
                 rows.append(row)
         sections["rank-sweep"] = rows
         setting = f"ranks {', '.join(map(str, ranks))}, alpha / rank fixed, same targets and budget"
-        claims.append(ClaimResult("R1", GLORA_PAPER, quotes_r["R1"], setting,
-                                  "target error, LoRA minus GLoRA type 1 at the same rank", None,
-                                  combine_verdicts(parts["R1"], "GLoRA type 1 is not in the rank sweep"),
-                                  "holds if it holds at every rank"))
-        claims.append(ClaimResult("R2", BLORA_PAPER, quotes_r["R2"], setting,
-                                  "backward gain of BLoRA over LoRA at the same rank", None,
-                                  combine_verdicts(parts["R2"], "BLoRA is not in the rank sweep"),
-                                  "holds if it holds at every rank"))
+        claims.append(
+            ClaimResult(
+                "R1",
+                GLORA_PAPER,
+                quotes_r["R1"],
+                setting,
+                "target error, LoRA minus GLoRA type 1 at the same rank",
+                None,
+                combine_verdicts(parts["R1"], "GLoRA type 1 is not in the rank sweep"),
+                "holds if it holds at every rank",
+            )
+        )
+        claims.append(
+            ClaimResult(
+                "R2",
+                BLORA_PAPER,
+                quotes_r["R2"],
+                setting,
+                "backward gain of BLoRA over LoRA at the same rank",
+                None,
+                combine_verdicts(parts["R2"], "BLoRA is not in the rank sweep"),
+                "holds if it holds at every rank",
+            )
+        )
     return claims, sections
 
 
@@ -669,7 +881,9 @@ def count_compatibility_jamo(texts: list[str]) -> int:
     return sum("\u3131" <= c <= "\u318e" for text in texts for c in text)
 
 
-def rescore(rows: list[dict], lang: str, scoring: dict | None = None, compat_fraction: float = 0.5, seed: int = 0) -> dict[str, float]:
+def rescore(
+    rows: list[dict], lang: str, scoring: dict | None = None, compat_fraction: float = 0.5, seed: int = 0
+) -> dict[str, float]:
     """A target set's predictions (``predictions.json`` rows) scored with and without the jamo map, on the
     references as they are (``natural``) and with ``compat_fraction`` of them respelt in compatibility jamo
     (``compat``, the same utterances for every cell). Keys ``rescored/<natural|compat>/<map|no-map>/<metric>``
@@ -680,11 +894,13 @@ def rescore(rows: list[dict], lang: str, scoring: dict | None = None, compat_fra
     scoring = dict(scoring or {})
     predictions = [r["prediction"] for r in rows]
     references = [r["reference"] for r in rows]
-    chosen = set(np.random.default_rng(seed).permutation(len(rows))[:round(compat_fraction * len(rows))].tolist())
+    chosen = set(np.random.default_rng(seed).permutation(len(rows))[: round(compat_fraction * len(rows))].tolist())
     respelt = [to_compatibility_jamo(ref) if i in chosen else ref for i, ref in enumerate(references)]
-    result = {"compat_jamo/references": count_compatibility_jamo(references),
-              "compat_jamo/predictions": count_compatibility_jamo(predictions),
-              "compat_jamo/rewritten_references": count_compatibility_jamo(respelt)}
+    result = {
+        "compat_jamo/references": count_compatibility_jamo(references),
+        "compat_jamo/predictions": count_compatibility_jamo(predictions),
+        "compat_jamo/rewritten_references": count_compatibility_jamo(respelt),
+    }
     for condition, refs in (("natural", references), ("compat", respelt)):
         for mapping in (True, False):
             normalizer = TextNormalizer.from_scoring(lang, {**scoring, "korean_jamo_map": mapping})
@@ -726,16 +942,29 @@ def tradeoff_figure(rows: list[dict], title: str):
         variant = row["variant"]
         points[variant.label] = (x, y, variant)
         marker = "*" if variant.method == "lora" else "o"
-        axis.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, markersize=10 if marker == "*" else 6, capsize=3,
-                      color="black" if variant.method == "lora" else None)
+        axis.errorbar(
+            [x],
+            [y],
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            markersize=10 if marker == "*" else 6,
+            capsize=3,
+            color="black" if variant.method == "lora" else None,
+        )
         axis.annotate(variant.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
     blora = [p for p in points.values() if p[2].method == "blora"]
     for fixed, swept, style in (("prior_std", "kl_weight", "-"), ("kl_weight", "prior_std", "--")):
         for value in sorted({p[2].settings[fixed] for p in blora}):
             line = sorted((p for p in blora if p[2].settings[fixed] == value), key=lambda p: p[2].settings[swept])
             if len(line) > 1:
-                axis.plot([p[0] for p in line], [p[1] for p in line], style, lw=1,
-                          label=f"{swept} sweep at {fixed} {_number(value)}")
+                axis.plot(
+                    [p[0] for p in line],
+                    [p[1] for p in line],
+                    style,
+                    lw=1,
+                    label=f"{swept} sweep at {fixed} {_number(value)}",
+                )
     axis.set_xlabel("forgetting: source error after - before (macro; lower is better)")
     axis.set_ylabel("target error (lower is better)")
     axis.set_title(title, fontsize=9)
@@ -750,12 +979,21 @@ def sparsity_figure(rows: list[dict], title: str):
     plt = _plt()
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.5))
     labels = [row["variant"].label for row in rows]
-    for offset, key, name in ((-0.2, "sparsity", "|delta W| < 1e-3"), (0.2, "factor_sparsity", "adapter entries < 1e-3")):
+    for offset, key, name in (
+        (-0.2, "sparsity", "|delta W| < 1e-3"),
+        (0.2, "factor_sparsity", "adapter entries < 1e-3"),
+    ):
         means, errors = zip(*[_bar(row[key]) for row in rows]) if rows else ((), ())
         low = [e[0][0] for e in errors]
         high = [e[1][0] for e in errors]
-        axis.bar([i + offset for i in range(len(rows))], [0 if math.isnan(m) else m for m in means], 0.4,
-                 yerr=[low, high], capsize=3, label=name)
+        axis.bar(
+            [i + offset for i in range(len(rows))],
+            [0 if math.isnan(m) else m for m in means],
+            0.4,
+            yerr=[low, high],
+            capsize=3,
+            label=name,
+        )
     axis.axhline(0.997, color="red", ls="--", lw=1, label="BLoRA paper: 99.7 %")
     axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
     axis.set_ylim(0, 1.05)
@@ -777,12 +1015,18 @@ def histogram_figure(rows: list[dict], title: str):
     plt = _plt()
     columns = min(3, len(drawn))
     grid_rows = -(-len(drawn) // columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns + 0.6, 2.9 * grid_rows + 0.6),
-                                sharex=True, sharey=True, squeeze=False)
+    figure, axes = plt.subplots(
+        grid_rows,
+        columns,
+        figsize=(3.4 * columns + 0.6, 2.9 * grid_rows + 0.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     centers = bin_centers()
     lora = next((row["histogram"] for row in drawn if row["variant"].method == "lora"), None)
     threshold_bin = BIN_EDGES.index(next(edge for edge in BIN_EDGES if edge >= 1e-3 * (1 - 1e-9)))
-    for axis in axes.flat[len(drawn):]:
+    for axis in axes.flat[len(drawn) :]:
         axis.set_visible(False)
     for axis, row in zip(axes.flat, drawn):
         counts = row["histogram"]
@@ -791,8 +1035,14 @@ def histogram_figure(rows: list[dict], title: str):
             axis.plot(centers, [c / (sum(lora) or 1) for c in lora], color="grey", lw=1, label="lora")
         axis.plot(centers, [c / total for c in counts], lw=1.8, label=row["variant"].label)
         axis.axvline(1e-3, color="red", ls="--", lw=1)
-        axis.text(0.03, 0.92, f"{sum(counts[:threshold_bin]) / total:.1%} < 1e-3", transform=axis.transAxes,
-                  color="red", fontsize=8)
+        axis.text(
+            0.03,
+            0.92,
+            f"{sum(counts[:threshold_bin]) / total:.1%} < 1e-3",
+            transform=axis.transAxes,
+            color="red",
+            fontsize=8,
+        )
         axis.set_xscale("log")
         axis.set_xlim(1e-8, 1)
         axis.set_xlabel("|delta W| entry", fontsize=8)
@@ -810,12 +1060,24 @@ def glora_figure(rows: list[dict], title: str):
     figure, axis = plt.subplots(figsize=(6, 4.5))
     for i, row in enumerate(rows):
         mean, err = _bar(row["target_error"])
-        axis.bar([i], [0 if math.isnan(mean) else mean], 0.6, yerr=err, capsize=3,
-                 color="grey" if row["variant"].method == "lora" else None)
+        axis.bar(
+            [i],
+            [0 if math.isnan(mean) else mean],
+            0.6,
+            yerr=err,
+            capsize=3,
+            color="grey" if row["variant"].method == "lora" else None,
+        )
         params = row["params"].mean
         if not math.isnan(params):
-            axis.annotate(f"{params / 1e3:.0f} k params", (i, 0 if math.isnan(mean) else mean), textcoords="offset points",
-                          xytext=(0, 4), ha="center", fontsize=7)
+            axis.annotate(
+                f"{params / 1e3:.0f} k params",
+                (i, 0 if math.isnan(mean) else mean),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=7,
+            )
     axis.set_xticks(range(len(rows)), [row["variant"].label for row in rows], fontsize=8)
     axis.set_ylabel("target error (lower is better)")
     axis.set_title(title, fontsize=9)
@@ -835,8 +1097,14 @@ def rank_figure(rows: list[dict], title: str):
         for method, group in methods.items():
             group = sorted(group, key=lambda r: r["variant"].settings["rank"])
             bars = [_bar(r[key]) for r in group]
-            axis.errorbar([r["variant"].settings["rank"] for r in group], [b[0] for b in bars],
-                          yerr=[[b[1][0][0] for b in bars], [b[1][1][0] for b in bars]], marker="o", capsize=3, label=method)
+            axis.errorbar(
+                [r["variant"].settings["rank"] for r in group],
+                [b[0] for b in bars],
+                yerr=[[b[1][0][0] for b in bars], [b[1][1][0] for b in bars]],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         ranks = sorted({row["variant"].settings["rank"] for row in rows})
         axis.set_xscale("log", base=2)
         axis.set_xticks(ranks, [str(r) for r in ranks])
@@ -885,35 +1153,63 @@ def _cell_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], context: dict, figures: dict[str, str],
-           plan: list[Experiment] = ()) -> str:
+def render(
+    claims: list[ClaimResult],
+    sections: dict,
+    missing: list[tuple],
+    context: dict,
+    figures: dict[str, str],
+    plan: list[Experiment] = (),
+) -> str:
     seeds = context.get("seeds", [])
     lines = [f"# Reproducing the seeds' claims: {context.get('name', 'reproduction')}", ""]
-    lines += [f"Generated {context.get('generated', '')} by `benchmarks/reproduce.py` (profile `{context.get('profile', '?')}`, "
-              f"on the forgetting benchmark `{context.get('bench', '?')}`). Base model: {context.get('base_model', '?')}. "
-              f"Source sets: {', '.join(context.get('source_sets', []))}; target set: {context.get('target_set', '?')} "
-              f"(judged by {context.get('target_metric', 'mer').upper()}). Seeds: {', '.join(map(str, seeds)) or 'none'}. "
-              + (f"MLflow: {context['mlflow']}." if context.get("mlflow") else ""), ""]
+    lines += [
+        f"Generated {context.get('generated', '')} by `benchmarks/reproduce.py` (profile `{context.get('profile', '?')}`, "
+        f"on the forgetting benchmark `{context.get('bench', '?')}`). Base model: {context.get('base_model', '?')}. "
+        f"Source sets: {', '.join(context.get('source_sets', []))}; target set: {context.get('target_set', '?')} "
+        f"(judged by {context.get('target_metric', 'mer').upper()}). Seeds: {', '.join(map(str, seeds)) or 'none'}. "
+        + (f"MLflow: {context['mlflow']}." if context.get("mlflow") else ""),
+        "",
+    ]
     if len(seeds) < MIN_SEEDS:
         lines += [f"**Only {len(seeds)} seed(s) planned: every verdict below is inconclusive by rule 2.**", ""]
     cut = sorted({(e.name, v.label, tuple(v.seeds)) for e in plan for v in e.variants if v.seeds is not None})
     if cut:
         names = ", ".join(f"{label} ({name})" for name, label, _ in cut)
-        lines += [f"**Sweep points cut to seed(s) {', '.join(map(str, cut[0][2]))} by the profile's `sweep_seeds`:** "
-                  f"{names}. Their rows show single values, and a claim that needs them is inconclusive by rule 2.", ""]
+        lines += [
+            f"**Sweep points cut to seed(s) {', '.join(map(str, cut[0][2]))} by the profile's `sweep_seeds`:** "
+            f"{names}. Their rows show single values, and a claim that needs them is inconclusive by rule 2.",
+            "",
+        ]
     lines += ["## Verdicts", ""]
     table = []
     for claim in claims:
-        table.append([claim.id, f"{claim.paper}: \"{claim.quote}\"", claim.setting, claim.measure,
-                      fmt_estimate(claim.estimate, claim.unit) if claim.estimate else "see the parts",
-                      f"**{claim.verdict.status}**", claim.verdict.reason + (f". Note: {claim.note}" if claim.note else "")])
-    lines += [_cell_table(["#", "claim (seed)", "our setting", "measured", "mean [95 % CI] (seeds)", "verdict", "why"], table), ""]
+        table.append(
+            [
+                claim.id,
+                f'{claim.paper}: "{claim.quote}"',
+                claim.setting,
+                claim.measure,
+                fmt_estimate(claim.estimate, claim.unit) if claim.estimate else "see the parts",
+                f"**{claim.verdict.status}**",
+                claim.verdict.reason + (f". Note: {claim.note}" if claim.note else ""),
+            ]
+        )
+    lines += [
+        _cell_table(
+            ["#", "claim (seed)", "our setting", "measured", "mean [95 % CI] (seeds)", "verdict", "why"], table
+        ),
+        "",
+    ]
     lines += [RULES, "", "Per claim:", ""]
     lines += [f"- {claim.id}: {claim.rule}" for claim in claims if claim.rule != "—"]
     lines.append("")
     lines += ["## Missing cells", ""]
     if missing:
-        lines += [f"{len(missing)} planned cell(s) have no finished result; the claims that need them lose those seeds:", ""]
+        lines += [
+            f"{len(missing)} planned cell(s) have no finished result; the claims that need them lose those seeds:",
+            "",
+        ]
         lines += [f"- {experiment} / {label} / seed {seed}: {why}" for experiment, label, seed, why in missing]
     else:
         lines += ["None: every planned (variant, seed) cell finished."]
@@ -921,86 +1217,176 @@ def render(claims: list[ClaimResult], sections: dict, missing: list[tuple], cont
 
     if "blora-vs-lora" in sections:
         rows = sections["blora-vs-lora"]
-        lines += ["## blora-vs-lora: BLoRA against LoRA, kl_weight and prior_std swept", "",
-                  "Backward gain BG = (F_LoRA − F_BLoRA) / F_LoRA; relative source gain = (E_src(LoRA) − E_src(BLoRA)) / "
-                  "E_src(LoRA); forward loss FL = (E_tgt(BLoRA) − E_tgt(LoRA)) / E_tgt(LoRA). Sparsity: share of |ΔW| "
-                  "entries (and of the adapter's own entries) below 1e-3 in magnitude. ★ = the benchmark's (the paper's) setting.", ""]
+        lines += [
+            "## blora-vs-lora: BLoRA against LoRA, kl_weight and prior_std swept",
+            "",
+            "Backward gain BG = (F_LoRA − F_BLoRA) / F_LoRA; relative source gain = (E_src(LoRA) − E_src(BLoRA)) / "
+            "E_src(LoRA); forward loss FL = (E_tgt(BLoRA) − E_tgt(LoRA)) / E_tgt(LoRA). Sparsity: share of |ΔW| "
+            "entries (and of the adapter's own entries) below 1e-3 in magnitude. ★ = the benchmark's (the paper's) setting.",
+            "",
+        ]
         table = []
         for row in rows:
             v = row["variant"]
             verdicts = row.get("verdicts", {})
             swept = [_number(v.settings[k]) if k in v.settings else "—" for k in ("kl_weight", "prior_std")]
-            table.append([v.label + (" ★" if v.headline else ""), v.settings.get("rank", ""), *swept,
-                          fmt_estimate(row["target_error"]), fmt_estimate(row["forgetting"]),
-                          fmt_estimate(row.get("backward_gain"), "%") if "backward_gain" in row else "—",
-                          fmt_estimate(row.get("relative_source_gain"), "%") if "relative_source_gain" in row else "—",
-                          fmt_estimate(row.get("forward_loss"), "%") if "forward_loss" in row else "—",
-                          fmt_estimate(row["sparsity"], "%"), fmt_estimate(row["factor_sparsity"], "%"),
-                          " / ".join(f"{k} {verdicts[k].status}" for k in ("B1", "B2", "B3", "B4") if k in verdicts) or "reference"])
-        lines += [_cell_table(["variant", "rank", "kl_weight", "prior_std", "target error", "forgetting", "BG vs LoRA",
-                               "rel. source gain", "FL vs LoRA", "ΔW below 1e-3", "entries below 1e-3", "verdicts"], table), ""]
+            table.append(
+                [
+                    v.label + (" ★" if v.headline else ""),
+                    v.settings.get("rank", ""),
+                    *swept,
+                    fmt_estimate(row["target_error"]),
+                    fmt_estimate(row["forgetting"]),
+                    fmt_estimate(row.get("backward_gain"), "%") if "backward_gain" in row else "—",
+                    fmt_estimate(row.get("relative_source_gain"), "%") if "relative_source_gain" in row else "—",
+                    fmt_estimate(row.get("forward_loss"), "%") if "forward_loss" in row else "—",
+                    fmt_estimate(row["sparsity"], "%"),
+                    fmt_estimate(row["factor_sparsity"], "%"),
+                    " / ".join(f"{k} {verdicts[k].status}" for k in ("B1", "B2", "B3", "B4") if k in verdicts)
+                    or "reference",
+                ]
+            )
+        lines += [
+            _cell_table(
+                [
+                    "variant",
+                    "rank",
+                    "kl_weight",
+                    "prior_std",
+                    "target error",
+                    "forgetting",
+                    "BG vs LoRA",
+                    "rel. source gain",
+                    "FL vs LoRA",
+                    "ΔW below 1e-3",
+                    "entries below 1e-3",
+                    "verdicts",
+                ],
+                table,
+            ),
+            "",
+        ]
         for key in ("blora_tradeoff", "sparsity", "sparsity_histograms"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
 
     if "glora-types" in sections:
         rows = sections["glora-types"]
-        lines += ["## glora-types: GLoRA types 1-4 against LoRA", "",
-                  "Equal rank and targets; the extra parameters are the gates (`params/trainable`).", ""]
+        lines += [
+            "## glora-types: GLoRA types 1-4 against LoRA",
+            "",
+            "Equal rank and targets; the extra parameters are the gates (`params/trainable`).",
+            "",
+        ]
         table = []
         for row in rows:
             v = row["variant"]
-            table.append([v.label, v.settings.get("type", "—"), fmt_estimate(row["params"]),
-                          fmt_estimate(row["extra_params"]) if "extra_params" in row else "—",
-                          fmt_estimate(row["target_error"]), fmt_estimate(row.get("gain")) if "gain" in row else "—",
-                          fmt_estimate(row.get("type1_lead")) if "type1_lead" in row else "—",
-                          fmt_estimate(row["forgetting"]),
-                          row["verdicts"]["G1"].status if "verdicts" in row else "reference"])
-        lines += [_cell_table(["variant", "type", "trainable params", "extra vs LoRA", "target error", "LoRA − this",
-                               "this − type 1", "forgetting", "beats LoRA"], table), ""]
+            table.append(
+                [
+                    v.label,
+                    v.settings.get("type", "—"),
+                    fmt_estimate(row["params"]),
+                    fmt_estimate(row["extra_params"]) if "extra_params" in row else "—",
+                    fmt_estimate(row["target_error"]),
+                    fmt_estimate(row.get("gain")) if "gain" in row else "—",
+                    fmt_estimate(row.get("type1_lead")) if "type1_lead" in row else "—",
+                    fmt_estimate(row["forgetting"]),
+                    row["verdicts"]["G1"].status if "verdicts" in row else "reference",
+                ]
+            )
+        lines += [
+            _cell_table(
+                [
+                    "variant",
+                    "type",
+                    "trainable params",
+                    "extra vs LoRA",
+                    "target error",
+                    "LoRA − this",
+                    "this − type 1",
+                    "forgetting",
+                    "beats LoRA",
+                ],
+                table,
+            ),
+            "",
+        ]
         if "glora" in figures:
             lines += [f"![glora]({figures['glora']})", ""]
 
     if "finetune-vs-scratch" in sections:
         rows = sections["finetune-vs-scratch"]
-        lines += ["## finetune-vs-scratch", "",
-                  "Both arms are full fine-tuning with the same steps and batch on the code-switched training set alone; "
-                  "`scratch` starts from random weights of the same architecture (its own learning rate, from the profile).", ""]
-        lines += [_cell_table(["arm", "target error"], [[row["variant"].label, fmt_estimate(row["target_error"])] for row in rows]), ""]
+        lines += [
+            "## finetune-vs-scratch",
+            "",
+            "Both arms are full fine-tuning with the same steps and batch on the code-switched training set alone; "
+            "`scratch` starts from random weights of the same architecture (its own learning rate, from the profile).",
+            "",
+        ]
+        lines += [
+            _cell_table(
+                ["arm", "target error"], [[row["variant"].label, fmt_estimate(row["target_error"])] for row in rows]
+            ),
+            "",
+        ]
 
     if "token-normalisation" in sections:
         unit = context.get("target_metric", "mer")
-        lines += ["## token-normalisation: compatibility jamo (U+3131-U+318E) mapped to conjoining jamo (U+1100-U+11FF)", "",
-                  "For Whisper the map is a scoring-time normalisation (`scoring.korean_jamo_map`): training labels are the "
-                  "raw transcripts, so the same trained cell is scored both ways. `natural`: the references as they are; "
-                  f"`compat`: {100 * context.get('compat_fraction', 0):g} % of them respelt in compatibility jamo, a mechanism "
-                  "check of the scoring path, not evidence for the claim (the model never saw such transcripts).", ""]
+        lines += [
+            "## token-normalisation: compatibility jamo (U+3131-U+318E) mapped to conjoining jamo (U+1100-U+11FF)",
+            "",
+            "For Whisper the map is a scoring-time normalisation (`scoring.korean_jamo_map`): training labels are the "
+            "raw transcripts, so the same trained cell is scored both ways. `natural`: the references as they are; "
+            f"`compat`: {100 * context.get('compat_fraction', 0):g} % of them respelt in compatibility jamo, a mechanism "
+            "check of the scoring path, not evidence for the claim (the model never saw such transcripts).",
+            "",
+        ]
         table = []
         for row in sections["token-normalisation"]:
             for condition in ("natural", "compat"):
                 for mapping in ("map", "no-map"):
-                    table.append([row["variant"].label, condition, mapping] +
-                                 [fmt_estimate(row[f"{condition}/{mapping}/{m}"]) for m in ("cer", "jer", "mer")])
+                    table.append(
+                        [row["variant"].label, condition, mapping]
+                        + [fmt_estimate(row[f"{condition}/{mapping}/{m}"]) for m in ("cer", "jer", "mer")]
+                    )
             counts = row["compat_jamo"]
-            lines_counts = (f"{row['variant'].label}: compatibility jamo characters, summed over seeds: "
-                            f"{counts['references']} in the references, {counts['predictions']} in the predictions, "
-                            f"{counts['rewritten_references']} in the respelt references. {unit.upper()} without − with the map: "
-                            f"natural {fmt_estimate(row['natural/effect'])}, compat {fmt_estimate(row['compat/effect'])}.")
+            lines_counts = (
+                f"{row['variant'].label}: compatibility jamo characters, summed over seeds: "
+                f"{counts['references']} in the references, {counts['predictions']} in the predictions, "
+                f"{counts['rewritten_references']} in the respelt references. {unit.upper()} without − with the map: "
+                f"natural {fmt_estimate(row['natural/effect'])}, compat {fmt_estimate(row['compat/effect'])}."
+            )
             lines += [lines_counts, ""]
         lines += [_cell_table(["variant", "references", "jamo map", "CER", "JER", "MER"], table), ""]
 
     if "rank-sweep" in sections:
         rows = sections["rank-sweep"]
-        lines += ["## rank-sweep: LoRA, GLoRA type 1 and BLoRA across ranks", "",
-                  "alpha / rank is kept at the benchmark's value, so the update's scale does not change with rank; each "
-                  "method is compared with LoRA at the same rank.", ""]
-        table = [[row["variant"].settings["rank"], row["variant"].label, fmt_estimate(row["target_error"]),
-                  fmt_estimate(row["forgetting"]),
-                  fmt_estimate(row.get("gain")) if "gain" in row else "—",
-                  fmt_estimate(row.get("backward_gain"), "%") if "backward_gain" in row else "—",
-                  row["verdict"].status if "verdict" in row else "reference" if row["variant"].method == "lora" else "—"]
-                 for row in rows]
-        lines += [_cell_table(["rank", "variant", "target error", "forgetting", "LoRA − this (target)", "BG vs LoRA", "verdict"], table), ""]
+        lines += [
+            "## rank-sweep: LoRA, GLoRA type 1 and BLoRA across ranks",
+            "",
+            "alpha / rank is kept at the benchmark's value, so the update's scale does not change with rank; each "
+            "method is compared with LoRA at the same rank.",
+            "",
+        ]
+        table = [
+            [
+                row["variant"].settings["rank"],
+                row["variant"].label,
+                fmt_estimate(row["target_error"]),
+                fmt_estimate(row["forgetting"]),
+                fmt_estimate(row.get("gain")) if "gain" in row else "—",
+                fmt_estimate(row.get("backward_gain"), "%") if "backward_gain" in row else "—",
+                row["verdict"].status if "verdict" in row else "reference" if row["variant"].method == "lora" else "—",
+            ]
+            for row in rows
+        ]
+        lines += [
+            _cell_table(
+                ["rank", "variant", "target error", "forgetting", "LoRA − this (target)", "BG vs LoRA", "verdict"],
+                table,
+            ),
+            "",
+        ]
         if "rank_sweep" in figures:
             lines += [f"![rank_sweep]({figures['rank_sweep']})", ""]
     return "\n".join(lines)
@@ -1016,11 +1402,18 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
     figures = {}
     seeds = context.get("seeds", [])
     interval = " (95 % t-interval over seeds)" if len(seeds) > 1 else " (one seed: no interval)"
-    makers = [("blora_tradeoff", "blora-vs-lora", tradeoff_figure, "BLoRA settings and LoRA: target error vs forgetting" + interval),
-              ("sparsity", "blora-vs-lora", sparsity_figure, "share of entries below 1e-3" + interval),
-              ("sparsity_histograms", "blora-vs-lora", histogram_figure, "|delta W| histograms, counts summed over seeds"),
-              ("glora", "glora-types", glora_figure, "GLoRA types and LoRA: target error" + interval),
-              ("rank_sweep", "rank-sweep", rank_figure, "rank sweep" + interval)]
+    makers = [
+        (
+            "blora_tradeoff",
+            "blora-vs-lora",
+            tradeoff_figure,
+            "BLoRA settings and LoRA: target error vs forgetting" + interval,
+        ),
+        ("sparsity", "blora-vs-lora", sparsity_figure, "share of entries below 1e-3" + interval),
+        ("sparsity_histograms", "blora-vs-lora", histogram_figure, "|delta W| histograms, counts summed over seeds"),
+        ("glora", "glora-types", glora_figure, "GLoRA types and LoRA: target error" + interval),
+        ("rank_sweep", "rank-sweep", rank_figure, "rank sweep" + interval),
+    ]
     for key, section, maker, title in makers:
         if section in sections and sections[section]:
             figure = maker(sections[section], f"{context.get('name', '')}: {title}")
@@ -1032,9 +1425,22 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
     text = render(claims, sections, index.missing, context, figures, plan)
     path = out_dir / "REPRODUCTION.md"
     path.write_text(text)
-    (out_dir / "verdicts.json").write_text(json.dumps(
-        [{"id": c.id, "verdict": c.verdict.status, "reason": c.verdict.reason, "measure": c.measure,
-          "estimate": None if c.estimate is None else vars(c.estimate)} for c in claims], indent=2, default=float))
+    (out_dir / "verdicts.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": c.id,
+                    "verdict": c.verdict.status,
+                    "reason": c.verdict.reason,
+                    "measure": c.measure,
+                    "estimate": None if c.estimate is None else vars(c.estimate),
+                }
+                for c in claims
+            ],
+            indent=2,
+            default=float,
+        )
+    )
     return Report(path, claims, index.missing, [out_dir / f for f in figures.values()], text)
 
 
@@ -1052,8 +1458,11 @@ def cell_from_run(record: dict, run, sets: list[str], base_errors: dict, predict
     cell = dict(record)
     cell["status"] = run.data.tags.get(TAG_STATUS, "unknown")
     if predictions is not None:
-        cell["errors"] = {name: sum(r["edits"] for r in predictions[name]) / sum(r["tokens"] for r in predictions[name])
-                          for name in sets if name in predictions and sum(r["tokens"] for r in predictions[name])}
+        cell["errors"] = {
+            name: sum(r["edits"] for r in predictions[name]) / sum(r["tokens"] for r in predictions[name])
+            for name in sets
+            if name in predictions and sum(r["tokens"] for r in predictions[name])
+        }
     else:
         cell["errors"] = {name: metrics[f"test/{name}/error"] for name in sets if f"test/{name}/error" in metrics}
     if len(cell["errors"]) < len(sets):
@@ -1076,8 +1485,13 @@ def logged_histogram(client, run_id: str) -> list[int] | None:
     return report.get("overall", {}).get("delta_w", {}).get("histogram")
 
 
-def load_cells(client, experiment_id: str, name: str, plan: list[Experiment],
-               histogram: Callable[[str], list[int] | None] | None = None) -> tuple[list[dict], dict, dict[str, str]]:
+def load_cells(
+    client,
+    experiment_id: str,
+    name: str,
+    plan: list[Experiment],
+    histogram: Callable[[str], list[int] | None] | None = None,
+) -> tuple[list[dict], dict, dict[str, str]]:
     """Per-cell result dicts of the latest parent run of each named experiment (tagged ``TAG_REPRODUCE`` =
     ``name``), the context they were run in, and those parents' run ids. The cells of ``blora-vs-lora`` get
     their |delta W| histogram from ``histogram(run_id)`` (default: ``logged_histogram``)."""
@@ -1087,9 +1501,13 @@ def load_cells(client, experiment_id: str, name: str, plan: list[Experiment],
 
     cells, context, parents = [], {}, {}
     for experiment in plan:
-        query = (f"tags.`{TAG_REPRODUCE}` = '{name}' and tags.`{TAG_EXPERIMENT}` = '{experiment.name}' "
-                 f"and tags.`{TAG_CELLS}` = 'logged'")
-        runs = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+        query = (
+            f"tags.`{TAG_REPRODUCE}` = '{name}' and tags.`{TAG_EXPERIMENT}` = '{experiment.name}' "
+            f"and tags.`{TAG_CELLS}` = 'logged'"
+        )
+        runs = client.search_runs(
+            [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+        )
         if not runs:
             continue
         parent = runs[0]
@@ -1107,11 +1525,15 @@ def load_cells(client, experiment_id: str, name: str, plan: list[Experiment],
                     cells.append({**record, "status": f"run {record['run_id']} deleted"})
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
-                    predictions = json.loads(Path(client.download_artifacts(record["run_id"], "predictions.json", tmp)).read_text())
+                    predictions = json.loads(
+                        Path(client.download_artifacts(record["run_id"], "predictions.json", tmp)).read_text()
+                    )
             except Exception as err:  # a run or artifact deleted since: the cell is missing, and the report says so
                 cells.append({**record, "status": f"run {record['run_id']} unreadable ({type(err).__name__})"})
                 continue
-            cell = cell_from_run(record, run, sets, logged["base_errors"].get(record.get("arm", "pretrained"), {}), predictions)
+            cell = cell_from_run(
+                record, run, sets, logged["base_errors"].get(record.get("arm", "pretrained"), {}), predictions
+            )
             if experiment.name == "blora-vs-lora" and cell["status"] == "finished":
                 cell["delta_w_histogram"] = histogram(record["run_id"])
             cells.append(cell)

@@ -52,8 +52,17 @@ from torch import nn
 
 from lightning_asr.adapters import build_strategy
 from lightning_asr.adapters.base import AdapterStrategy, matches_any
-from lightning_asr.adapters.export import (PEFT_CONFIG, PEFT_TENSORS, SIDE_JSON, SIDE_TENSORS, AdapterFileError,
-                                           base_fingerprint, fingerprint_mismatch, read_adapter_tensors, read_side_file)
+from lightning_asr.adapters.export import (
+    PEFT_CONFIG,
+    PEFT_TENSORS,
+    SIDE_JSON,
+    SIDE_TENSORS,
+    AdapterFileError,
+    base_fingerprint,
+    fingerprint_mismatch,
+    read_adapter_tensors,
+    read_side_file,
+)
 from lightning_asr.adapters.glora import NOT_MERGEABLE, GLoRA
 from lightning_asr.adapters.lora import LoRA
 from lightning_asr.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE
@@ -83,7 +92,9 @@ class ServeError(Exception):
 def decode_audio_bytes(data: bytes) -> np.ndarray:
     """Mono float32 samples at 16 kHz from WAV/FLAC (anything soundfile reads) bytes."""
     if not data:
-        raise ServeError(400, "the request holds no audio — fix: send WAV or FLAC bytes as the body (or the 'audio' part)")
+        raise ServeError(
+            400, "the request holds no audio — fix: send WAV or FLAC bytes as the body (or the 'audio' part)"
+        )
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as err:
@@ -176,9 +187,18 @@ def file_signature(directory: Path) -> tuple:
 class AdapterServer:
     """The model side of the service: base, slots, adapter LRU, decoding. ``transcribe`` is thread-safe."""
 
-    def __init__(self, base: str, adapters: str | Path, mode: str = "unmerged", cache_size: int = 8,
-                 language: str = "auto", num_beams: int | None = None, max_new_tokens: int | None = None,
-                 device: str = "cpu", max_structures: int = 8):
+    def __init__(
+        self,
+        base: str,
+        adapters: str | Path,
+        mode: str = "unmerged",
+        cache_size: int = 8,
+        language: str = "auto",
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        device: str = "cpu",
+        max_structures: int = 8,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: choose merged or unmerged")
         if cache_size < 1:
@@ -217,18 +237,27 @@ class AdapterServer:
             return None
         code = language.split("-")[0]
         if code not in self.lang_to_code.values():
-            raise ServeError(422, f"unknown language {language!r} — fix: use 'auto' or a Whisper language code such as 'en'")
+            raise ServeError(
+                422, f"unknown language {language!r} — fix: use 'auto' or a Whisper language code such as 'en'"
+            )
         return code
 
     def features(self, audio: bytes) -> tuple[torch.Tensor, float]:
         """Log-mel features, one row per encoder window (audio longer than a window is cut into windows)."""
         samples = decode_audio_bytes(audio)
-        chunks = [samples[i:i + self.window_samples] for i in range(0, len(samples), self.window_samples)]
-        features = self.processor.feature_extractor(chunks, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        chunks = [samples[i : i + self.window_samples] for i in range(0, len(samples), self.window_samples)]
+        features = self.processor.feature_extractor(
+            chunks, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features
         return features, len(samples) / SAMPLE_RATE
 
-    def transcribe(self, audio: bytes, user: str | None = None, adapter_files: dict[str, bytes] | None = None,
-                   language: str | None = None) -> dict:
+    def transcribe(
+        self,
+        audio: bytes,
+        user: str | None = None,
+        adapter_files: dict[str, bytes] | None = None,
+        language: str | None = None,
+    ) -> dict:
         """Decode ``audio`` with the adapter of ``user`` (from the store) or the uploaded ``adapter_files``."""
         started = time.perf_counter()
         if (user is None) == (adapter_files is None):
@@ -259,14 +288,27 @@ class AdapterServer:
         merged, merge_ms, note = merge["merged"], merge["ms"], merge["note"]
         decode_ms = (decoded - swap_done) * 1000 - merge_ms
         response = {
-            "text": "".join(texts), "language": forced or detected, "language_detected": forced is None,
-            "user": user, "adapter_source": "store" if user is not None else "upload",
-            "strategy": adapter.strategy, "mode": "merged" if merged else "unmerged", "cache_hit": cache_hit,
-            "swapped": swapped, "windows": len(texts), "audio_seconds": round(seconds, 3), "cap_hits": cap_hits,
-            "timings_ms": {"audio": audio_ms, "queue": (locked - started) * 1000 - audio_ms,
-                           "adapter_load": load_ms if load_ms is not None else (loaded - locked) * 1000,
-                           "swap": (swap_done - loaded) * 1000, "merge": merge_ms, "decode": decode_ms,
-                           "total": (time.perf_counter() - started) * 1000},
+            "text": "".join(texts),
+            "language": forced or detected,
+            "language_detected": forced is None,
+            "user": user,
+            "adapter_source": "store" if user is not None else "upload",
+            "strategy": adapter.strategy,
+            "mode": "merged" if merged else "unmerged",
+            "cache_hit": cache_hit,
+            "swapped": swapped,
+            "windows": len(texts),
+            "audio_seconds": round(seconds, 3),
+            "cap_hits": cap_hits,
+            "timings_ms": {
+                "audio": audio_ms,
+                "queue": (locked - started) * 1000 - audio_ms,
+                "adapter_load": load_ms if load_ms is not None else (loaded - locked) * 1000,
+                "swap": (swap_done - loaded) * 1000,
+                "merge": merge_ms,
+                "decode": decode_ms,
+                "total": (time.perf_counter() - started) * 1000,
+            },
         }
         response["timings_ms"] = {k: round(v, 3) for k, v in response["timings_ms"].items()}
         if note:
@@ -278,8 +320,11 @@ class AdapterServer:
         directory = self.adapters_dir / user
         if not directory.is_dir():
             self.cache.pop(user, None)
-            raise ServeError(404, f"no adapter for user {user!r} (no directory {directory}) — fix: export one "
-                                  "there with strategy.save_adapter, or send the adapter files with the request")
+            raise ServeError(
+                404,
+                f"no adapter for user {user!r} (no directory {directory}) — fix: export one "
+                "there with strategy.save_adapter, or send the adapter files with the request",
+            )
         signature = file_signature(directory)
         cached = self.cache.get(user)
         if cached is not None and cached.signature == signature and cached.key in self.slots:
@@ -312,15 +357,25 @@ class AdapterServer:
         except AdapterFileError as err:
             raise ServeError(422, f"{what}: {err}") from err
         if side is None:
-            raise ServeError(422, f"{what} has no {SIDE_JSON} (strategy, config and base fingerprint) — fix: "
-                                  "export it with strategy.save_adapter, which writes it")
-        if not (isinstance(side, dict) and {"strategy", "config", "fingerprint"} <= set(side)
-                and isinstance(side["config"], dict) and isinstance(side["fingerprint"], dict)):
+            raise ServeError(
+                422,
+                f"{what} has no {SIDE_JSON} (strategy, config and base fingerprint) — fix: "
+                "export it with strategy.save_adapter, which writes it",
+            )
+        if not (
+            isinstance(side, dict)
+            and {"strategy", "config", "fingerprint"} <= set(side)
+            and isinstance(side["config"], dict)
+            and isinstance(side["fingerprint"], dict)
+        ):
             raise ServeError(422, f"{what}: {SIDE_JSON} lacks strategy, config or fingerprint")
         problem = fingerprint_mismatch(side["fingerprint"], self.fingerprint)
         if problem:
-            raise ServeError(409, f"{what} was exported for another base model: {problem} — fix: serve it with "
-                                  f"the base it was trained on, or retrain it on {self.base_spec}")
+            raise ServeError(
+                409,
+                f"{what} was exported for another base model: {problem} — fix: serve it with "
+                f"the base it was trained on, or retrain it on {self.base_spec}",
+            )
         slot = self._slot(side, what)
         try:
             tensors = read_adapter_tensors(slot.strategy, directory)
@@ -332,8 +387,11 @@ class AdapterServer:
         unknown, missing = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
         wrong = sorted(n for n in set(tensors) & set(own) if tuple(tensors[n].shape) != tuple(own[n].shape))
         if unknown or missing or wrong:
-            raise ServeError(422, f"{what} does not fit its {side['strategy']} config: unknown {unknown[:3]}, "
-                                  f"missing {missing[:3]}, wrong shape {wrong[:3]}")
+            raise ServeError(
+                422,
+                f"{what} does not fit its {side['strategy']} config: unknown {unknown[:3]}, "
+                f"missing {missing[:3]}, wrong shape {wrong[:3]}",
+            )
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return ReadyAdapter(slot.key, side["strategy"], tensors, token=next(self.tokens), nbytes=nbytes)
 
@@ -357,8 +415,11 @@ class AdapterServer:
             strategy.initial_weights = {}  # W0 snapshot for training statistics: a whole extra model, unused here
         targets = side.get("target_modules")
         if targets is not None and list(targets) != list(getattr(strategy, "target_names", targets)):
-            raise ServeError(422, f"{what} adapts {len(targets)} modules, but its target patterns select "
-                                  f"{len(strategy.target_names)} on this base — fix: export it from this base")
+            raise ServeError(
+                422,
+                f"{what} adapts {len(targets)} modules, but its target patterns select "
+                f"{len(strategy.target_names)} on this base — fix: export it from this base",
+            )
         tokenizer = self.processor.tokenizer
         new_tokens = list(getattr(config, "new_tokens", None) or [])
         if new_tokens:  # their embedding rows come with the adapter's tensors; the ids need the words
@@ -443,9 +504,14 @@ class AdapterServer:
             if language is None:
                 language = self.lang_to_code[int(model.detect_language(features[:1])[0])]
             for start in range(0, len(features), WINDOWS_PER_BATCH):
-                batch = features[start:start + WINDOWS_PER_BATCH]
-                sequences = model.generate(batch, language=[language] * len(batch), task="transcribe",
-                                           max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+                batch = features[start : start + WINDOWS_PER_BATCH]
+                sequences = model.generate(
+                    batch,
+                    language=[language] * len(batch),
+                    task="transcribe",
+                    max_new_tokens=self.max_new_tokens,
+                    num_beams=self.num_beams,
+                )
                 if not torch.is_tensor(sequences):
                     sequences = sequences.sequences
                 cap_hits += count_cap_hits(sequences, tokenizer.eos_token_id, self.max_new_tokens)
@@ -478,11 +544,19 @@ class AdapterServer:
         return rows
 
     def health(self) -> dict:
-        return {"status": "ok", "base": self.base_spec, "base_weights_sha256": self.fingerprint["weights_sha256"],
-                "mode": self.mode, "device": str(self.device), "window_seconds": input_seconds(self.base),
-                "cache_size": self.cache_size, "cached_users": list(self.snapshot[0]), "cached_bytes": self.snapshot[2],
-                "structures": list(self.snapshot[1]),
-                "requests_served": self.served}
+        return {
+            "status": "ok",
+            "base": self.base_spec,
+            "base_weights_sha256": self.fingerprint["weights_sha256"],
+            "mode": self.mode,
+            "device": str(self.device),
+            "window_seconds": input_seconds(self.base),
+            "cache_size": self.cache_size,
+            "cached_users": list(self.snapshot[0]),
+            "cached_bytes": self.snapshot[2],
+            "structures": list(self.snapshot[1]),
+            "requests_served": self.served,
+        }
 
     def preload_structures(self) -> int:
         """Build the slots of the structures found in the store now, so first requests don't pay for it."""
@@ -526,11 +600,16 @@ def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, err: Exception):
-        return JSONResponse({"detail": f"internal error: {err.__class__.__name__}: {err}", "status": 500}, status_code=500)
+        return JSONResponse(
+            {"detail": f"internal error: {err.__class__.__name__}: {err}", "status": 500}, status_code=500
+        )
 
     async def read_body(request: Request) -> bytes:
-        too_large = ServeError(413, f"upload larger than {limit_mb:g} MB — fix: send shorter audio, or start the "
-                                    "server with a larger --max-upload-mb")
+        too_large = ServeError(
+            413,
+            f"upload larger than {limit_mb:g} MB — fix: send shorter audio, or start the "
+            "server with a larger --max-upload-mb",
+        )
         declared = request.headers.get("content-length")
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -571,8 +650,11 @@ def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
                     adapter_files = adapter_files or {}
                     key = Path(filename or "").name
                     if key not in ADAPTER_FILES:
-                        raise ServeError(422, f"adapter part with file name {filename!r} — fix: send the files of an "
-                                              f"adapter directory under their own names ({', '.join(ADAPTER_FILES)})")
+                        raise ServeError(
+                            422,
+                            f"adapter part with file name {filename!r} — fix: send the files of an "
+                            f"adapter directory under their own names ({', '.join(ADAPTER_FILES)})",
+                        )
                     adapter_files[key] = content
                 else:
                     raise ServeError(422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter")
@@ -581,8 +663,9 @@ def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
         else:
             audio = body
         try:
-            return await run_in_threadpool(server.transcribe, audio, user=user, adapter_files=adapter_files,
-                                           language=language)
+            return await run_in_threadpool(
+                server.transcribe, audio, user=user, adapter_files=adapter_files, language=language
+            )
         except ServeError:
             raise
         except Exception as err:  # the model and slots are left consistent (see _swap, _merged): keep serving
@@ -621,15 +704,36 @@ class BackgroundServer:
         self.socket.close()
 
 
-def serve(base: str, adapters: str, host: str = "127.0.0.1", port: int = 8000, mode: str = "unmerged",
-          cache_size: int = 8, max_upload_mb: float = 25.0, language: str = "auto", num_beams: int | None = None,
-          max_new_tokens: int | None = None, device: str = "cpu") -> None:
+def serve(
+    base: str,
+    adapters: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    mode: str = "unmerged",
+    cache_size: int = 8,
+    max_upload_mb: float = 25.0,
+    language: str = "auto",
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    device: str = "cpu",
+) -> None:
     """Load the base once and serve until interrupted (one process, one worker: one shared base)."""
     import uvicorn
 
-    server = AdapterServer(base, adapters, mode=mode, cache_size=cache_size, language=language, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, device=device)
+    server = AdapterServer(
+        base,
+        adapters,
+        mode=mode,
+        cache_size=cache_size,
+        language=language,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        device=device,
+    )
     structures = server.preload_structures()
-    print(f"serving {base} ({mode}) with adapters from {adapters} ({structures} structure(s) injected) "
-          f"on http://{host}:{port}", flush=True)
+    print(
+        f"serving {base} ({mode}) with adapters from {adapters} ({structures} structure(s) injected) "
+        f"on http://{host}:{port}",
+        flush=True,
+    )
     uvicorn.run(create_app(server, int(max_upload_mb * 2**20)), host=host, port=port, log_level="info", workers=1)

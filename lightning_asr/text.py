@@ -40,10 +40,36 @@ NORMALIZER_NAME, NORMALIZER_VERSION = "basic", 3
 # Compatibility jamo -> conjoining jamo: consonants to their initial (choseong) forms, clusters that exist
 # only as finals to final (jongseong) forms, vowels to medial (jungseong) forms.
 _COMPAT_CONSONANTS = {
-    "ㄱ": "ᄀ", "ㄲ": "ᄁ", "ㄳ": "ᆪ", "ㄴ": "ᄂ", "ㄵ": "ᆬ", "ㄶ": "ᆭ", "ㄷ": "ᄃ", "ㄸ": "ᄄ", "ㄹ": "ᄅ",
-    "ㄺ": "ᆰ", "ㄻ": "ᆱ", "ㄼ": "ᆲ", "ㄽ": "ᆳ", "ㄾ": "ᆴ", "ㄿ": "ᆵ", "ㅀ": "ᆶ", "ㅁ": "ᄆ", "ㅂ": "ᄇ",
-    "ㅃ": "ᄈ", "ㅄ": "ᆹ", "ㅅ": "ᄉ", "ㅆ": "ᄊ", "ㅇ": "ᄋ", "ㅈ": "ᄌ", "ㅉ": "ᄍ", "ㅊ": "ᄎ", "ㅋ": "ᄏ",
-    "ㅌ": "ᄐ", "ㅍ": "ᄑ", "ㅎ": "ᄒ",
+    "ㄱ": "ᄀ",
+    "ㄲ": "ᄁ",
+    "ㄳ": "ᆪ",
+    "ㄴ": "ᄂ",
+    "ㄵ": "ᆬ",
+    "ㄶ": "ᆭ",
+    "ㄷ": "ᄃ",
+    "ㄸ": "ᄄ",
+    "ㄹ": "ᄅ",
+    "ㄺ": "ᆰ",
+    "ㄻ": "ᆱ",
+    "ㄼ": "ᆲ",
+    "ㄽ": "ᆳ",
+    "ㄾ": "ᆴ",
+    "ㄿ": "ᆵ",
+    "ㅀ": "ᆶ",
+    "ㅁ": "ᄆ",
+    "ㅂ": "ᄇ",
+    "ㅃ": "ᄈ",
+    "ㅄ": "ᆹ",
+    "ㅅ": "ᄉ",
+    "ㅆ": "ᄊ",
+    "ㅇ": "ᄋ",
+    "ㅈ": "ᄌ",
+    "ㅉ": "ᄍ",
+    "ㅊ": "ᄎ",
+    "ㅋ": "ᄏ",
+    "ㅌ": "ᄐ",
+    "ㅍ": "ᄑ",
+    "ㅎ": "ᄒ",
 }
 _COMPAT_VOWELS = {chr(0x314F + i): chr(0x1161 + i) for i in range(21)}
 # Final (jongseong) forms in Unicode order: every compatibility consonant but the three without one.
@@ -53,7 +79,9 @@ COMPAT_TO_CONJOINING = str.maketrans({**_COMPAT_CONSONANTS, **_COMPAT_VOWELS})
 
 def _open_syllable(c: str) -> bool:
     """A vowel or a precomposed syllable without a final consonant: what a final can attach to."""
-    return c in _COMPAT_VOWELS or "\u1161" <= c <= "\u1175" or ("\uac00" <= c <= "\ud7a3" and (ord(c) - 0xAC00) % 28 == 0)
+    return (
+        c in _COMPAT_VOWELS or "\u1161" <= c <= "\u1175" or ("\uac00" <= c <= "\ud7a3" and (ord(c) - 0xAC00) % 28 == 0)
+    )
 
 
 def map_compatibility_jamo(text: str) -> str:
@@ -69,6 +97,7 @@ def map_compatibility_jamo(text: str) -> str:
             out.append(c.translate(COMPAT_TO_CONJOINING))
     return "".join(out)
 
+
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _HANGUL = r"\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f"
 _SPACE_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK}])\s+(?=[{_CJK}])")
@@ -76,8 +105,10 @@ _MIXED_TOKEN = re.compile(rf"[{_CJK}]|[{_HANGUL}]|[^\s{_CJK}{_HANGUL}]+")
 _APOSTROPHES = "'\u2019"
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
 
@@ -126,16 +157,22 @@ class TextNormalizer:
             raise ValueError(f"numbers={self.numbers!r}: choose keep or words")
 
     @classmethod
-    def from_scoring(cls, lang: str, scoring) -> "TextNormalizer":
+    def from_scoring(cls, lang: str, scoring) -> TextNormalizer:
         """The normaliser a run's ``scoring`` options (``lightning_asr.config.ScoringConfig``, or a plain
         mapping with any of its keys) ask for."""
-        return cls(lang, scoring.get("numbers", "keep"), scoring.get("traditional_to_simplified", False),
-                   scoring.get("korean_jamo_map", True))
+        return cls(
+            lang,
+            scoring.get("numbers", "keep"),
+            scoring.get("traditional_to_simplified", False),
+            scoring.get("korean_jamo_map", True),
+        )
 
     @property
     def id(self) -> str:
-        return (f"{NORMALIZER_NAME}-v{NORMALIZER_VERSION}[{self.lang or 'any'},numbers={self.numbers},"
-                f"t2s={int(self.traditional_to_simplified)},jamo={int(self.korean_jamo_map)}]")
+        return (
+            f"{NORMALIZER_NAME}-v{NORMALIZER_VERSION}[{self.lang or 'any'},numbers={self.numbers},"
+            f"t2s={int(self.traditional_to_simplified)},jamo={int(self.korean_jamo_map)}]"
+        )
 
     def __call__(self, text: str) -> str:
         languages = set(self.lang.split("-"))
@@ -227,8 +264,9 @@ def align(reference: list[str], hypothesis: list[str]) -> list[tuple[str, str | 
         cost[0][j] = j
     for i in range(1, rows):
         for j in range(1, cols):
-            cost[i][j] = min(cost[i - 1][j - 1] + (reference[i - 1] != hypothesis[j - 1]),
-                             cost[i - 1][j] + 1, cost[i][j - 1] + 1)
+            cost[i][j] = min(
+                cost[i - 1][j - 1] + (reference[i - 1] != hypothesis[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1
+            )
     ops, i, j = [], len(reference), len(hypothesis)
     while i or j:
         if i and j and cost[i][j] == cost[i - 1][j - 1] + (reference[i - 1] != hypothesis[j - 1]):

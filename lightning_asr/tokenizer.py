@@ -35,8 +35,16 @@ VOCAB_SIZE = 51865
 N_BPE_RANKS = 50257
 # The multilingual v1/v2 models know 99 languages; large-v3 added Cantonese as the 100th.
 WHISPER_LANGUAGES = [code for code in LANGUAGES if code != "yue"][:99]
-KNOWN_IDS = {"<|endoftext|>": 50257, "<|startoftranscript|>": 50258, "<|en|>": 50259, "<|zh|>": 50260,
-             "<|ko|>": 50264, "<|transcribe|>": 50359, "<|notimestamps|>": 50363, "<|0.00|>": 50364}
+KNOWN_IDS = {
+    "<|endoftext|>": 50257,
+    "<|startoftranscript|>": 50258,
+    "<|en|>": 50259,
+    "<|zh|>": 50260,
+    "<|ko|>": 50264,
+    "<|transcribe|>": 50359,
+    "<|notimestamps|>": 50363,
+    "<|0.00|>": 50364,
+}
 
 
 class TokenizerError(RuntimeError):
@@ -62,7 +70,19 @@ def fetch_bpe_ranks(cache: Path | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, WHISPER_SDIST]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            WHISPER_SDIST,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         sdist = Path(tmp) / WHISPER_SDIST_FILE
         if result.returncode != 0 or not sdist.exists():
@@ -86,7 +106,7 @@ def fetch_bpe_ranks(cache: Path | None = None) -> Path:
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
     ranks = {}
-    for line_number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for _line_number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line:
             continue
         token, rank = line.split()
@@ -113,7 +133,9 @@ def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (byte-level BPE vocabularies use it)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):

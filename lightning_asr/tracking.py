@@ -12,11 +12,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from lightning_asr.adapters.sparsity import BIN_EDGES, bin_centers, fractions  # noqa: E402
+from lightning_asr.adapters.sparsity import BIN_EDGES, bin_centers, fractions
 
-TAG_BENCH, TAG_CELL, TAG_CONFIG, TAG_STATUS = "lightning_asr.bench", "lightning_asr.cell", "lightning_asr.config_hash", "lightning_asr.status"
+TAG_BENCH, TAG_CELL, TAG_CONFIG, TAG_STATUS = (
+    "lightning_asr.bench",
+    "lightning_asr.cell",
+    "lightning_asr.config_hash",
+    "lightning_asr.status",
+)
 
 
 def client_for(tracking_uri: str):
@@ -24,7 +29,9 @@ def client_for(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("file:") or "://" not in tracking_uri and not tracking_uri.startswith("sqlite"):
-        raise ValueError(f"tracking URI {tracking_uri!r}: use a database store such as sqlite:///mlflow.db (MLflow's file store is deprecated)")
+        raise ValueError(
+            f"tracking URI {tracking_uri!r}: use a database store such as sqlite:///mlflow.db (MLflow's file store is deprecated)"
+        )
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 

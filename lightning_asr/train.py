@@ -35,12 +35,16 @@ def check_resumable(last: Path) -> None:
         checkpoint = torch.load(str(last), map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch's zip reader and unpickler errors
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{last} is truncated or not a checkpoint ({first_line[:160]}) — fix: pass --force "
-                              f"to start the run over, or put an intact checkpoint of this run in its place") from err
+        raise CheckpointError(
+            f"{last} is truncated or not a checkpoint ({first_line[:160]}) — fix: pass --force "
+            f"to start the run over, or put an intact checkpoint of this run in its place"
+        ) from err
     missing = [key for key in ("state_dict", "loops", "optimizer_states", "global_step") if key not in checkpoint]
     if missing:
-        raise CheckpointError(f"{last} is not a training checkpoint (no {', '.join(missing)}) — fix: pass --force to "
-                              "start the run over, or put an intact checkpoint of this run in its place")
+        raise CheckpointError(
+            f"{last} is not a training checkpoint (no {', '.join(missing)}) — fix: pass --force to "
+            "start the run over, or put an intact checkpoint of this run in its place"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -71,9 +75,18 @@ def make_datamodule(config: dict, processor, resumable: bool = False) -> Manifes
     """The data of a run; ``resumable`` for training (``data/resumable.py``: exact mid-epoch resumption)."""
     data = config["data"]
     return (ResumableDataModule if resumable else ManifestDataModule)(
-        processor, data["train_manifests"], data["val_manifests"], data["test_manifests"], data["batch_size"],
-        data["eval_batch_size"], data["num_workers"], data["bucket_size"], data["skip_bad_lines"], data["spec_augment"],
-        config["seed"])
+        processor,
+        data["train_manifests"],
+        data["val_manifests"],
+        data["test_manifests"],
+        data["batch_size"],
+        data["eval_batch_size"],
+        data["num_workers"],
+        data["bucket_size"],
+        data["skip_bad_lines"],
+        data["spec_augment"],
+        config["seed"],
+    )
 
 
 class SeedEachBatch(Callback):
@@ -91,9 +104,16 @@ def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trai
     trainer = dict(config["trainer"])
     val_check_interval = trainer.pop("val_check_interval")
     # the data module shards batches itself (same global batches under any number of processes)
-    kwargs = dict(trainer, callbacks=list(callbacks), logger=logger if logger is not None else False,
-                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, use_distributed_sampler=False,
-                  plugins=[AtomicCheckpointIO()])
+    kwargs = dict(
+        trainer,
+        callbacks=list(callbacks),
+        logger=logger if logger is not None else False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+    )
     if val_check_interval:
         kwargs.update(val_check_interval=val_check_interval, check_val_every_n_epoch=None)
     kwargs.update(overrides)
@@ -116,8 +136,10 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     last = checkpoints / "last.ckpt"
     if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
         if not force:
-            raise OutputExistsError(f"{output} already holds a run — fix: pass --resume to continue it, "
-                                    "--force to replace it, or choose another output_dir")
+            raise OutputExistsError(
+                f"{output} already holds a run — fix: pass --resume to continue it, "
+                "--force to replace it, or choose another output_dir"
+            )
         shutil.rmtree(checkpoints)  # only what a run writes: other files in output_dir stay
         shutil.rmtree(output / "logs", ignore_errors=True)
     saved = output / "config.json"
@@ -125,11 +147,15 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         try:
             saved_config = json.loads(saved.read_text(encoding="utf-8"))
         except ValueError as err:
-            raise OutputExistsError(f"{saved} is not readable JSON ({err}) — fix: --force to start over, or restore the "
-                                    "file from a copy of the run") from err
+            raise OutputExistsError(
+                f"{saved} is not readable JSON ({err}) — fix: --force to start over, or restore the "
+                "file from a copy of the run"
+            ) from err
         if not isinstance(saved_config, dict) or _comparable(saved_config) != _comparable(config):
-            raise OutputExistsError(f"{output} was trained with another config ({saved}) — fix: resume with that "
-                                    "config, or --force to start over")
+            raise OutputExistsError(
+                f"{output} was trained with another config ({saved}) — fix: resume with that "
+                "config, or --force to start over"
+            )
     if resume and last.exists():
         check_resumable(last)
     output.mkdir(parents=True, exist_ok=True)
@@ -147,19 +173,29 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     partial.replace(saved)
     module.set_eval_sets("val", datamodule.eval_sets("val"))
     has_val = bool(config["data"]["val_manifests"])
-    checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss" if has_val else None,
-                                 mode="min", save_last=True, save_top_k=1)
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="best",
+        monitor="val/loss" if has_val else None,
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+    )
     callbacks = [checkpoint, SeedEachBatch(config["seed"]), *extra_callbacks]
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = make_trainer(config, callbacks, loggers, limit_val_batches=config["trainer"]["limit_val_batches"] if has_val else 0)
+    trainer = make_trainer(
+        config, callbacks, loggers, limit_val_batches=config["trainer"]["limit_val_batches"] if has_val else 0
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = checkpoint.best_model_path or str(last)
     return TrainResult(module, best, str(last), validation)
 
 
-def evaluate(module: ASRModule, manifests: list[str], config_overrides: dict | None = None, logger=None) -> dict[str, float]:
+def evaluate(
+    module: ASRModule, manifests: list[str], config_overrides: dict | None = None, logger=None
+) -> dict[str, float]:
     """Test ``module`` on each manifest; return ``{"test/<set>/<metric>": value}``. Per-utterance predictions
     are left in ``module.predictions``."""
     config = dict(module.config)

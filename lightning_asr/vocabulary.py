@@ -83,8 +83,10 @@ def extend_tokenizer(tokenizer, tokens: list[str]) -> list[int]:
     duplicates = [t for t, n in Counter(tokens).items() if n > 1]
     known = [t for t in tokens if len(tokenizer.encode(t, add_special_tokens=False)) == 1]
     if duplicates or known or any(not t.strip() for t in tokens):
-        raise ValueError(f"adapter.new_tokens must be distinct, non-blank words the tokenizer splits: duplicates "
-                         f"{duplicates}, already a single token {known[:5]} — fix: remove those from adapter.new_tokens")
+        raise ValueError(
+            f"adapter.new_tokens must be distinct, non-blank words the tokenizer splits: duplicates "
+            f"{duplicates}, already a single token {known[:5]} — fix: remove those from adapter.new_tokens"
+        )
     tokenizer.add_tokens([AddedToken(t, normalized=False) for t in tokens])
     ids = tokenizer.convert_tokens_to_ids(tokens)
     if ids != list(range(size, size + len(tokens))):
@@ -107,7 +109,9 @@ def add_new_tokens(model, tokenizer, tokens: list[str]) -> None:
     initialize_new_rows(model, pieces)
 
 
-def suggest_new_tokens(texts: list[str], tokenizer, max_tokens: int = 50, min_count: int = 3, min_pieces: int = 3) -> list[str]:
+def suggest_new_tokens(
+    texts: list[str], tokenizer, max_tokens: int = 50, min_count: int = 3, min_pieces: int = 3
+) -> list[str]:
     """Whitespace words that occur at least ``min_count`` times and take at least ``min_pieces`` BPE
     tokens, ranked by how many decoder steps a single token would save over the corpus."""
     counts = Counter(word for text in texts for word in text.split())

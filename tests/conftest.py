@@ -3,7 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -11,7 +11,11 @@ def corpus(tmp_path_factory):
     """A small synthetic corpus (all five sets), built once per test session."""
     from lightning_asr.data.synth import CorpusSpec, build_corpus
 
-    return build_corpus(CorpusSpec(seed=3, train=12, dev=4, test=4, target_train=12), tmp_path_factory.mktemp("corpus") / "synth", verbose=False)
+    return build_corpus(
+        CorpusSpec(seed=3, train=12, dev=4, test=4, target_train=12),
+        tmp_path_factory.mktemp("corpus") / "synth",
+        verbose=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +29,13 @@ def config_dict(corpus, tmp_path, **overrides) -> dict:
     """A resolved run config on the test corpus (ko-en train/dev), with ``key=value`` overrides."""
     from lightning_asr.config import load_config, to_dict
 
-    base = [f"output_dir={tmp_path / 'run'}", f"data.train_manifests=[{corpus}/ko-en/train.jsonl]",
-            f"data.val_manifests=[{corpus}/ko-en/dev.jsonl]", "data.batch_size=4", "data.spec_augment.enabled=false"]
+    base = [
+        f"output_dir={tmp_path / 'run'}",
+        f"data.train_manifests=[{corpus}/ko-en/train.jsonl]",
+        f"data.val_manifests=[{corpus}/ko-en/dev.jsonl]",
+        "data.batch_size=4",
+        "data.spec_augment.enabled=false",
+    ]
     return to_dict(load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()]))
 
 
@@ -49,6 +58,9 @@ def ctc_batch(corpus, tmp_path_factory):
     """Two ko-en training utterances as a wav2vec2-CTC batch (jamo vocabulary of the test corpus)."""
     from lightning_asr.module import ASRModule
 
-    module = ASRModule(config_dict(corpus, tmp_path_factory.mktemp("ctc"), **{"model.spec": "wav2vec2-tiny-random",
-                                                                              "model.ctc_unit": "jamo"}))
+    module = ASRModule(
+        config_dict(
+            corpus, tmp_path_factory.mktemp("ctc"), **{"model.spec": "wav2vec2-tiny-random", "model.ctc_unit": "jamo"}
+        )
+    )
     return first_batch(module.processor, corpus / "ko-en/train.jsonl", 2)

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 
 from lightning_asr.adapters import build_strategy
 from lightning_asr.adapters.blora import NOISE_MODES, GaussianFactor
-from lightning_asr.adapters.export import AdapterFileError, SIDE_JSON, SIDE_TENSORS
+from lightning_asr.adapters.export import SIDE_JSON, SIDE_TENSORS, AdapterFileError
 from lightning_asr.adapters.glora import GLORA_TYPES, GLoRALinear
 from lightning_asr.config import AdapterConfig
 from lightning_asr.models import load_base_model
@@ -32,7 +32,12 @@ def attached(name_or_values, seed=0):
 @pytest.fixture(scope="module")
 def batch():
     torch.manual_seed(0)
-    return {"input_features": torch.randn(2, 80, 600), "decoder_input_ids": torch.tensor([[50258, 50264, 50359, 50363, 400, 500], [50258, 50259, 50359, 50363, 600, 700]])}
+    return {
+        "input_features": torch.randn(2, 80, 600),
+        "decoder_input_ids": torch.tensor(
+            [[50258, 50264, 50359, 50363, 400, 500], [50258, 50259, 50359, 50363, 600, 700]]
+        ),
+    }
 
 
 def logits(model, batch):
@@ -80,7 +85,9 @@ def test_full_ft_frozen_modules():
 
 def test_target_presets_and_no_match_error():
     model, strategy = attached({"name": "lora", "rank": 2, "target_modules": ["all-linear"]})
-    assert len(strategy.target_names) == 2 * (4 + 2) + 2 * (8 + 2)  # per layer: attention q,k,v,out (x2 in the decoder), fc1, fc2
+    assert len(strategy.target_names) == 2 * (4 + 2) + 2 * (
+        8 + 2
+    )  # per layer: attention q,k,v,out (x2 in the decoder), fc1, fc2
     _, cross = attached({"name": "lora", "rank": 2, "target_modules": ["cross_attn"]})
     assert cross.target_names and all("encoder_attn" in n for n in cross.target_names)
     with pytest.raises(ValueError, match="match no linear layer"):
@@ -92,7 +99,9 @@ def test_lora_equals_peft_oracle(batch):
 
     model, strategy = attached("lora")
     randomize_adapter(strategy)
-    oracle = get_peft_model(load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names))
+    oracle = get_peft_model(
+        load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names)
+    )
     with torch.no_grad():
         for name, layer in strategy.layers().items():
             peft_layer = oracle.base_model.model.get_submodule(name)
@@ -127,7 +136,12 @@ def test_glora_parameter_counts_follow_the_documented_formulas(glora_type):
     layer = GLoRALinear(torch.nn.Linear(d_in, d_out), rank=r, alpha=8, glora_type=glora_type)
     lora_params = r * d_in + d_out * r
     own = sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base_layer"))
-    expected = {1: 2 * r * r + 2 * r, 2: 2 * r * d_in + d_in, 3: r * d_out + d_out, 4: 2 * r * r + 2 * r + r * d_out + d_out}
+    expected = {
+        1: 2 * r * r + 2 * r,
+        2: 2 * r * d_in + d_in,
+        3: r * d_out + d_out,
+        4: 2 * r * r + 2 * r + r * d_out + d_out,
+    }
     assert own - lora_params == expected[glora_type] == layer.extra_parameter_count()
 
 
@@ -167,8 +181,8 @@ def test_noise_modes_have_the_posterior_mean_and_variance(noise):
     x = torch.randn(1, 6)
     draws = torch.stack([factor(x) for _ in range(20000)]).squeeze(1)
     mean = x @ factor.weight.T
-    variance = (x * x) @ (factor.sigma ** 2).T
-    assert torch.allclose(draws.mean(0), mean.squeeze(0), atol=4 * variance.sqrt().max().item() / 20000 ** 0.5)
+    variance = (x * x) @ (factor.sigma**2).T
+    assert torch.allclose(draws.mean(0), mean.squeeze(0), atol=4 * variance.sqrt().max().item() / 20000**0.5)
     assert torch.allclose(draws.var(0), variance.squeeze(0), rtol=0.05)
 
 
@@ -202,7 +216,9 @@ def test_plain_peft_lora_directory_imports(tmp_path, batch):
     from peft import LoraConfig, get_peft_model
 
     _, strategy = attached("lora")
-    oracle = get_peft_model(load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names))
+    oracle = get_peft_model(
+        load_base_model("whisper-tiny-random"), LoraConfig(r=4, lora_alpha=8, target_modules=strategy.target_names)
+    )
     with torch.no_grad():
         for name, parameter in oracle.named_parameters():
             if "lora_" in name:

@@ -27,8 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from lightning_asr.adapters.export import (PEFT_CONFIG, PEFT_TENSORS, SIDE_JSON, SIDE_TENSORS, AdapterFileError,
-                                           file_sha256)
+from lightning_asr.adapters.export import (
+    PEFT_CONFIG,
+    PEFT_TENSORS,
+    SIDE_JSON,
+    SIDE_TENSORS,
+    AdapterFileError,
+    file_sha256,
+)
 from lightning_asr.config import ConfigError, TrainConfig, load_config
 from lightning_asr.data.manifest import ManifestError, read_manifest
 from lightning_asr.tokenizer import WHISPER_LANGUAGES
@@ -51,7 +57,12 @@ def sweep(examples: int) -> settings:
 def audio(tmp_path_factory):
     """A folder with one good 1 s recording and fixed bad ones; examples add their own corrupt files."""
     folder = tmp_path_factory.mktemp("audio")
-    sf.write(folder / "good.wav", np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32), 16000, subtype="PCM_16")
+    sf.write(
+        folder / "good.wav",
+        np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32),
+        16000,
+        subtype="PCM_16",
+    )
     for rate in (1000, 3999, 192001, 384000):
         sf.write(folder / f"rate{rate}.wav", np.zeros(max(rate // 10, 1), dtype=np.float32), rate)
     (folder / "folder.wav").mkdir()
@@ -69,8 +80,13 @@ language = st.sampled_from(["en", "ko", "zh", "ko-en", "zh-en", "ja", "de"])
 
 @st.composite
 def good_line(draw, folder: Path):
-    record = {"audio_filepath": draw(st.sampled_from(["good.wav", "./good.wav", "sub/../good.wav", str(folder / "good.wav")])),
-              "text": draw(good_text), "lang": draw(language)}
+    record = {
+        "audio_filepath": draw(
+            st.sampled_from(["good.wav", "./good.wav", "sub/../good.wav", str(folder / "good.wav")])
+        ),
+        "text": draw(good_text),
+        "lang": draw(language),
+    }
     if draw(st.booleans()):
         record["duration"] = draw(st.floats(0.95, 1.05))
     else:  # a segment inside the recording
@@ -82,17 +98,26 @@ def good_line(draw, folder: Path):
 
 
 def wrong_type(kind: str):
-    everything = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
-                           text_without_newline(max_size=6), st.lists(st.integers(), max_size=2),
-                           st.dictionaries(st.sampled_from("ab"), st.integers(), max_size=2))
+    everything = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 5),
+        st.floats(allow_nan=False, allow_infinity=False),
+        text_without_newline(max_size=6),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.sampled_from("ab"), st.integers(), max_size=2),
+    )
     if kind == "number":
         return everything.filter(lambda v: isinstance(v, bool) or not isinstance(v, (int, float)))
     return everything.filter(lambda v: not isinstance(v, str))
 
 
 def bad_float():
-    return st.one_of(st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e308, -1e308]),
-                     st.floats(max_value=0.0), st.floats(min_value=1.1 + 1e-6, allow_nan=False))
+    return st.one_of(
+        st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e308, -1e308]),
+        st.floats(max_value=0.0),
+        st.floats(min_value=1.1 + 1e-6, allow_nan=False),
+    )
 
 
 @st.composite
@@ -101,12 +126,35 @@ def bad_line(draw, folder: Path):
     record = draw(good_line(folder))
     record.pop("offset", None)
     record["duration"] = 1.0
-    kind = draw(st.sampled_from(["json", "utf8", "not object", "missing", "type", "duration", "offset", "text",
-                                 "lang", "no file", "directory", "corrupt", "truncated", "rate", "past end"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "json",
+                "utf8",
+                "not object",
+                "missing",
+                "type",
+                "duration",
+                "offset",
+                "text",
+                "lang",
+                "no file",
+                "directory",
+                "corrupt",
+                "truncated",
+                "rate",
+                "past end",
+            ]
+        )
+    )
     if kind == "json":
         full = json.dumps(record, ensure_ascii=False)
-        raw = draw(st.one_of(st.integers(1, len(full) - 1).map(lambda n: full[:n]),
-                             text_without_newline(min_size=1).filter(lambda t: t.strip() and not _is_json(t))))
+        raw = draw(
+            st.one_of(
+                st.integers(1, len(full) - 1).map(lambda n: full[:n]),
+                text_without_newline(min_size=1).filter(lambda t: t.strip() and not _is_json(t)),
+            )
+        )
         return kind, raw.encode(), r"invalid JSON|not a JSON object"
     if kind == "utf8":
         junk = draw(st.binary(max_size=4)).replace(b"\n", b"")
@@ -119,13 +167,27 @@ def bad_line(draw, folder: Path):
         gone = draw(st.sets(st.sampled_from(["audio_filepath", "duration", "text", "lang"]), min_size=1))
         return kind, json.dumps({k: v for k, v in record.items() if k not in gone}).encode(), "missing field"
     if kind == "type":
-        field, expected = draw(st.sampled_from([("duration", "number"), ("offset", "number"), ("text", "string"),
-                                                ("lang", "string"), ("audio_filepath", "string")]))
+        field, expected = draw(
+            st.sampled_from(
+                [
+                    ("duration", "number"),
+                    ("offset", "number"),
+                    ("text", "string"),
+                    ("lang", "string"),
+                    ("audio_filepath", "string"),
+                ]
+            )
+        )
         record[field] = draw(wrong_type(expected))
         if field == "offset" and record["offset"] is None:  # null offset means 0
             record["offset"] = "0"
-        patterns = {"duration": "'duration'", "offset": "'offset'", "text": "'text'", "lang": "'lang'",
-                    "audio_filepath": "'audio_filepath'"}
+        patterns = {
+            "duration": "'duration'",
+            "offset": "'offset'",
+            "text": "'text'",
+            "lang": "'lang'",
+            "audio_filepath": "'audio_filepath'",
+        }
         return kind, json.dumps(record).encode(), patterns[field]
     if kind == "duration":
         record["duration"] = draw(bad_float().filter(lambda d: not 0.9 <= d <= 1.1))
@@ -137,14 +199,24 @@ def bad_line(draw, folder: Path):
         record["text"] = draw(st.text(alphabet=" \t\u3000\u00a0\u2003\x0b\x0c", max_size=4))
         return kind, json.dumps(record, ensure_ascii=draw(st.booleans())).encode(), "empty transcript"
     if kind == "lang":
-        record["lang"] = draw(st.one_of(st.sampled_from(["", "xx", "en-", "-ko", "ko-xx", "EN", "english", "yue"]),
-                                        text_without_newline(max_size=6)).filter(
-            lambda lang: not lang or any(part not in KNOWN for part in lang.split("-"))))
+        record["lang"] = draw(
+            st.one_of(
+                st.sampled_from(["", "xx", "en-", "-ko", "ko-xx", "EN", "english", "yue"]),
+                text_without_newline(max_size=6),
+            ).filter(lambda lang: not lang or any(part not in KNOWN for part in lang.split("-")))
+        )
         return kind, json.dumps(record).encode(), r"unknown language|empty 'lang'"
     if kind == "no file":
-        record["audio_filepath"] = draw(st.one_of(
-            st.text(alphabet="abcxyz_-. ", min_size=1, max_size=12).filter(lambda p: p.strip() and not (folder / p).exists()),
-            st.just("missing/" + "x" * 300), st.just("x" * 5000), st.just("a\u0000b.wav")))
+        record["audio_filepath"] = draw(
+            st.one_of(
+                st.text(alphabet="abcxyz_-. ", min_size=1, max_size=12).filter(
+                    lambda p: p.strip() and not (folder / p).exists()
+                ),
+                st.just("missing/" + "x" * 300),
+                st.just("x" * 5000),
+                st.just("a\u0000b.wav"),
+            )
+        )
         return kind, json.dumps(record).encode(), r"does not exist|cannot be looked up|not a file path"
     if kind == "directory":
         record["audio_filepath"] = draw(st.sampled_from(["folder.wav", "sub", ".", str(folder)]))
@@ -186,9 +258,17 @@ def write_example_file(folder: Path, data: bytes) -> str:
 @st.composite
 def manifest(draw, folder: Path):
     """Lines of a manifest as (kind, bytes, pattern); kind "good" carries the record, "blank" nothing."""
-    entries = draw(st.lists(st.one_of(good_line(folder).map(lambda r: ("good", r, None)), bad_line(folder),
-                                      st.sampled_from(["", "   ", "\t", "\r"]).map(lambda b: ("blank", b.encode(), None))),
-                            min_size=1, max_size=8))
+    entries = draw(
+        st.lists(
+            st.one_of(
+                good_line(folder).map(lambda r: ("good", r, None)),
+                bad_line(folder),
+                st.sampled_from(["", "   ", "\t", "\r"]).map(lambda b: ("blank", b.encode(), None)),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
     if not any(kind not in ("good", "blank") for kind, _, _ in entries):
         entries.append(draw(bad_line(folder)))
     return entries
@@ -211,7 +291,9 @@ def test_bad_manifest_lines_are_reported_with_their_line_numbers(audio, data):
         else:
             lines.append(_relocate(content, kind))
     path.write_bytes(b"\n".join(lines) + b"\n")
-    bad = [(number, kind, pattern) for number, (kind, _, pattern) in enumerate(entries, 1) if kind not in ("good", "blank")]
+    bad = [
+        (number, kind, pattern) for number, (kind, _, pattern) in enumerate(entries, 1) if kind not in ("good", "blank")
+    ]
     good = [(number, content) for number, (kind, content, _) in enumerate(entries, 1) if kind == "good"]
     TRIED["manifest lines"] += len(bad)
 
@@ -219,7 +301,7 @@ def test_bad_manifest_lines_are_reported_with_their_line_numbers(audio, data):
         read_manifest(path, known_languages=KNOWN)
     problems = caught.value.problems
     assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{number}" for number, _, _ in bad], problems
-    for problem, (number, kind, pattern) in zip(problems, bad):
+    for problem, (_number, kind, pattern) in zip(problems, bad):
         assert " — fix: " in problem, problem
         assert _matches(pattern, problem), (kind, problem)
 
@@ -229,8 +311,17 @@ def test_bad_manifest_lines_are_reported_with_their_line_numbers(audio, data):
         return
     kept = read_manifest(path, skip_bad_lines=True, known_languages=KNOWN)
     assert [(u.line, u.text, u.lang, u.duration, u.offset, u.audio_filepath, u.speaker) for u in kept] == [
-        (number, r["text"].strip(), r["lang"], r["duration"], r.get("offset", 0.0),
-         str((audio / "good.wav").resolve()), str(r.get("speaker", ""))) for number, r in good]
+        (
+            number,
+            r["text"].strip(),
+            r["lang"],
+            r["duration"],
+            r.get("offset", 0.0),
+            str((audio / "good.wav").resolve()),
+            str(r.get("speaker", "")),
+        )
+        for number, r in good
+    ]
 
 
 def _relocate(content: bytes, kind: str) -> bytes:
@@ -284,7 +375,10 @@ word = st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(lambda w: w not in CO
 
 def wrong_value(annotation: str):
     """A value OmegaConf cannot convert to a field of this type (None only where it is not Optional)."""
-    composite = st.one_of(st.lists(st.integers(0, 3), min_size=1, max_size=2), st.dictionaries(word, st.integers(), min_size=1, max_size=2))
+    composite = st.one_of(
+        st.lists(st.integers(0, 3), min_size=1, max_size=2),
+        st.dictionaries(word, st.integers(), min_size=1, max_size=2),
+    )
     if annotation == "Any":
         return st.nothing()
     if annotation.startswith("list"):
@@ -314,16 +408,21 @@ def typo(key: str):
         letter = draw(st.sampled_from("abcdefghijklmnopqrstuvwxyz_"))
         how = draw(st.sampled_from(["delete", "insert", "replace", "swap"]))
         if how == "delete" and len(last) > 1:
-            new = last[:i] + last[i + 1:]
+            new = last[:i] + last[i + 1 :]
         elif how == "swap" and i + 1 < len(last):
-            new = last[:i] + last[i + 1] + last[i] + last[i + 2:]
+            new = last[:i] + last[i + 1] + last[i] + last[i + 2 :]
         elif how == "replace":
-            new = last[:i] + letter + last[i + 1:]
+            new = last[:i] + letter + last[i + 1 :]
         else:
             new = last[:i] + letter + last[i:]
         return prefix + new
 
-    return edit().filter(lambda k: k not in REAL_KEYS and k.rpartition(".")[2] not in {f.rpartition(".")[2] for f in REAL_KEYS if f.startswith(prefix)})
+    return edit().filter(
+        lambda k: (
+            k not in REAL_KEYS
+            and k.rpartition(".")[2] not in {f.rpartition(".")[2] for f in REAL_KEYS if f.startswith(prefix)}
+        )
+    )
 
 
 @st.composite
@@ -385,14 +484,18 @@ def expected_errors(path: Path, file_entries, line_entries) -> list[tuple[str, l
         if keys:
             return [(origin, keys)]
     overridden = {key for key, _, _ in line_entries}
-    candidates = [(str(path), [k for k, _, kind in file_entries if kind == "interpolation" and k not in overridden]),
-                  ("command line", [k for k, _, kind in line_entries if kind == "interpolation"])]
+    candidates = [
+        (str(path), [k for k, _, kind in file_entries if kind == "interpolation" and k not in overridden]),
+        ("command line", [k for k, _, kind in line_entries if kind == "interpolation"]),
+    ]
     return [(origin, keys) for origin, keys in candidates if keys]
 
 
 @sweep(150)
-@given(file_entries=st.lists(st.one_of(bad_entry(), good_entry), max_size=4),
-       line_entries=st.lists(st.one_of(bad_entry(), good_entry), max_size=4))
+@given(
+    file_entries=st.lists(st.one_of(bad_entry(), good_entry), max_size=4),
+    line_entries=st.lists(st.one_of(bad_entry(), good_entry), max_size=4),
+)
 def test_bad_config_keys_and_values_name_the_key_and_where_it_came_from(tmp_path_factory, file_entries, line_entries):
     file_entries, line_entries = distinct(file_entries), distinct(line_entries)
     path = tmp_path_factory.mktemp("config") / "run.yaml"
@@ -402,14 +505,16 @@ def test_bad_config_keys_and_values_name_the_key_and_where_it_came_from(tmp_path
     if not expected:
         config = load_config(path, dotlist(line_entries))
         overridden = {key for key, _, _ in line_entries}
-        for key, value, kind in [e for e in file_entries if e[0] not in overridden] + line_entries:
+        for key, value, _kind in [e for e in file_entries if e[0] not in overridden] + line_entries:
             assert _get(config, key) == value, key
         return
     with pytest.raises(ConfigError) as caught:
         load_config(path, dotlist(line_entries))
     message = str(caught.value)
-    assert any(message.startswith(f"{origin}: ") and any(re.search(rf"'{re.escape(key)}(\.[^']*)?'", message) for key in keys)
-               for origin, keys in expected), (expected, message)
+    assert any(
+        message.startswith(f"{origin}: ") and any(re.search(rf"'{re.escape(key)}(\.[^']*)?'", message) for key in keys)
+        for origin, keys in expected
+    ), (expected, message)
     if "unknown config key" in message:
         assert "did you mean" in message or "valid keys here" in message, message
 
@@ -422,12 +527,91 @@ def _get(config, key):
 
 
 # fragments that make overrides and YAML text near-valid (arbitrary text rarely even holds a "=" or a ":")
-OVERRIDE_PARTS = ["seed", "trainer", "max_steps", "data", "train_manifests", "spec_augment", "enabled", "optim", "lr",
-                  "betas", ".", "..", "=", "==", "${", "}", "${seed}", "[", "]", "{", "}", ":", ",", "'", '"', "null",
-                  "1", "-1", "1.5", "1e400", "abc", " ", "#", "\\", "!!", "&a", "*a", "%", "+", "~", "true"]
-YAML_PARTS = ["trainer:", "data:", "seed:", "max_steps:", "spec_augment:", "enabled:", "\n", "\n  ", "\n    ", "  ",
-              " ", "- ", "[", "]", "{", "}", "${", "${seed}", "}", ":", ",", "'", '"', "5", "1.5", "abc", "null", "~",
-              "&a ", "*a", "!!binary ", "!!python/object:os.system ", "? ", "---", "...", "\t", "#", "%YAML 1.2", "|", ">"]
+OVERRIDE_PARTS = [
+    "seed",
+    "trainer",
+    "max_steps",
+    "data",
+    "train_manifests",
+    "spec_augment",
+    "enabled",
+    "optim",
+    "lr",
+    "betas",
+    ".",
+    "..",
+    "=",
+    "==",
+    "${",
+    "}",
+    "${seed}",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    ",",
+    "'",
+    '"',
+    "null",
+    "1",
+    "-1",
+    "1.5",
+    "1e400",
+    "abc",
+    " ",
+    "#",
+    "\\",
+    "!!",
+    "&a",
+    "*a",
+    "%",
+    "+",
+    "~",
+    "true",
+]
+YAML_PARTS = [
+    "trainer:",
+    "data:",
+    "seed:",
+    "max_steps:",
+    "spec_augment:",
+    "enabled:",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "  ",
+    " ",
+    "- ",
+    "[",
+    "]",
+    "{",
+    "}",
+    "${",
+    "${seed}",
+    "}",
+    ":",
+    ",",
+    "'",
+    '"',
+    "5",
+    "1.5",
+    "abc",
+    "null",
+    "~",
+    "&a ",
+    "*a",
+    "!!binary ",
+    "!!python/object:os.system ",
+    "? ",
+    "---",
+    "...",
+    "\t",
+    "#",
+    "%YAML 1.2",
+    "|",
+    ">",
+]
 
 
 def spliced(parts, max_size):
@@ -449,9 +633,11 @@ def test_arbitrary_override_strings_and_yaml_text_load_or_raise_config_error(tmp
 
 # ---- adapter directories ----------------------------------------------------------------------------------------
 
-ADAPTERS = {"lora": ["adapter.name=lora", "adapter.rank=4", "adapter.alpha=8"],
-            "glora": ["adapter.name=glora", "adapter.type=4", "adapter.rank=4", "adapter.alpha=8"],
-            "blora": ["adapter.name=blora", "adapter.rank=4", "adapter.alpha=8"]}
+ADAPTERS = {
+    "lora": ["adapter.name=lora", "adapter.rank=4", "adapter.alpha=8"],
+    "glora": ["adapter.name=glora", "adapter.type=4", "adapter.rank=4", "adapter.alpha=8"],
+    "blora": ["adapter.name=blora", "adapter.rank=4", "adapter.alpha=8"],
+}
 
 
 def build_module(overrides: list[str]):
@@ -473,15 +659,35 @@ def exports(tmp_path_factory):
             for _, parameter in saver.strategy.trainable_parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.05)
         saver.strategy.save_adapter(root / name)
-        made[name] = {"directory": root / name, "expected": saver.strategy.adapter_state_dict(),
-                      "loader": build_module(overrides)}
+        made[name] = {
+            "directory": root / name,
+            "expected": saver.strategy.adapter_state_dict(),
+            "loader": build_module(overrides),
+        }
     made["other base"] = build_module(ADAPTERS["lora"] + ["model.init_seed=1"]).strategy.base_fingerprint
     return made
 
 
-MUTATIONS = ["delete", "truncate", "flip bytes", "garble json", "json not object", "json not utf8", "format version",
-             "strategy name", "drop side key", "wrong shape", "wrong dtype", "missing tensor", "extra tensor",
-             "other base", "other alpha", "peft config garbled", "side file only", "empty file"]
+MUTATIONS = [
+    "delete",
+    "truncate",
+    "flip bytes",
+    "garble json",
+    "json not object",
+    "json not utf8",
+    "format version",
+    "strategy name",
+    "drop side key",
+    "wrong shape",
+    "wrong dtype",
+    "missing tensor",
+    "extra tensor",
+    "other base",
+    "other alpha",
+    "peft config garbled",
+    "side file only",
+    "empty file",
+]
 
 
 def rewrite_tensors(directory: Path, name: str, change) -> None:
@@ -516,8 +722,20 @@ def mutation(draw, directory: Path, other_base: dict):
     kind = draw(st.sampled_from(MUTATIONS))
     files = sorted(p.name for p in directory.iterdir())
     tensor_files = [f for f in files if f.endswith(".safetensors")]
-    side_edits = ("garble json", "json not object", "json not utf8", "format version", "strategy name", "drop side key",
-                  "other base", "other alpha", "wrong shape", "wrong dtype", "missing tensor", "extra tensor")
+    side_edits = (
+        "garble json",
+        "json not object",
+        "json not utf8",
+        "format version",
+        "strategy name",
+        "drop side key",
+        "other base",
+        "other alpha",
+        "wrong shape",
+        "wrong dtype",
+        "missing tensor",
+        "extra tensor",
+    )
     if (kind in side_edits and not readable_side(directory)) or (kind not in ("delete",) and not tensor_files):
         kind = "delete"
     if kind == "delete":
@@ -546,7 +764,11 @@ def mutation(draw, directory: Path, other_base: dict):
         (directory / SIDE_JSON).write_text(text[:cut] + draw(st.text(max_size=5)))
         return kind
     if kind == "json not object":
-        (directory / SIDE_JSON).write_text(json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=2), st.integers(), st.none(), st.text(max_size=4)))))
+        (directory / SIDE_JSON).write_text(
+            json.dumps(
+                draw(st.one_of(st.lists(st.integers(), max_size=2), st.integers(), st.none(), st.text(max_size=4)))
+            )
+        )
         return kind
     if kind == "json not utf8":
         (directory / SIDE_JSON).write_bytes(b"\xff\xfe" + (directory / SIDE_JSON).read_bytes())
@@ -565,7 +787,11 @@ def mutation(draw, directory: Path, other_base: dict):
     if kind == "drop side key":
         key = draw(st.sampled_from(["strategy", "config", "fingerprint", "sha256"]))
         # without its checksums a side file is an older export's, which loads: give it a wrong type instead
-        value = draw(st.one_of(st.just("drop") if key != "sha256" else st.nothing(), st.integers(), st.lists(st.integers(), max_size=1)))
+        value = draw(
+            st.one_of(
+                st.just("drop") if key != "sha256" else st.nothing(), st.integers(), st.lists(st.integers(), max_size=1)
+            )
+        )
         edit_side(directory, lambda side: side.pop(key, None) if value == "drop" else side.update({key: value}))
         return f"{kind} {key}={value}"
     if kind == "other base":
@@ -606,6 +832,7 @@ def mutation(draw, directory: Path, other_base: dict):
             tensors[target] = tensors[target].to(dtype)
             return tensors
     elif kind == "missing tensor":
+
         def change(tensors):
             tensors.pop(target)
             return tensors
@@ -615,6 +842,7 @@ def mutation(draw, directory: Path, other_base: dict):
         def change(tensors):
             tensors[extra] = torch.zeros(2)
             return tensors
+
     rewrite_tensors(directory, victim, change)
     return f"{kind} {victim}:{target}"
 
@@ -642,7 +870,9 @@ def test_mutated_adapter_directories_are_refused_with_adapter_file_error(exports
             # a load goes through only where every file it reads is the one save_adapter wrote (PEFT's own
             # adapter_config.json is not read; a LoRA without its side files is a plain PEFT directory)
             if (directory / SIDE_JSON).exists():
-                assert json.loads((directory / SIDE_JSON).read_text()) == json.loads((pristine / SIDE_JSON).read_text()), done
+                assert json.loads((directory / SIDE_JSON).read_text()) == json.loads(
+                    (pristine / SIDE_JSON).read_text()
+                ), done
             read = [f for f in (SIDE_TENSORS, PEFT_TENSORS) if (directory / f).exists()]
             assert all((directory / f).read_bytes() == (pristine / f).read_bytes() for f in read), done
             loaded = loader.strategy.adapter_state_dict()
@@ -675,7 +905,9 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", ["lora", "blora"])
-def test_saving_over_an_export_needs_overwrite_and_an_interrupted_save_keeps_the_old_one(exports, name, tmp_path, monkeypatch):
+def test_saving_over_an_export_needs_overwrite_and_an_interrupted_save_keeps_the_old_one(
+    exports, name, tmp_path, monkeypatch
+):
     import lightning_asr.adapters.export as export
 
     strategy = exports[name]["loader"].strategy
@@ -733,5 +965,11 @@ def test_saving_over_an_export_needs_overwrite_and_an_interrupted_save_keeps_the
 def test_report_how_many_bad_inputs_were_tried():
     if not TRIED:
         pytest.skip("counts come from the sweeps above; run the whole file")
-    print("\nbad inputs tried:", ", ".join(f"{k}: {v}" for k, v in sorted(TRIED.items())), f"(total {sum(TRIED.values())})")
-    assert TRIED["manifest lines"] >= 100 and TRIED["config settings"] >= 100 and TRIED["adapter directories"] >= 100, TRIED
+    print(
+        "\nbad inputs tried:",
+        ", ".join(f"{k}: {v}" for k, v in sorted(TRIED.items())),
+        f"(total {sum(TRIED.values())})",
+    )
+    assert TRIED["manifest lines"] >= 100 and TRIED["config settings"] >= 100 and TRIED["adapter directories"] >= 100, (
+        TRIED
+    )

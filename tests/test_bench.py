@@ -21,8 +21,15 @@ def smoke_run(tmp_path_factory):
     from forgetting import main
 
     tmp = tmp_path_factory.mktemp("bench")
-    args = ["--profile", "smoke", f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"artifact_root={tmp}/artifacts",
-            f"output_dir={tmp}/runs", f"corpus.root={tmp}/corpus", f"base.cache_dir={tmp}/bases"]
+    args = [
+        "--profile",
+        "smoke",
+        f"tracking_uri=sqlite:///{tmp}/mlflow.db",
+        f"artifact_root={tmp}/artifacts",
+        f"output_dir={tmp}/runs",
+        f"corpus.root={tmp}/corpus",
+        f"base.cache_dir={tmp}/bases",
+    ]
     assert main(args) == 0
     return tmp, args
 
@@ -51,21 +58,42 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
     assert {"full_ft/target_pier", "lora/target_err_ko", "base/target_mer"} <= set(parent.data.metrics)
     for child in children:
         data = child.data
-        assert data.tags["strategy"] in ("full_ft", "lora") and data.tags["seed"] == "1" and data.tags["lightning_asr.status"] == "finished"
+        assert (
+            data.tags["strategy"] in ("full_ft", "lora")
+            and data.tags["seed"] == "1"
+            and data.tags["lightning_asr.status"] == "finished"
+        )
         assert data.params["adapter.name"] == data.tags["strategy"] and "optim.lr" in data.params
         assert data.params["normalizer/ko-en/test"].startswith("basic-v3[ko-en,")
-        for metric in ("test/en/test/wer", "test/ko-en/test/mer", "test/ko-en/test/jer", "test/ko-en/test/pier",
-                       "test/ko-en/test/err_en", "sparsity/frac_below_1e-3", "params/trainable",
-                       "adapter/bytes", "train/step_time_s", "cl/forgetting", "cl/adaptation_gain"):
+        for metric in (
+            "test/en/test/wer",
+            "test/ko-en/test/mer",
+            "test/ko-en/test/jer",
+            "test/ko-en/test/pier",
+            "test/ko-en/test/err_en",
+            "sparsity/frac_below_1e-3",
+            "params/trainable",
+            "adapter/bytes",
+            "train/step_time_s",
+            "cl/forgetting",
+            "cl/adaptation_gain",
+        ):
             assert metric in data.metrics, metric
         assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"adapter", "config.yaml", "predictions.json", "sparsity"} <= files
         assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {
-            "sparsity/histogram.png", "sparsity/table.json", "sparsity/report.json"}
-        table = json.loads(Path(client.download_artifacts(child.info.run_id, "sparsity/table.json", str(tmp))).read_text())
+            "sparsity/histogram.png",
+            "sparsity/table.json",
+            "sparsity/report.json",
+        }
+        table = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "sparsity/table.json", str(tmp))).read_text()
+        )
         assert "below_1e-3" in table["columns"]
-        report = json.loads(Path(client.download_artifacts(child.info.run_id, "sparsity/report.json", str(tmp))).read_text())
+        report = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "sparsity/report.json", str(tmp))).read_text()
+        )
         overall = report["overall"]["delta_w"]
         assert sum(overall["histogram"]) == overall["count"] > 0  # every |delta W| entry counted once
         assert overall["below"]["1e-3"] / overall["count"] == pytest.approx(data.metrics["sparsity/frac_below_1e-3"])
@@ -78,7 +106,9 @@ def test_rerun_reuses_finished_cells(smoke_run, capsys):
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("finished before") == 2 and "reusing pretrained base" in out and "reusing the base evaluation" in out
+    assert (
+        out.count("finished before") == 2 and "reusing pretrained base" in out and "reusing the base evaluation" in out
+    )
     _, runs = runs_of(tmp)
     assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2  # no new child runs
 
@@ -92,8 +122,13 @@ def free_port() -> int:
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "mlflow").exists(), reason="needs make setup")
 def test_mlflow_ui_target_answers_on_loopback_and_stops():
     port = free_port()
-    server = subprocess.Popen(["make", "-s", "mlflow-ui", f"MLFLOW_PORT={port}"], cwd=ROOT, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["make", "-s", "mlflow-ui", f"MLFLOW_PORT={port}"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, answer = time.time() + 90, None
         while time.time() < deadline and answer is None:

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import config_dict
 
 from lightning_asr.models.wav2vec2 import build_ctc_tokens, ctc_target, ctc_tokenizer
 from lightning_asr.module import ASRModule
-
-from conftest import config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ctc_config(corpus, tmp_path, **overrides):
-    return config_dict(corpus, tmp_path, **{"model.spec": "wav2vec2-tiny-random", "model.ctc_unit": "jamo", **overrides})
+    return config_dict(
+        corpus, tmp_path, **{"model.spec": "wav2vec2-tiny-random", "model.ctc_unit": "jamo", **overrides}
+    )
 
 
 def test_jamo_vocabulary_is_closed_and_decodes_back_to_syllables():
@@ -35,17 +36,26 @@ def test_jamo_vocabulary_is_closed_and_decodes_back_to_syllables():
         build_ctc_tokens(pairs, "syllables")
 
 
-@pytest.mark.parametrize("name,targets", [("lora", "attn"), ("glora", "all-linear"), ("blora", "default"), ("full_ft", "default")])
-def test_each_strategy_trains_the_ctc_model_and_exports_its_new_output_layer(name, targets, corpus, tmp_path, ctc_batch):
-    config = ctc_config(corpus, tmp_path, **{"adapter.name": name, "adapter.rank": 4, "adapter.target_modules": f"[{targets}]"})
+@pytest.mark.parametrize(
+    "name,targets", [("lora", "attn"), ("glora", "all-linear"), ("blora", "default"), ("full_ft", "default")]
+)
+def test_each_strategy_trains_the_ctc_model_and_exports_its_new_output_layer(
+    name, targets, corpus, tmp_path, ctc_batch
+):
+    config = ctc_config(
+        corpus, tmp_path, **{"adapter.name": name, "adapter.rank": 4, "adapter.target_modules": f"[{targets}]"}
+    )
     torch.manual_seed(0)
     module = ASRModule(config)
     trainable = [n for n, _ in module.strategy.trainable_parameters()]
     assert "lm_head.weight" in trainable  # a new vocabulary: its output layer trains under every strategy
     if name != "full_ft":
         adapted = {n.split(".lora_")[0] for n in trainable if ".lora_" in n}
-        expected = {"attn": {"q_proj", "k_proj", "v_proj", "out_proj"}, "default": {"q_proj", "v_proj"},
-                    "all-linear": {"q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"}}[targets]
+        expected = {
+            "attn": {"q_proj", "k_proj", "v_proj", "out_proj"},
+            "default": {"q_proj", "v_proj"},
+            "all-linear": {"q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"},
+        }[targets]
         assert {n.rsplit(".", 1)[-1] for n in adapted} == expected
         assert not any("feature_extractor" in n for n in trainable)
     module.train()
@@ -73,8 +83,16 @@ def test_each_strategy_trains_the_ctc_model_and_exports_its_new_output_layer(nam
 def test_ctc_train_evaluate_and_checkpoint_reload(corpus, tmp_path):
     from lightning_asr.train import evaluate, train
 
-    config = ctc_config(corpus, tmp_path, **{"adapter.name": "lora", "trainer.max_steps": 2, "trainer.val_check_interval": 2,
-                                             "trainer.enable_progress_bar": False})
+    config = ctc_config(
+        corpus,
+        tmp_path,
+        **{
+            "adapter.name": "lora",
+            "trainer.max_steps": 2,
+            "trainer.val_check_interval": 2,
+            "trainer.enable_progress_bar": False,
+        },
+    )
     result = train(config)
     module = ASRModule.from_checkpoint(result.best_checkpoint)
     assert module.ctc and module.config["model"]["ctc_tokens"]  # the vocabulary travels in the checkpoint
@@ -87,8 +105,16 @@ def test_ctc_smoke_benchmark(corpus, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from forgetting import main
 
-    args = ["--profile", "smoke_ctc", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"artifact_root={tmp_path}/artifacts",
-            f"output_dir={tmp_path}/runs", f"corpus.root={corpus}", "corpus.build=false", f"base.cache_dir={tmp_path}/bases"]
+    args = [
+        "--profile",
+        "smoke_ctc",
+        f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"artifact_root={tmp_path}/artifacts",
+        f"output_dir={tmp_path}/runs",
+        f"corpus.root={corpus}",
+        "corpus.build=false",
+        f"base.cache_dir={tmp_path}/bases",
+    ]
     assert main(args) == 0
     comparison = (tmp_path / "runs" / "forgetting-smoke-ctc" / "comparison.md").read_text()
     assert "| lora |" in comparison and "| full_ft |" in comparison and "pier" in comparison

@@ -2,18 +2,30 @@ from lightning_asr.data.datamodule import IGNORE_INDEX, BucketBatchSampler, Mani
 
 
 def test_collate_shapes_and_per_utterance_label_prefix(corpus, processor):
-    dm = ManifestDataModule(processor, [corpus / "en/train.jsonl", corpus / "ko-en/train.jsonl"], batch_size=6,
-                            spec_augment_config={"enabled": True, "freq_masks": 1, "freq_mask_param": 10, "time_masks": 1, "time_mask_param": 20})
+    dm = ManifestDataModule(
+        processor,
+        [corpus / "en/train.jsonl", corpus / "ko-en/train.jsonl"],
+        batch_size=6,
+        spec_augment_config={
+            "enabled": True,
+            "freq_masks": 1,
+            "freq_mask_param": 10,
+            "time_masks": 1,
+            "time_mask_param": 20,
+        },
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_features"].shape == (6, 80, 600)  # whisper-tiny-random: 6 s windows
     tokenizer = processor.tokenizer
     for row, lang, text in zip(batch["labels"].tolist(), batch["langs"], batch["texts"]):
         ids = [i for i in row if i != IGNORE_INDEX]
-        assert ids[:3] == tokenizer.convert_tokens_to_ids([f"<|{lang.split('-')[0]}|>", "<|transcribe|>", "<|notimestamps|>"])
+        assert ids[:3] == tokenizer.convert_tokens_to_ids(
+            [f"<|{lang.split('-')[0]}|>", "<|transcribe|>", "<|notimestamps|>"]
+        )
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(ids[3:-1]) == text
-        assert all(i == IGNORE_INDEX for i in row[len(ids):])
+        assert all(i == IGNORE_INDEX for i in row[len(ids) :])
 
 
 def test_bucket_sampler_covers_everything_once_and_is_seeded():
@@ -24,6 +36,7 @@ def test_bucket_sampler_covers_everything_once_and_is_seeded():
     assert batches == list(BucketBatchSampler(durations, 8, 32, seed=1))
     sampler.set_epoch(1)
     assert list(sampler) != batches
+
     def spread(batches):
         return sum(max(durations[i] for i in b) - min(durations[i] for i in b) for b in batches) / len(batches)
 
@@ -41,6 +54,8 @@ def test_utterance_longer_than_window_is_an_error(tmp_path, processor):
     from lightning_asr.data.manifest import ManifestError
 
     sf.write(tmp_path / "long.wav", np.zeros(16000 * 7, dtype=np.float32), 16000)
-    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "long.wav", "duration": 7.0, "text": "x", "lang": "en"}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"audio_filepath": "long.wav", "duration": 7.0, "text": "x", "lang": "en"}) + "\n"
+    )
     with pytest.raises(ManifestError, match="longer than the model's 6 s"):
         ManifestDataModule(processor, [tmp_path / "m.jsonl"]).setup()

@@ -27,7 +27,9 @@ def test_signs_absolute_and_relative_on_hand_made_numbers():
 
 def test_reference_that_did_not_forget_gives_nan_with_a_reason():
     base = {"en": 0.1, "ko": 0.2, "ko-en": 0.5}
-    values, reasons = derived_metrics(base, dict(base, **{"ko-en": 0.3}), {"en": 0.2, "ko": 0.2, "ko-en": 0.3}, SOURCES, TARGET)
+    values, reasons = derived_metrics(
+        base, dict(base, **{"ko-en": 0.3}), {"en": 0.2, "ko": 0.2, "ko-en": 0.3}, SOURCES, TARGET
+    )
     assert math.isnan(values["backward_gain"]) and "did not forget" in reasons["backward_gain"]
     assert values["forgetting"] == pytest.approx(0.05)
     # a reference that improved the source (F_ref < 0) leaves backward gain undefined too, not sign-flipped
@@ -49,13 +51,23 @@ def test_compare_bootstrap_interval_contains_the_point_and_seeds_give_t_interval
     assert row["forgetting"] == pytest.approx(0.3) and row["forgetting_low"] <= 0.3 <= row["forgetting_high"]
     assert row["forgetting_high"] - row["forgetting_low"] > 0
     assert row["backward_gain"] == pytest.approx((0.1 - 0.3) / 0.1)
-    rows, _ = compare(base, {"lora": {1: lora, 2: lora}, "full_ft": {1: full, 2: lora}}, "lora", ["en/test"], "ko-en/test")
+    rows, _ = compare(
+        base, {"lora": {1: lora, 2: lora}, "full_ft": {1: full, 2: lora}}, "lora", ["en/test"], "ko-en/test"
+    )
     row = next(r for r in rows if r["strategy"] == "full_ft")
-    assert row["seeds"] == 2 and row["forgetting"] == pytest.approx(0.2) and row["forgetting_low"] < 0.2 < row["forgetting_high"]
+    assert (
+        row["seeds"] == 2
+        and row["forgetting"] == pytest.approx(0.2)
+        and row["forgetting_low"] < 0.2 < row["forgetting_high"]
+    )
 
 
 def test_mean_interval_and_missing_reference():
     mean, low, high = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and low == pytest.approx(2 - 4.3027 / math.sqrt(3), abs=1e-4) and high == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
+    assert (
+        mean == 2.0
+        and low == pytest.approx(2 - 4.3027 / math.sqrt(3), abs=1e-4)
+        and high == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
+    )
     with pytest.raises(ValueError, match="reference"):
         compare({}, {"full_ft": {}}, "lora", [], "t")

@@ -85,8 +85,13 @@ def features(processor, seed=3):
 
 def greedy(model, input_features):
     with torch.no_grad():
-        return model.generate(input_features, language="en", task="transcribe", max_new_tokens=10,
-                              attention_mask=torch.ones(input_features.shape[0], input_features.shape[-1]))
+        return model.generate(
+            input_features,
+            language="en",
+            task="transcribe",
+            max_new_tokens=10,
+            attention_mask=torch.ones(input_features.shape[0], input_features.shape[-1]),
+        )
 
 
 def test_float32_round_trip_is_exact_and_decodes_identically(original):
@@ -102,9 +107,22 @@ def test_float32_round_trip_is_exact_and_decodes_identically(original):
     assert set(got) == set(expected)
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
-    for key in ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-                "encoder_ffn_dim", "decoder_ffn_dim", "vocab_size", "num_mel_bins", "max_source_positions",
-                "max_target_positions", "decoder_start_token_id", "eos_token_id", "pad_token_id"):
+    for key in (
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "vocab_size",
+        "num_mel_bins",
+        "max_source_positions",
+        "max_target_positions",
+        "decoder_start_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ):
         assert getattr(imported.config, key) == getattr(model.config, key), key
     assert imported.config.max_source_positions == 300  # the preset's 6 s window, not Whisper's 1500
     assert imported.proj_out.weight is imported.model.decoder.embed_tokens.weight
@@ -132,7 +150,7 @@ def test_float32_round_trip_is_exact_and_decodes_identically(original):
     np.testing.assert_allclose(np.array(runtime.encode(batch)), encoded, atol=1e-4)
     for result, ids in zip(runtime.generate(batch, [PROMPT] * 2, beam_size=1, max_length=16), got_ids.tolist()):
         produced = result.sequences_ids[0]
-        assert len(produced) >= 4 and produced == ids[:len(produced)]
+        assert len(produced) >= 4 and produced == ids[: len(produced)]
 
 
 @pytest.mark.parametrize("quantization", ["float16", "bfloat16"])
@@ -166,8 +184,9 @@ def test_load_base_model_converts_a_ct2_directory_once(original, tmp_path, monke
     loaded = load_base_model(ct2_dir(None))
     (converted,) = cache.iterdir()
     assert (converted / "model.safetensors").exists() and (converted / "ct2_import.json").exists()
-    assert torch.equal(loaded.model.encoder.layers[1].self_attn.k_proj.weight,
-                       model.model.encoder.layers[1].self_attn.k_proj.weight)
+    assert torch.equal(
+        loaded.model.encoder.layers[1].self_attn.k_proj.weight, model.model.encoder.layers[1].self_attn.k_proj.weight
+    )
     assert loaded.generation_config.lang_to_id["<|ko|>"] == 50264
 
     def no_second_conversion(*args, **kwargs):
@@ -220,8 +239,11 @@ def test_tokenizer_rebuilt_from_vocabulary_txt(original, tmp_path):
     _, rebuilt = import_ct2.import_ct2(bare)
     text = "어제 그녀는 학교에서 email을 열었어요 你好"
     assert rebuilt.tokenizer(text).input_ids == processor.tokenizer(text).input_ids
-    assert rebuilt.tokenizer.convert_ids_to_tokens([50257, 50363, 50364]) == \
-        ["<|endoftext|>", "<|notimestamps|>", "<|0.00|>"]
+    assert rebuilt.tokenizer.convert_ids_to_tokens([50257, 50363, 50364]) == [
+        "<|endoftext|>",
+        "<|notimestamps|>",
+        "<|0.00|>",
+    ]
 
 
 def test_tokenizer_json_without_timestamps_is_completed(original, tmp_path):
@@ -236,10 +258,14 @@ def test_tokenizer_json_without_timestamps_is_completed(original, tmp_path):
     assert len(WhisperTokenizer(tokenizer_file=str(short / "tokenizer.json"))) == 50364
     _, completed = import_ct2.import_ct2(short)
     assert len(completed.tokenizer) == 51865
-    assert completed.tokenizer.convert_ids_to_tokens([50363, 50364, 51864]) == \
-        ["<|notimestamps|>", "<|0.00|>", "<|30.00|>"]
-    assert completed.tokenizer.decode([50364, 2131, 50414], decode_with_timestamps=True) == \
-        processor.tokenizer.decode([50364, 2131, 50414], decode_with_timestamps=True)
+    assert completed.tokenizer.convert_ids_to_tokens([50363, 50364, 51864]) == [
+        "<|notimestamps|>",
+        "<|0.00|>",
+        "<|30.00|>",
+    ]
+    assert completed.tokenizer.decode([50364, 2131, 50414], decode_with_timestamps=True) == processor.tokenizer.decode(
+        [50364, 2131, 50414], decode_with_timestamps=True
+    )
 
 
 def test_english_only_model_gets_no_language_maps(original, tmp_path):
@@ -251,10 +277,21 @@ def test_english_only_model_gets_no_language_maps(original, tmp_path):
     tokens = import_ct2.read_vocabulary(original[2](None))
     english = import_ct2.tokenizer_from_vocabulary(tokens[:50256] + tokens[50257:], tmp_path / "vocabulary.json")
     assert len(english) == 51864 and english.convert_tokens_to_ids("<|notimestamps|>") == 50362
-    config = WhisperConfig(vocab_size=51864, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-                           decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                           max_source_positions=300, decoder_start_token_id=50257, pad_token_id=50256,
-                           bos_token_id=50256, eos_token_id=50256)
+    config = WhisperConfig(
+        vocab_size=51864,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=300,
+        decoder_start_token_id=50257,
+        pad_token_id=50256,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
     randomise(model, seed=11)
@@ -289,8 +326,10 @@ def test_cli_refuses_to_overwrite_unless_forced(original, tmp_path, capsys):
     assert "d_model 64" in capsys.readouterr().out
     loaded, processor = load_model_processor(out)
     assert len(processor.tokenizer) == 51865 and processor.feature_extractor.chunk_length == 6
-    assert torch.equal(loaded.model.decoder.layers[0].encoder_attn.v_proj.bias,
-                       original[0].model.decoder.layers[0].encoder_attn.v_proj.bias)
+    assert torch.equal(
+        loaded.model.decoder.layers[0].encoder_attn.v_proj.bias,
+        original[0].model.decoder.layers[0].encoder_attn.v_proj.bias,
+    )
     marker = out / "keep.txt"
     marker.write_text("mine")
     assert import_ct2.main([str(ct2_dir(None)), "--out", str(out)]) == 2

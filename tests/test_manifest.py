@@ -59,8 +59,12 @@ def test_skip_bad_lines_keeps_good_ones_and_says_which(folder, capsys):
 def test_paths_are_relative_to_the_manifest_and_segments_are_checked(folder):
     sub = folder / "sub"
     sub.mkdir()
-    (sub / "m.jsonl").write_text(line(audio_filepath="../good.wav", duration=0.5, offset=0.25) + "\n"
-                                 + line(audio_filepath=str(folder / "good.wav"), duration=0.5, offset=0.9) + "\n")
+    (sub / "m.jsonl").write_text(
+        line(audio_filepath="../good.wav", duration=0.5, offset=0.25)
+        + "\n"
+        + line(audio_filepath=str(folder / "good.wav"), duration=0.5, offset=0.9)
+        + "\n"
+    )
     with pytest.raises(ManifestError, match="runs past the end"):
         read_manifest(sub / "m.jsonl")
     (sub / "m.jsonl").write_text(line(audio_filepath="../good.wav", duration=0.5, offset=0.25) + "\n")

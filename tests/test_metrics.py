@@ -7,8 +7,16 @@ import torch
 from torchmetrics.text import MatchErrorRate
 from torchmetrics.utilities.data import dim_zero_sum
 
-from lightning_asr.metrics import (CharErrorRate, ErrorRate, JamoErrorRate, MixedErrorRate, PerLanguageErrorRate,
-                                   PointOfInterestErrorRate, WordErrorRate, metrics_for)
+from lightning_asr.metrics import (
+    CharErrorRate,
+    ErrorRate,
+    JamoErrorRate,
+    MixedErrorRate,
+    PerLanguageErrorRate,
+    PointOfInterestErrorRate,
+    WordErrorRate,
+    metrics_for,
+)
 from lightning_asr.text import TextNormalizer, align
 
 
@@ -32,7 +40,9 @@ def test_empty_hypothesis_is_all_deletions_in_every_unit():
 def test_all_insertions_are_charged_to_the_inserted_language():
     mer = MixedErrorRate(lang="ko-en")
     assert score(mer, "안녕 hello world", "안녕") == 1.0  # 2 insertions over 2 reference syllables
-    assert score(PerLanguageErrorRate("ko-en"), "안녕 hello world", "안녕") == {"ko": 0.0}  # no English in the reference
+    assert score(PerLanguageErrorRate("ko-en"), "안녕 hello world", "안녕") == {
+        "ko": 0.0
+    }  # no English in the reference
     assert math.isnan(score(PointOfInterestErrorRate("ko-en"), "안녕 hello world", "안녕"))
 
 
@@ -115,5 +125,10 @@ def test_metrics_for_each_kind_of_set():
 
 
 def test_alignment_operations():
-    assert align(["a", "b", "c"], ["a", "x", "c", "d"]) == [("=", "a", "a"), ("S", "b", "x"), ("=", "c", "c"), ("I", None, "d")]
+    assert align(["a", "b", "c"], ["a", "x", "c", "d"]) == [
+        ("=", "a", "a"),
+        ("S", "b", "x"),
+        ("=", "c", "c"),
+        ("I", None, "d"),
+    ]
     assert align(["a", "b"], []) == [("D", "a", None), ("D", "b", None)]

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from conftest import config_dict
 
 from lightning_asr.module import ASRModule
-
-from conftest import config_dict
 
 
 def grads(module, batch):
@@ -16,10 +15,18 @@ def grads(module, batch):
 
 
 @pytest.mark.parametrize("spec", ["whisper-tiny-random", "wav2vec2-tiny-random"])
-def test_gradient_checkpointing_gives_encoder_adapters_the_same_gradients(spec, corpus, tmp_path, fixed_batch, ctc_batch):
+def test_gradient_checkpointing_gives_encoder_adapters_the_same_gradients(
+    spec, corpus, tmp_path, fixed_batch, ctc_batch
+):
     batch = ctc_batch if spec.startswith("wav2vec2") else fixed_batch
-    overrides = {"model.spec": spec, "model.ctc_unit": "jamo", "adapter.name": "lora", "adapter.rank": 4,
-                 "adapter.target_modules": "[attn]", "adapter.dropout": 0.0}
+    overrides = {
+        "model.spec": spec,
+        "model.ctc_unit": "jamo",
+        "adapter.name": "lora",
+        "adapter.rank": 4,
+        "adapter.target_modules": "[attn]",
+        "adapter.dropout": 0.0,
+    }
     torch.manual_seed(0)
     plain = ASRModule(config_dict(corpus, tmp_path, **overrides))
     for _, parameter in plain.strategy.trainable_parameters():  # nonzero B, so every factor gets a gradient
@@ -50,9 +57,19 @@ def test_gradient_checkpointing_gives_encoder_adapters_the_same_gradients(spec, 
 def test_bf16_mixed_training_keeps_adapters_in_fp32(corpus, tmp_path):
     from lightning_asr.train import train
 
-    config = config_dict(corpus, tmp_path, **{"adapter.name": "blora", "adapter.rank": 4, "trainer.precision": "bf16-mixed",
-                                              "trainer.max_steps": 3, "trainer.val_check_interval": 3,
-                                              "trainer.enable_progress_bar": False, "decode.max_new_tokens": 4})
+    config = config_dict(
+        corpus,
+        tmp_path,
+        **{
+            "adapter.name": "blora",
+            "adapter.rank": 4,
+            "trainer.precision": "bf16-mixed",
+            "trainer.max_steps": 3,
+            "trainer.val_check_interval": 3,
+            "trainer.enable_progress_bar": False,
+            "decode.max_new_tokens": 4,
+        },
+    )
     result = train(config)
     module = ASRModule.from_checkpoint(result.last_checkpoint)
     assert {p.dtype for _, p in module.strategy.trainable_parameters()} == {torch.float32}

@@ -13,8 +13,10 @@ from forgetting import Benchmark, load_bench_config, main  # noqa: E402
 from lightning_asr.config import ConfigError  # noqa: E402
 from lightning_asr.models import PRESETS  # noqa: E402
 
-RECIPES = {"ascend_whisper_small": ("openai/whisper-small", "ascend/test"),
-           "kecs_whisper_tiny": ("openai/whisper-tiny", "kecs/test")}
+RECIPES = {
+    "ascend_whisper_small": ("openai/whisper-small", "ascend/test"),
+    "kecs_whisper_tiny": ("openai/whisper-tiny", "kecs/test"),
+}
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -36,7 +38,9 @@ def test_recipe_resolves_every_cell(recipe, capsys):
 def test_recipe_errors_name_the_key(tmp_path):
     text = (ROOT / "configs" / "bench" / "kecs_whisper_tiny.yaml").read_text()
     bad_split = tmp_path / "bad_split.yaml"
-    bad_split.write_text(text.replace("    dev: data_manifests/kecs/kecs/dev.jsonl", "    valid: data_manifests/kecs/kecs/dev.jsonl"))
+    bad_split.write_text(
+        text.replace("    dev: data_manifests/kecs/kecs/dev.jsonl", "    valid: data_manifests/kecs/kecs/dev.jsonl")
+    )
     with pytest.raises(ConfigError, match=r"manifests.kecs has \['valid'\]"):
         Benchmark(*load_bench_config(str(bad_split)))
     bad_key = tmp_path / "bad_key.yaml"

@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SOURCES, TARGET = ["en/test", "ko/test"], "ko-en/test"
-CONTEXT = {"name": "reproduce-test", "source_sets": SOURCES, "target_set": TARGET, "target_lang": "ko-en",
-           "target_metric": "mer", "seeds": [1, 2, 3], "compat_fraction": 0.5}
+CONTEXT = {
+    "name": "reproduce-test",
+    "source_sets": SOURCES,
+    "target_set": TARGET,
+    "target_lang": "ko-en",
+    "target_metric": "mer",
+    "seeds": [1, 2, 3],
+    "compat_fraction": 0.5,
+}
 BENCH_STRATEGIES = [
     {"label": "full_ft", "adapter": {"name": "full_ft"}, "optim": {"lr": 3e-4}},
     {"label": "lora", "adapter": {"name": "lora", "rank": 8, "alpha": 16}},
@@ -26,11 +33,15 @@ BENCH_STRATEGIES = [
 
 
 def profile(**changes) -> dict:
-    config = {"experiments": list(rp.EXPERIMENTS), "seeds": [1, 2, 3],
-              "blora_vs_lora": {"kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "one-at-a-time"},
-              "glora_types": {"types": [1, 2]}, "finetune_vs_scratch": {"strategy": {"optim": {"lr": 1.5e-3}}},
-              "token_normalisation": {"strategies": ["lora"], "compat_fraction": 0.5},
-              "rank_sweep": {"ranks": [2, 8], "methods": ["lora", "glora-1", "blora"]}}
+    config = {
+        "experiments": list(rp.EXPERIMENTS),
+        "seeds": [1, 2, 3],
+        "blora_vs_lora": {"kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "one-at-a-time"},
+        "glora_types": {"types": [1, 2]},
+        "finetune_vs_scratch": {"strategy": {"optim": {"lr": 1.5e-3}}},
+        "token_normalisation": {"strategies": ["lora"], "compat_fraction": 0.5},
+        "rank_sweep": {"ranks": [2, 8], "methods": ["lora", "glora-1", "blora"]},
+    }
     config.update(changes)
     return config
 
@@ -40,15 +51,21 @@ def outcome(variant: rp.Variant, seed: int, lora_forgets: bool = True) -> tuple[
     2-3 % worse on the target; GLoRA type 1 beats LoRA and type 2; fine-tuning beats scratch; BLoRA's
     delta W is sparser than LoRA's but far from 99.7 % below 1e-3."""
     jitter = 0.002 * (seed - 2)
-    forgetting = {"lora": 0.10 if lora_forgets else 0.0, "blora": 0.05, "glora": 0.08, "full_ft": 0.3, "scratch": 0.9}[variant.method]
-    target = {"lora": 0.20, "blora": 0.20 * (1.02 + 0.005 * (seed - 2)), "full_ft": 0.05, "scratch": 0.9}.get(variant.method)
+    forgetting = {"lora": 0.10 if lora_forgets else 0.0, "blora": 0.05, "glora": 0.08, "full_ft": 0.3, "scratch": 0.9}[
+        variant.method
+    ]
+    target = {"lora": 0.20, "blora": 0.20 * (1.02 + 0.005 * (seed - 2)), "full_ft": 0.05, "scratch": 0.9}.get(
+        variant.method
+    )
     if variant.method == "glora":
         target = 0.17 if variant.settings["type"] == 1 else 0.19
     if variant.method != "blora":
         target += jitter
-    metrics = {"params/trainable": {"lora": 1000, "blora": 2000, "glora": 1100}.get(variant.method, 10**6),
-               "sparsity/frac_below_1e-3": {"blora": 0.5 + jitter}.get(variant.method, 0.2 + jitter),
-               "sparsity/factors/frac_below_1e-3": 0.1}
+    metrics = {
+        "params/trainable": {"lora": 1000, "blora": 2000, "glora": 1100}.get(variant.method, 10**6),
+        "sparsity/frac_below_1e-3": {"blora": 0.5 + jitter}.get(variant.method, 0.2 + jitter),
+        "sparsity/factors/frac_below_1e-3": 0.1,
+    }
     return 0.05 + forgetting, 0.02 + forgetting, target, metrics
 
 
@@ -64,12 +81,26 @@ def fake_cells(plan, seeds=(1, 2, 3), skip=(), lora_forgets=True) -> list[dict]:
                 if variant.arm == "scratch":
                     base_errors.update({"en/test": 1.0, "ko/test": 1.0})
                 if experiment.name == "token-normalisation":
-                    metrics = {**metrics, "compat_jamo/references": 0, "compat_jamo/predictions": 0,
-                               "rescored/natural/map/mer": target, "rescored/natural/no-map/mer": target,
-                               "rescored/compat/map/mer": target, "rescored/compat/no-map/mer": target + 0.3}
-                cells.append({"experiment": experiment.name, "label": variant.label, "seed": seed, "status": "finished",
-                              "errors": {"en/test": en, "ko/test": ko, TARGET: target}, "base_errors": base_errors,
-                              "metrics": metrics})
+                    metrics = {
+                        **metrics,
+                        "compat_jamo/references": 0,
+                        "compat_jamo/predictions": 0,
+                        "rescored/natural/map/mer": target,
+                        "rescored/natural/no-map/mer": target,
+                        "rescored/compat/map/mer": target,
+                        "rescored/compat/no-map/mer": target + 0.3,
+                    }
+                cells.append(
+                    {
+                        "experiment": experiment.name,
+                        "label": variant.label,
+                        "seed": seed,
+                        "status": "finished",
+                        "errors": {"en/test": en, "ko/test": ko, TARGET: target},
+                        "base_errors": base_errors,
+                        "metrics": metrics,
+                    }
+                )
                 if experiment.name == "blora-vs-lora":  # |delta W| counts: 29 bins lie below 1e-3
                     below = round(100 * metrics["sparsity/frac_below_1e-3"])
                     cells[-1]["delta_w_histogram"] = [0] * 28 + [below, 100 - below] + [0] * 16
@@ -125,18 +156,39 @@ def test_plan_shares_cells_with_the_benchmark_and_keeps_rank_and_targets_equal()
     plan = {e.name: e for e in rp.build_plan(profile(), BENCH_STRATEGIES)}
     blora = plan["blora-vs-lora"]
     # one-at-a-time: the benchmark's setting once, plus two kl_weight and two prior_std values
-    assert [v.label for v in blora.variants] == ["lora", "blora-kl1e-05", "blora", "blora-kl0.001", "blora-prior0.005", "blora-prior0.05"]
+    assert [v.label for v in blora.variants] == [
+        "lora",
+        "blora-kl1e-05",
+        "blora",
+        "blora-kl0.001",
+        "blora-prior0.005",
+        "blora-prior0.05",
+    ]
     assert [v.headline for v in blora.variants].count(True) == 1 and blora.variant("blora").entry == BENCH_STRATEGIES[3]
     assert all(v.reference == "lora" and v.entry["adapter"]["rank"] == 8 for v in blora.variants[1:])
     # a type the benchmark lacks is derived from its LoRA entry
-    assert plan["glora-types"].variant("glora-2").entry["adapter"] == {"name": "glora", "type": 2, "rank": 8, "alpha": 16}
+    assert plan["glora-types"].variant("glora-2").entry["adapter"] == {
+        "name": "glora",
+        "type": 2,
+        "rank": 8,
+        "alpha": 16,
+    }
     scratch = plan["finetune-vs-scratch"].variant("scratch")
-    assert scratch.arm == "scratch" and scratch.entry["optim"]["lr"] == 1.5e-3 and scratch.entry["adapter"]["name"] == "full_ft"
+    assert (
+        scratch.arm == "scratch"
+        and scratch.entry["optim"]["lr"] == 1.5e-3
+        and scratch.entry["adapter"]["name"] == "full_ft"
+    )
     sweep = plan["rank-sweep"]
     assert sweep.variant("blora-r2").entry["adapter"]["alpha"] == 4 and sweep.variant("blora-r2").reference == "lora-r2"
     assert sweep.variant("glora-1").entry == BENCH_STRATEGIES[2]  # rank 8 is the benchmark's own cell
-    full = rp.build_plan(profile(experiments=["blora-vs-lora"], blora_vs_lora={
-        "kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "full"}), BENCH_STRATEGIES)
+    full = rp.build_plan(
+        profile(
+            experiments=["blora-vs-lora"],
+            blora_vs_lora={"kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "full"},
+        ),
+        BENCH_STRATEGIES,
+    )
     assert len(full[0].variants) == 1 + 9
 
 
@@ -153,17 +205,31 @@ def test_report_from_hand_made_cells(tmp_path):
     plan = rp.build_plan(profile(), BENCH_STRATEGIES)
     report = rp.generate_report(plan, fake_cells(plan), CONTEXT, tmp_path)
     got = verdicts(report)
-    assert got == {"B1": rp.HOLDS, "B2": rp.HOLDS, "B3": rp.HOLDS, "B4": rp.FAILS, "G1": rp.HOLDS, "G2": rp.HOLDS,
-                   "G3": rp.HOLDS, "G4": rp.INCONCLUSIVE, "R1": rp.HOLDS, "R2": rp.HOLDS}
+    assert got == {
+        "B1": rp.HOLDS,
+        "B2": rp.HOLDS,
+        "B3": rp.HOLDS,
+        "B4": rp.FAILS,
+        "G1": rp.HOLDS,
+        "G2": rp.HOLDS,
+        "G3": rp.HOLDS,
+        "G4": rp.INCONCLUSIVE,
+        "R1": rp.HOLDS,
+        "R2": rp.HOLDS,
+    }
     claims = {c.id: c for c in report.claims}
     assert claims["B1"].estimate.mean == pytest.approx(0.5) and claims["B1"].estimate.n == 3
     assert "the paper's 54 % is above our interval" in claims["B1"].note
     assert claims["G1"].estimate.mean == pytest.approx(0.03)
     assert "extra trainable parameters over LoRA: 100" in claims["G1"].note
-    assert "no compatibility jamo" in claims["G4"].verdict.reason and "nil by construction" in claims["G4"].verdict.reason
+    assert (
+        "no compatibility jamo" in claims["G4"].verdict.reason and "nil by construction" in claims["G4"].verdict.reason
+    )
     assert report.missing == []
     text = report.path.read_text()
-    verdict_rows = [line for line in text.splitlines() if line.startswith("| B") or line.startswith("| G") or line.startswith("| R")]
+    verdict_rows = [
+        line for line in text.splitlines() if line.startswith("| B") or line.startswith("| G") or line.startswith("| R")
+    ]
     assert len([r for r in verdict_rows if "**" in r]) == 10  # one verdict row per claim
     assert "## Missing cells\n\nNone" in text and "How a verdict is reached" in text
     assert "- B4: holds if the interval lies above 99 %" in text and "- R1: holds if it holds at every rank" in text
@@ -193,13 +259,22 @@ def test_missing_cells_are_listed_and_cost_their_seeds(tmp_path):
     cells = [c for c in cells if not (c["experiment"] == "glora-types" and c["label"] == "glora-2" and c["seed"] == 1)]
     cells.append({"experiment": "glora-types", "label": "glora-2", "seed": 1, "status": "run abc deleted"})
     report = rp.generate_report(plan, cells, CONTEXT, tmp_path)
-    assert sorted(report.missing) == [("blora-vs-lora", "blora", 3, "not run"), ("glora-types", "glora-2", 1, "run abc deleted"),
-                                      ("glora-types", "lora", 2, "not run")]
-    assert "- blora-vs-lora / blora / seed 3: not run" in report.text and "3 planned cell(s) have no finished result" in report.text
+    assert sorted(report.missing) == [
+        ("blora-vs-lora", "blora", 3, "not run"),
+        ("glora-types", "glora-2", 1, "run abc deleted"),
+        ("glora-types", "lora", 2, "not run"),
+    ]
+    assert (
+        "- blora-vs-lora / blora / seed 3: not run" in report.text
+        and "3 planned cell(s) have no finished result" in report.text
+    )
     got = verdicts(report)
     assert got["B1"] == rp.INCONCLUSIVE and got["G1"] == rp.INCONCLUSIVE  # 2 seeds left in each
     assert "2 seed(s) with a defined value" in next(c for c in report.claims if c.id == "B1").verdict.reason
-    assert got["G3"] == rp.INCONCLUSIVE and "not in this profile" in next(c for c in report.claims if c.id == "G3").verdict.reason
+    assert (
+        got["G3"] == rp.INCONCLUSIVE
+        and "not in this profile" in next(c for c in report.claims if c.id == "G3").verdict.reason
+    )
 
 
 def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path):
@@ -208,13 +283,26 @@ def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path
     plan = {e.name: e for e in rp.build_plan(profile(sweep_seeds=1), BENCH_STRATEGIES)}
     blora, ranks = plan["blora-vs-lora"], plan["rank-sweep"]
     assert {v.label: blora.seeds_of(v) for v in blora.variants} == {
-        "lora": [1, 2, 3], "blora": [1, 2, 3], "blora-kl1e-05": [1], "blora-kl0.001": [1], "blora-prior0.005": [1], "blora-prior0.05": [1]}
+        "lora": [1, 2, 3],
+        "blora": [1, 2, 3],
+        "blora-kl1e-05": [1],
+        "blora-kl0.001": [1],
+        "blora-prior0.005": [1],
+        "blora-prior0.05": [1],
+    }
     assert {v.label for v in ranks.variants if ranks.seeds_of(v) == [1]} == {"lora-r2", "glora-1-r2", "blora-r2"}
-    assert all(e.seeds_of(v) == [1, 2, 3] for name in ("glora-types", "finetune-vs-scratch") for e in [plan[name]] for v in e.variants)
+    assert all(
+        e.seeds_of(v) == [1, 2, 3]
+        for name in ("glora-types", "finetune-vs-scratch")
+        for e in [plan[name]]
+        for v in e.variants
+    )
     # one benchmark run on every seed first, then the cut points with the LoRA cells they are compared against
     groups = [(arm, seeds, [v.label for v in variants]) for arm, seeds, variants in benchmark_groups(blora)]
-    assert groups == [("pretrained", [1, 2, 3], ["lora", "blora"]),
-                      ("pretrained", [1], ["lora", "blora-kl1e-05", "blora-kl0.001", "blora-prior0.005", "blora-prior0.05"])]
+    assert groups == [
+        ("pretrained", [1, 2, 3], ["lora", "blora"]),
+        ("pretrained", [1], ["lora", "blora-kl1e-05", "blora-kl0.001", "blora-prior0.005", "blora-prior0.05"]),
+    ]
     assert [g[1] for g in benchmark_groups(ranks)] == [[1, 2, 3], [1]]
     lines = plan_lines(list(plan.values()), {"lora": 100, "glora": 100, "blora": 100, "full_ft": 100})
     assert "  (seed 1 only)" in next(line for line in lines if line.strip().startswith("blora-kl1e-05"))
@@ -222,12 +310,24 @@ def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path
     assert lines[-1].startswith("25 distinct cells")
 
     cells = fake_cells(list(plan.values()))
-    report = rp.generate_report(list(plan.values()), [c for c in cells if c["seed"] == 1 or c["label"] in
-                                                      {v.label for e in plan.values() for v in e.variants if v.seeds is None}],
-                                CONTEXT, tmp_path)
+    report = rp.generate_report(
+        list(plan.values()),
+        [
+            c
+            for c in cells
+            if c["seed"] == 1 or c["label"] in {v.label for e in plan.values() for v in e.variants if v.seeds is None}
+        ],
+        CONTEXT,
+        tmp_path,
+    )
     assert report.missing == []  # seeds 2 and 3 of a cut point are not planned, so not missing
     got = verdicts(report)
-    assert got["B1"] == rp.HOLDS and got["G1"] == rp.HOLDS and got["R1"] == rp.INCONCLUSIVE and got["R2"] == rp.INCONCLUSIVE
+    assert (
+        got["B1"] == rp.HOLDS
+        and got["G1"] == rp.HOLDS
+        and got["R1"] == rp.INCONCLUSIVE
+        and got["R2"] == rp.INCONCLUSIVE
+    )
     assert "1 seed(s) with a defined value" in next(c for c in report.claims if c.id == "R1").verdict.reason
     assert "cut to seed(s) 1 by the profile's `sweep_seeds`" in report.text and "blora-r2 (rank-sweep)" in report.text
     with pytest.raises(ConfigError, match="sweep_seeds=-1"):
@@ -253,8 +353,10 @@ def test_compatibility_spelling_composes_back_under_the_jamo_map():
 
 
 def test_rescoring_shows_the_map_only_where_compatibility_jamo_exist():
-    rows = [{"reference": "주말에 회의실에서 budget을 예약했어요", "prediction": "주말에 회의실에서 design을 예약했어요"},
-            {"reference": "오늘 선생님이 code review를 했어요", "prediction": "오늘 선생님이 code review를 했어요"}]
+    rows = [
+        {"reference": "주말에 회의실에서 budget을 예약했어요", "prediction": "주말에 회의실에서 design을 예약했어요"},
+        {"reference": "오늘 선생님이 code review를 했어요", "prediction": "오늘 선생님이 code review를 했어요"},
+    ]
     scores = rp.rescore(rows, "ko-en", compat_fraction=1.0)
     assert scores["compat_jamo/references"] == 0 and scores["compat_jamo/rewritten_references"] > 0
     assert scores["rescored/natural/map/mer"] == scores["rescored/natural/no-map/mer"]
@@ -266,9 +368,9 @@ def test_rescoring_shows_the_map_only_where_compatibility_jamo_exist():
 # ---- the scratch arm of a base that is not a preset ----------------------------------------------------------------
 def test_random_init_base_keeps_the_architecture_and_replaces_the_weights(tmp_path):
     import torch
+    from reproduce import random_init_base
 
     from lightning_asr.models import load_model_processor
-    from reproduce import random_init_base
 
     model, processor = load_model_processor("whisper-tiny-random", seed=5)
     model.save_pretrained(tmp_path / "base")
@@ -287,11 +389,12 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     benchmark, a report with one verdict per claim, runs grouped under one parent per experiment, a cell shared
     by experiments trained once."""
     from mlflow.tracking import MlflowClient
-
     from reproduce import main
 
-    bench = (f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
-             f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]")
+    bench = (
+        f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
+        f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]"
+    )
     args = ["--profile", "tiny", bench, f"report_dir={tmp_path}/reports"]
     assert main(args) == 0
     report = tmp_path / "reports" / "tiny" / "REPRODUCTION.md"
@@ -308,17 +411,31 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     parents = {r.data.tags[rp.TAG_EXPERIMENT]: r for r in runs if rp.TAG_EXPERIMENT in r.data.tags}
     assert set(parents) == set(rp.EXPERIMENTS) | {"report"}
     by_id = {r.info.run_id: r for r in runs}
-    benchmark_parents = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents.values()}]
-    experiment_of = {r.info.run_id: by_id[r.data.tags["mlflow.parentRunId"]].data.tags[rp.TAG_EXPERIMENT] for r in benchmark_parents}
+    benchmark_parents = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents.values()}
+    ]
+    experiment_of = {
+        r.info.run_id: by_id[r.data.tags["mlflow.parentRunId"]].data.tags[rp.TAG_EXPERIMENT] for r in benchmark_parents
+    }
     assert set(experiment_of.values()) == set(rp.EXPERIMENTS)
     assert list(experiment_of.values()).count("finetune-vs-scratch") == 2  # one benchmark run per arm
     lora_cells = [r for r in runs if r.data.tags.get("lightning_asr.cell") == "lora-seed1"]
     assert len(lora_cells) == 1  # blora-vs-lora, glora-types, token-normalisation and rank-sweep share it
     report_run = parents["report"]
-    assert {f.path for f in client.list_artifacts(report_run.info.run_id)} >= {"REPRODUCTION.md", "sparsity.png", "verdicts.json"}
+    assert {f.path for f in client.list_artifacts(report_run.info.run_id)} >= {
+        "REPRODUCTION.md",
+        "sparsity.png",
+        "verdicts.json",
+    }
     assert report_run.data.tags["verdict/B1"] == rp.INCONCLUSIVE
-    cells = json.loads(Path(client.download_artifacts(parents["token-normalisation"].info.run_id, "cells.json", str(tmp_path))).read_text())
-    assert cells["cells"][0]["metrics"]["compat_jamo/references"] == 0 and cells["context"]["target_set"] == "ko-en/test"
+    cells = json.loads(
+        Path(
+            client.download_artifacts(parents["token-normalisation"].info.run_id, "cells.json", str(tmp_path))
+        ).read_text()
+    )
+    assert (
+        cells["cells"][0]["metrics"]["compat_jamo/references"] == 0 and cells["context"]["target_set"] == "ko-en/test"
+    )
 
     # the |delta W| histogram a cell logged equals the one recomputed from its logged adapter (cells logged
     # before the benchmark wrote it)
@@ -348,8 +465,10 @@ def test_tiny_profile_one_experiment(tmp_path):
     report written for every claim, the cells of the experiments not run listed as missing."""
     from reproduce import main
 
-    bench = (f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
-             f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]")
+    bench = (
+        f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
+        f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]"
+    )
     assert main(["--profile", "tiny", bench, f"report_dir={tmp_path}/reports", "--experiments", "glora-types"]) == 0
     text = (tmp_path / "reports" / "tiny" / "REPRODUCTION.md").read_text()
     g1 = [line for line in text.splitlines() if line.startswith("| G1 |")]

@@ -59,14 +59,20 @@ def logged(output: Path) -> dict[int, dict[str, str]]:
     for log in sorted((output / "logs").glob("version_*/metrics.csv")):
         with open(log) as handle:
             for row in csv.DictReader(handle):
-                rows.setdefault(int(row["step"]), {}).update({k: v for k, v in row.items() if v and k not in ("step", "epoch")})
+                rows.setdefault(int(row["step"]), {}).update(
+                    {k: v for k, v in row.items() if v and k not in ("step", "epoch")}
+                )
     return rows
 
 
 def final_state(output: Path) -> dict:
     checkpoint = torch.load(output / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {"global_step": checkpoint["global_step"], "state_dict": checkpoint["state_dict"],
-            "optimizer": checkpoint["optimizer_states"][0]["state"], "lr_scheduler": checkpoint["lr_schedulers"][0]}
+    return {
+        "global_step": checkpoint["global_step"],
+        "state_dict": checkpoint["state_dict"],
+        "optimizer": checkpoint["optimizer_states"][0]["state"],
+        "lr_scheduler": checkpoint["lr_schedulers"][0],
+    }
 
 
 def assert_identical(a, b, where="") -> None:
@@ -88,8 +94,12 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(corp
 
     killed = tmp_path / "killed"
     config = write_config(tmp_path / "killed.yaml", killed, corpus)
-    process = subprocess.Popen([sys.executable, "-m", "lightning_asr", "train", "--config", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_asr", "train", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while process.poll() is None and checkpoint_step(last) < KILL_AFTER and time.monotonic() < deadline:
@@ -99,7 +109,10 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(corp
     process.wait()
     process.stderr.close()
     resumed_from = checkpoint_step(last)
-    assert process.returncode == -signal.SIGKILL and KILL_AFTER <= resumed_from < MAX_STEPS, (process.returncode, resumed_from)
+    assert process.returncode == -signal.SIGKILL and KILL_AFTER <= resumed_from < MAX_STEPS, (
+        process.returncode,
+        resumed_from,
+    )
 
     # a truncated last checkpoint is refused with its path and the fix, not a torch traceback
     broken = tmp_path / "broken"
@@ -120,7 +133,8 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(corp
     ours, theirs = logged(killed), logged(reference)
     after = [step for step in theirs if step >= resumed_from]
     assert after and all(ours.get(step) == theirs[step] for step in after), [
-        (step, ours.get(step), theirs[step]) for step in after if ours.get(step) != theirs[step]][:3]
+        (step, ours.get(step), theirs[step]) for step in after if ours.get(step) != theirs[step]
+    ][:3]
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not a lightning checkpoint"])
@@ -130,8 +144,12 @@ def test_a_damaged_last_checkpoint_names_the_file_and_the_fix(tmp_path, capsys, 
     last.parent.mkdir(parents=True)
     whole = tmp_path / "whole.ckpt"
     torch.save({"global_step": 3, "state_dict": {"w": torch.zeros(64, 64)}, "loops": {}}, whole)
-    data = {"empty": b"", "truncated": whole.read_bytes()[: whole.stat().st_size - 100], "garbage": os.urandom(4096),
-            "not a lightning checkpoint": None}[damage]
+    data = {
+        "empty": b"",
+        "truncated": whole.read_bytes()[: whole.stat().st_size - 100],
+        "garbage": os.urandom(4096),
+        "not a lightning checkpoint": None,
+    }[damage]
     if data is None:
         torch.save({"weights": torch.zeros(3)}, last)
     else:
@@ -162,8 +180,9 @@ def loader_at(epoch: int, seed: int = 7):
     from lightning_asr.data.resumable import ResumableTrainLoader
 
     durations = [1.0 + i % 5 for i in range(12)]
-    plain = torch.utils.data.DataLoader(Items(), batch_sampler=BucketBatchSampler(durations, 4, 4, True, seed),
-                                        collate_fn=draw_with_noise)
+    plain = torch.utils.data.DataLoader(
+        Items(), batch_sampler=BucketBatchSampler(durations, 4, 4, True, seed), collate_fn=draw_with_noise
+    )
     progress = {"epoch": epoch, "position": 0}
     return ResumableTrainLoader(plain, seed, 0, lambda: (progress["epoch"], progress["position"])), progress
 
@@ -204,7 +223,9 @@ def test_augmentation_draws_depend_on_the_batch_place_only():
 def test_a_damaged_run_config_names_the_file_and_the_fix(tmp_path, capsys):
     output = tmp_path / "run"
     (output / "checkpoints").mkdir(parents=True)
-    torch.save({"global_step": 3, "state_dict": {}, "loops": {}, "optimizer_states": []}, output / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"global_step": 3, "state_dict": {}, "loops": {}, "optimizer_states": []}, output / "checkpoints" / "last.ckpt"
+    )
     (output / "config.json").write_text('{"seed": 0, "data": {"train_')  # cut short
     config = tmp_path / "run.yaml"
     config.write_text(f"output_dir: {output}\n")

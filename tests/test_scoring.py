@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import config_dict
 
 from lightning_asr.data.datamodule import Collator, UtteranceDataset, set_language
 from lightning_asr.data.manifest import read_manifest
 from lightning_asr.module import ASRModule
 from lightning_asr.train import evaluate
-
-from conftest import config_dict
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +19,20 @@ def mixed_batch(corpus, processor):
 
 @pytest.mark.parametrize("language", ["manifest", "auto", "ko"])
 def test_mixed_language_batches_decode_under_every_language_control(language, mixed_batch, corpus, tmp_path):
-    module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "frozen", "decode.language": language,
-                                                       "decode.max_new_tokens": 4}))
+    module = ASRModule(
+        config_dict(
+            corpus, tmp_path, **{"adapter.name": "frozen", "decode.language": language, "decode.max_new_tokens": 4}
+        )
+    )
     module.eval()
     with torch.no_grad():
         texts, _ = module.transcribe(mixed_batch["input_features"], mixed_batch["langs"])
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
 
 
-def test_manifest_language_control_prompts_each_utterance_with_its_own_language(mixed_batch, corpus, tmp_path, monkeypatch):
+def test_manifest_language_control_prompts_each_utterance_with_its_own_language(
+    mixed_batch, corpus, tmp_path, monkeypatch
+):
     module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "frozen", "decode.max_new_tokens": 2}))
     seen = {}
     original = module.model.generate
@@ -61,5 +65,7 @@ def test_evaluate_reports_mer_jer_and_the_per_language_split(corpus, tmp_path):
     assert results["test/ko-en/test/error"] == results["test/ko-en/test/mer"]
     assert {k.split("/")[-1] for k in results if k.startswith("test/en/test/")} >= {"wer", "cer", "error"}
     assert "pier" not in {k.split("/")[-1] for k in results if k.startswith("test/en/test/")}
-    assert module.normalizer_ids == {"ko-en/test": "basic-v3[ko-en,numbers=keep,t2s=0,jamo=1]",
-                                     "en/test": "basic-v3[en,numbers=keep,t2s=0,jamo=1]"}
+    assert module.normalizer_ids == {
+        "ko-en/test": "basic-v3[ko-en,numbers=keep,t2s=0,jamo=1]",
+        "en/test": "basic-v3[en,numbers=keep,t2s=0,jamo=1]",
+    }

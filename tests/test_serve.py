@@ -60,8 +60,9 @@ def offline_texts(adapters, audio_path) -> tuple[dict, dict]:
         if key not in modules:
             modules[key] = ASRModule({"model": {"spec": BASE}, "adapter": values, "decode": DECODE}).eval()
         module = modules[key]
-        features = module.processor.feature_extractor([read_audio(audio_path)], sampling_rate=16000,
-                                                      return_tensors="pt").input_features
+        features = module.processor.feature_extractor(
+            [read_audio(audio_path)], sampling_rate=16000, return_tensors="pt"
+        ).input_features
         module.strategy.load_adapter(adapters / user)
         with torch.no_grad():
             unmerged[user] = module.transcribe(features, ["en"])[0][0]
@@ -185,8 +186,9 @@ def test_long_audio_is_decoded_in_windows(served, store):
 
 
 def raw_post(url, body, query="user=alice"):
-    request = urllib.request.Request(f"{url}/transcribe?{query}", data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+    request = urllib.request.Request(
+        f"{url}/transcribe?{query}", data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
+    )
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
@@ -194,16 +196,19 @@ def raw_post(url, body, query="user=alice"):
         return err.code, json.loads(err.read())
 
 
-@pytest.mark.parametrize("case, status, message", [
-    ("unknown user", 404, "no adapter for user 'nobody'"),
-    ("invalid user id", 400, "invalid user id"),
-    ("corrupt audio", 400, "unreadable audio"),
-    ("empty audio", 400, "no audio"),
-    ("oversize upload", 413, "larger than 1 MB"),
-    ("adapter of another base", 409, "weights differ from those the adapter was trained on"),
-    ("uploaded adapter of another base", 409, "weights differ from those the adapter was trained on"),
-    ("incomplete upload", 422, "lightning_asr_adapter.safetensors"),
-])
+@pytest.mark.parametrize(
+    "case, status, message",
+    [
+        ("unknown user", 404, "no adapter for user 'nobody'"),
+        ("invalid user id", 400, "invalid user id"),
+        ("corrupt audio", 400, "unreadable audio"),
+        ("empty audio", 400, "no audio"),
+        ("oversize upload", 413, "larger than 1 MB"),
+        ("adapter of another base", 409, "weights differ from those the adapter was trained on"),
+        ("uploaded adapter of another base", 409, "weights differ from those the adapter was trained on"),
+        ("incomplete upload", 422, "lightning_asr_adapter.safetensors"),
+    ],
+)
 def test_bad_input_is_refused_and_the_service_keeps_serving(served, store, tmp_path, case, status, message):
     url, _ = served
     audio = store["audio"].read_bytes()

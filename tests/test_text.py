@@ -25,8 +25,10 @@ def test_mixed_units_count_each_syllable_character_and_latin_word_once():
     assert primary_unit("ko-en") == "mixed" and primary_unit("ko") == "chars" and primary_unit("en") == "words"
 
 
-@pytest.mark.parametrize("unit,prediction,expected", [
-    ("words", "the cat sat", 1 / 4), ("chars", "the cat sat", 4 / 13), ("mixed", "the cat sat", 1 / 4)])
+@pytest.mark.parametrize(
+    "unit,prediction,expected",
+    [("words", "the cat sat", 1 / 4), ("chars", "the cat sat", 4 / 13), ("mixed", "the cat sat", 1 / 4)],
+)
 def test_error_rates_are_pooled_over_the_corpus(unit, prediction, expected):
     metric = ErrorRate(unit)
     metric.update([prediction], ["the cat sat down"])
@@ -46,8 +48,10 @@ def test_normalizer_is_named_and_versioned():
 def test_english_numbers_and_apostrophes():
     from lightning_asr.text import TextNormalizer
 
-    assert TextNormalizer("en", numbers="words")("I paid 1,250.5 for 3 cats, didn't I?") == \
-        "i paid one thousand two hundred fifty point five for three cats didn't i"
+    assert (
+        TextNormalizer("en", numbers="words")("I paid 1,250.5 for 3 cats, didn't I?")
+        == "i paid one thousand two hundred fifty point five for three cats didn't i"
+    )
     assert TextNormalizer("en")("Room 101.") == "room 101"
     assert TextNormalizer("ko-en", numbers="words")("3개 files") == "3개 files"  # read as Korean: kept
 

@@ -11,7 +11,13 @@ def test_builtin_tokenizer_has_whisper_ids_and_round_trips():
     ids = tokenizer("안녕하세요 hello 你好").input_ids
     assert ids == [50258, 50264, 50359, 50363, 49200, 12831, 15377, 7751, 10930, 2131, 50257]
     assert tokenizer.decode(ids, skip_special_tokens=True) == "안녕하세요 hello 你好"
-    assert tokenizer.convert_tokens_to_ids(["<|en|>", "<|zh|>", "<|notimestamps|>", "<|0.00|>", "<|30.00|>"]) == [50259, 50260, 50363, 50364, 51864]
+    assert tokenizer.convert_tokens_to_ids(["<|en|>", "<|zh|>", "<|notimestamps|>", "<|0.00|>", "<|30.00|>"]) == [
+        50259,
+        50260,
+        50363,
+        50364,
+        51864,
+    ]
 
 
 def test_empty_tokenizer_is_refused():

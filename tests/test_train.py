@@ -1,12 +1,11 @@
 import pytest
 import torch
+from conftest import config_dict
 
 from lightning_asr.cli import main
 from lightning_asr.config import ConfigError, load_config
 from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.module import ASRModule
-
-from conftest import config_dict
 
 
 def test_tiny_whisper_overfits_one_batch(corpus, tmp_path):
@@ -39,7 +38,7 @@ def test_label_positions_loss_equals_the_models_own(corpus, tmp_path):
 def test_train_cli_validates_checkpoints_and_evaluate_loads(corpus, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"""
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 data:
   train_manifests: [{corpus}/ko-en/train.jsonl]
   val_manifests: [{corpus}/ko-en/dev.jsonl, {corpus}/ko/dev.jsonl]
@@ -61,7 +60,20 @@ decode:
     assert main(["train", "--config", str(config), "--resume", "optim.lr=0.5"]) == 2
     assert "trained with another config" in capsys.readouterr().err
     predictions = tmp_path / "pred.jsonl"
-    assert main(["evaluate", "--checkpoint", str(best), "--manifest", f"{corpus}/en/test.jsonl", "--predictions", str(predictions)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(best),
+                "--manifest",
+                f"{corpus}/en/test.jsonl",
+                "--predictions",
+                str(predictions),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test/en/test/wer" in out and "normalizer/en/test: basic-v3[en," in out
     assert len(predictions.read_text().splitlines()) == 4
@@ -73,19 +85,26 @@ decode:
 
 def test_unknown_config_key_names_the_closest_valid_one(tmp_path):
     (tmp_path / "c.yaml").write_text("trainer:\n  max_step: 3\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'trainer.max_step'; did you mean 'trainer.max_steps'"):
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: unknown config key 'trainer.max_step'; did you mean 'trainer.max_steps'"
+    ):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="command line: unknown config key 'optim.learning_rate'"):
         load_config(overrides=["optim.learning_rate=1"])
 
 
-@pytest.mark.parametrize("name,glora_type", [("full_ft", 1), ("lora", 1), ("glora", 1), ("glora", 2), ("glora", 3), ("glora", 4), ("blora", 1)])
+@pytest.mark.parametrize(
+    "name,glora_type",
+    [("full_ft", 1), ("lora", 1), ("glora", 1), ("glora", 2), ("glora", 3), ("glora", 4), ("blora", 1)],
+)
 def test_a_few_steps_with_each_strategy_lower_the_loss(name, glora_type, corpus, tmp_path, fixed_batch):
     config = config_dict(corpus, tmp_path, **{"adapter.name": name, "adapter.rank": 4, "adapter.type": glora_type})
     torch.manual_seed(0)
     module = ASRModule(config)
     module.train()
-    optimizer = torch.optim.AdamW([p for _, p in module.strategy.trainable_parameters()], lr=1e-2 if name != "full_ft" else 1e-3)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in module.strategy.trainable_parameters()], lr=1e-2 if name != "full_ft" else 1e-3
+    )
     losses = []
     for _ in range(8):
         loss = module.forward_loss(fixed_batch)[0] + module.strategy.regularizer()
@@ -99,7 +118,9 @@ def test_a_few_steps_with_each_strategy_lower_the_loss(name, glora_type, corpus,
 def test_blora_monte_carlo_decoding_reports_disagreement(corpus, tmp_path, fixed_batch):
     from lightning_asr.adapters.blora import monte_carlo_transcribe
 
-    module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "blora", "adapter.rank": 4, "decode.max_new_tokens": 4}))
+    module = ASRModule(
+        config_dict(corpus, tmp_path, **{"adapter.name": "blora", "adapter.rank": 4, "decode.max_new_tokens": 4})
+    )
     module.eval()
     with torch.no_grad():
         for layer in module.strategy.layers().values():

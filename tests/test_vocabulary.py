@@ -2,19 +2,21 @@
 
 import pytest
 import torch
+from conftest import config_dict
 
 from lightning_asr.module import ASRModule
 from lightning_asr.vocabulary import main, suggest_new_tokens
-
-from conftest import config_dict
 
 NEW = ["meeting을", "회의실"]
 
 
 @pytest.mark.parametrize("name", ["lora", "glora", "blora", "full_ft"])
 def test_new_token_rows_train_and_are_exported(name, corpus, tmp_path):
-    config = config_dict(corpus, tmp_path, **{"adapter.name": name, "adapter.rank": 4, "adapter.new_tokens": NEW,
-                                              "decode.max_new_tokens": 4})
+    config = config_dict(
+        corpus,
+        tmp_path,
+        **{"adapter.name": name, "adapter.rank": 4, "adapter.new_tokens": NEW, "decode.max_new_tokens": 4},
+    )
     torch.manual_seed(0)
     module = ASRModule(config)
     tokenizer = module.tokenizer

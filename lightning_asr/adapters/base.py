@@ -7,8 +7,7 @@ model and freezes what it does not train; the rest of the framework only talks t
 from __future__ import annotations
 
 import re
-from abc import ABC
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,7 +15,7 @@ from torch import nn
 from lightning_asr.adapters.export import base_fingerprint, read_adapter_tensors, save_adapter
 from lightning_asr.adapters.sparsity import sparsity_report
 
-STRATEGIES: dict[str, type["AdapterStrategy"]] = {}
+STRATEGIES: dict[str, type[AdapterStrategy]] = {}
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -28,7 +27,7 @@ def register(name: str) -> Callable[[type], type]:
     return decorator
 
 
-def build_strategy(config) -> "AdapterStrategy":
+def build_strategy(config) -> AdapterStrategy:
     """The strategy named by ``config.name`` (``adapter.name`` in a run config), built from ``config``."""
     if config.name not in STRATEGIES:
         raise ValueError(f"unknown adapter strategy {config.name!r}; choose from {', '.join(sorted(STRATEGIES))}")
@@ -39,7 +38,7 @@ def matches_any(name: str, patterns: list[str]) -> bool:
     return any(re.search(pattern, name) for pattern in patterns)
 
 
-class AdapterStrategy(ABC):
+class AdapterStrategy:
     """Base class: no adapter modules, no regulariser. Subclasses override what they change."""
 
     name = "base"
@@ -82,7 +81,9 @@ class AdapterStrategy(ABC):
         unknown = sorted(set(state) - set(own))
         missing = sorted(set(n for n, _ in self.trainable_parameters()) - set(state))
         if strict and (unknown or missing):
-            raise KeyError(f"adapter state does not fit this {self.name} strategy: unknown {unknown[:5]}, missing {missing[:5]}")
+            raise KeyError(
+                f"adapter state does not fit this {self.name} strategy: unknown {unknown[:5]}, missing {missing[:5]}"
+            )
         with torch.no_grad():
             for name, tensor in state.items():
                 if name in own:

@@ -83,8 +83,17 @@ class GaussianFactor(nn.Module):
 
 
 class BayesianLoRALinear(LoRALinear):
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, bayesian_b: bool = True,
-                 rho_init_a: tuple[float, float] = (-5.5, -4.5), rho_init_b: float = -50.0, noise: str = "flipout"):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        bayesian_b: bool = True,
+        rho_init_a: tuple[float, float] = (-5.5, -4.5),
+        rho_init_b: float = -50.0,
+        noise: str = "flipout",
+    ):
         self.bayesian_b, self.rho_init_a, self.rho_init_b = bayesian_b, tuple(rho_init_a), rho_init_b
         super().__init__(base_layer, rank, alpha, dropout)
         if noise not in NOISE_MODES:
@@ -128,14 +137,21 @@ class BLoRA(LoRA):
 
     def signal_to_noise(self) -> dict[str, torch.Tensor]:
         """|mu| / sigma of every Bayesian factor entry, by parameter name."""
-        return {f"{name}.{factor_name}": (factor.weight.abs() / factor.sigma).detach()
-                for name, layer in self.layers().items()
-                for factor_name, factor in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)) if factor.bayesian}
+        return {
+            f"{name}.{factor_name}": (factor.weight.abs() / factor.sigma).detach()
+            for name, layer in self.layers().items()
+            for factor_name, factor in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B))
+            if factor.bayesian
+        }
 
     def sparsity_stats(self) -> dict:
         report = super().sparsity_stats()
         snr = torch.cat([v.flatten() for v in self.signal_to_noise().values()]).double()
-        report["snr"] = {"mean": float(snr.mean()), "median": float(snr.median()), "frac_below_1": float((snr < 1).double().mean())}
+        report["snr"] = {
+            "mean": float(snr.mean()),
+            "median": float(snr.median()),
+            "frac_below_1": float((snr < 1).double().mean()),
+        }
         return report
 
     def draw_posterior_sample(self) -> None:

@@ -27,8 +27,17 @@ SIDE_JSON, SIDE_TENSORS = "lightning_asr_adapter.json", "lightning_asr_adapter.s
 PEFT_CONFIG, PEFT_TENSORS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 PEFT_FACTORS = (".lora_A.weight", ".lora_B.weight")
-ARCHITECTURE_KEYS = ("model_type", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                     "decoder_attention_heads", "vocab_size", "num_mel_bins", "max_source_positions")
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "vocab_size",
+    "num_mel_bins",
+    "max_source_positions",
+)
 
 
 class AdapterFileError(ValueError):
@@ -47,7 +56,11 @@ def base_fingerprint(model: nn.Module) -> dict:
 
 
 def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
-    for key, what in (("architecture", "architecture"), ("shapes_sha256", "parameter shapes"), ("weights_sha256", "weights")):
+    for key, what in (
+        ("architecture", "architecture"),
+        ("shapes_sha256", "parameter shapes"),
+        ("weights_sha256", "weights"),
+    ):
         if saved.get(key) != current.get(key):
             detail = f" ({saved.get(key)} vs {current.get(key)})" if key == "architecture" else ""
             return f"the base model's {what} differ from those the adapter was trained on{detail}"
@@ -57,11 +70,22 @@ def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
 def peft_config(strategy) -> dict:
     """PEFT's LoraConfig keys only: targets as one regular expression that fullmatches the exact modules."""
     c = strategy.config
-    return {"peft_type": "LORA", "task_type": None, "r": c.rank, "lora_alpha": c.alpha, "lora_dropout": c.dropout,
-            "target_modules": "^(" + "|".join(n.replace(".", r"\.") for n in strategy.target_names) + ")$",
-            "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-            "modules_to_save": None, "use_rslora": False, "use_dora": False,
-            "base_model_name_or_path": getattr(strategy.model.config, "name_or_path", None)}
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": c.rank,
+        "lora_alpha": c.alpha,
+        "lora_dropout": c.dropout,
+        "target_modules": "^(" + "|".join(n.replace(".", r"\.") for n in strategy.target_names) + ")$",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "base_model_name_or_path": getattr(strategy.model.config, "name_or_path", None),
+    }
 
 
 def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Path:
@@ -74,15 +98,26 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} already holds files — fix: choose another directory or pass overwrite=True")
     if getattr(strategy, "merged", False) or any(getattr(m, "merged", False) for m in strategy.model.modules()):
-        raise AdapterFileError("the adapter is merged into the base weights — fix: call strategy.unmerge() before saving")
+        raise AdapterFileError(
+            "the adapter is merged into the base weights — fix: call strategy.unmerge() before saving"
+        )
     tensors = {name: t.detach().cpu().contiguous() for name, t in strategy.adapter_state_dict().items()}
     peft_tensors = {}
     if getattr(strategy, "peft_exports_factors", False):
         peft_tensors = {PEFT_PREFIX + n: tensors.pop(n) for n in list(tensors) if n.endswith(PEFT_FACTORS)}
-    config = OmegaConf.to_container(strategy.config, resolve=True) if not isinstance(strategy.config, dict) else strategy.config
-    side = {"format_version": FORMAT_VERSION, "strategy": strategy.name, "config": config,
-            "fingerprint": strategy.base_fingerprint, "peft_files": bool(peft_tensors),
-            "target_modules": getattr(strategy, "target_names", None)}
+    config = (
+        OmegaConf.to_container(strategy.config, resolve=True)
+        if not isinstance(strategy.config, dict)
+        else strategy.config
+    )
+    side = {
+        "format_version": FORMAT_VERSION,
+        "strategy": strategy.name,
+        "config": config,
+        "fingerprint": strategy.base_fingerprint,
+        "peft_files": bool(peft_tensors),
+        "target_modules": getattr(strategy, "target_names", None),
+    }
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
@@ -90,7 +125,9 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
         if peft_tensors:
             (staging / PEFT_CONFIG).write_text(json.dumps(peft_config(strategy), indent=2))
             save_file(peft_tensors, str(staging / PEFT_TENSORS), metadata={"format": "pt"})
-        side["sha256"] = {name: file_sha256(staging / name) for name in (SIDE_TENSORS, PEFT_TENSORS) if (staging / name).exists()}
+        side["sha256"] = {
+            name: file_sha256(staging / name) for name in (SIDE_TENSORS, PEFT_TENSORS) if (staging / name).exists()
+        }
         (staging / SIDE_JSON).write_text(json.dumps(side, indent=2))
         old = None
         if directory.exists():  # move the old export aside first: a crash never leaves neither
@@ -126,19 +163,26 @@ def read_side_file(directory: str | Path) -> dict | None:
     try:
         side = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON
-        raise AdapterFileError(f"{path} is not a readable JSON file ({str(err)[:120]}) — fix: export the adapter "
-                               "again with save_adapter") from err
+        raise AdapterFileError(
+            f"{path} is not a readable JSON file ({str(err)[:120]}) — fix: export the adapter again with save_adapter"
+        ) from err
     if not isinstance(side, dict):
-        raise AdapterFileError(f"{path} holds a JSON {type(side).__name__}, not an object — fix: export the adapter again")
+        raise AdapterFileError(
+            f"{path} holds a JSON {type(side).__name__}, not an object — fix: export the adapter again"
+        )
     if side.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(f"{path}: format version {side.get('format_version')!r} is not {FORMAT_VERSION} — fix: "
-                               "export the adapter again with this version of lightning_asr")
+        raise AdapterFileError(
+            f"{path}: format version {side.get('format_version')!r} is not {FORMAT_VERSION} — fix: "
+            "export the adapter again with this version of lightning_asr"
+        )
     kinds = {"strategy": str, "config": dict, "fingerprint": dict}
     wrong = [key for key, kind in kinds.items() if not isinstance(side.get(key), kind)]
     if "sha256" in side and not isinstance(side["sha256"], dict):
         wrong.append("sha256")
     if wrong:
-        raise AdapterFileError(f"{path} lacks a valid {', '.join(wrong)} — fix: export the adapter again with save_adapter")
+        raise AdapterFileError(
+            f"{path} lacks a valid {', '.join(wrong)} — fix: export the adapter again with save_adapter"
+        )
     return side
 
 
@@ -146,15 +190,20 @@ def _load_tensors(path: Path, side: dict | None) -> dict[str, torch.Tensor]:
     """A safetensors file, checked against the checksum ``save_adapter`` recorded (where there is one)."""
     expected = (side or {}).get("sha256", {}).get(path.name)
     if not path.is_file():
-        raise AdapterFileError(f"{path} is missing — fix: copy every file save_adapter wrote, or export the adapter again")
+        raise AdapterFileError(
+            f"{path} is missing — fix: copy every file save_adapter wrote, or export the adapter again"
+        )
     if expected is not None and file_sha256(path) != expected:
-        raise AdapterFileError(f"{path} differs from the file save_adapter wrote (checksum mismatch: truncated or "
-                               "corrupt) — fix: copy it again or export the adapter again")
+        raise AdapterFileError(
+            f"{path} differs from the file save_adapter wrote (checksum mismatch: truncated or "
+            "corrupt) — fix: copy it again or export the adapter again"
+        )
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors' own errors: truncated or corrupt header, bad offsets
-        raise AdapterFileError(f"{path} is not a readable safetensors file ({str(err)[:120]}) — fix: export the "
-                               "adapter again") from err
+        raise AdapterFileError(
+            f"{path} is not a readable safetensors file ({str(err)[:120]}) — fix: export the adapter again"
+        ) from err
 
 
 def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, torch.Tensor]) -> None:
@@ -162,13 +211,22 @@ def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, 
     own = dict(strategy.model.named_parameters())
     unknown = sorted(set(tensors) - set(own))
     missing = sorted({name for name, _ in strategy.trainable_parameters()} - set(tensors))
-    wrong = sorted(name for name in set(tensors) & set(own) if tuple(tensors[name].shape) != tuple(own[name].shape)
-                   or (own[name].is_floating_point() and not tensors[name].is_floating_point()))
+    wrong = sorted(
+        name
+        for name in set(tensors) & set(own)
+        if tuple(tensors[name].shape) != tuple(own[name].shape)
+        or (own[name].is_floating_point() and not tensors[name].is_floating_point())
+    )
     if unknown or missing or wrong:
-        shown = "; ".join(f"{what} {names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-                          for what, names in (("unknown", unknown), ("missing", missing), ("wrong shape or type", wrong)) if names)
-        raise AdapterFileError(f"{directory} does not fit this {strategy.name} model: {shown} — fix: build the model "
-                               f"with the adapter's own settings ('config' in {SIDE_JSON}) on its base model")
+        shown = "; ".join(
+            f"{what} {names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            for what, names in (("unknown", unknown), ("missing", missing), ("wrong shape or type", wrong))
+            if names
+        )
+        raise AdapterFileError(
+            f"{directory} does not fit this {strategy.name} model: {shown} — fix: build the model "
+            f"with the adapter's own settings ('config' in {SIDE_JSON}) on its base model"
+        )
     if side is None:
         return
     saved, current = side["config"], strategy.config
@@ -182,8 +240,10 @@ def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, 
         if targets is not None and list(targets) != list(strategy.target_names):
             differ.append("target_modules")
     if differ:
-        raise AdapterFileError(f"{directory} was trained with other {', '.join(differ)} than this model uses — fix: "
-                               f"build the model with the adapter's own settings ('config' in {SIDE_JSON})")
+        raise AdapterFileError(
+            f"{directory} was trained with other {', '.join(differ)} than this model uses — fix: "
+            f"build the model with the adapter's own settings ('config' in {SIDE_JSON})"
+        )
 
 
 def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bool = False) -> dict[str, torch.Tensor]:
@@ -197,24 +257,33 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
         if not getattr(strategy, "imports_plain_peft", False):
             raise AdapterFileError(
                 f"{directory} has no {SIDE_JSON}: it holds at most PEFT's LoRA factors, without the "
-                f"{strategy.name} tensors (gates, variances) — fix: export the adapter with save_adapter, which writes both")
+                f"{strategy.name} tensors (gates, variances) — fix: export the adapter with save_adapter, which writes both"
+            )
         if not (directory / PEFT_TENSORS).exists():
-            raise AdapterFileError(f"{directory} holds neither {SIDE_JSON} nor {PEFT_TENSORS} — fix: export the adapter "
-                                   "with save_adapter, or copy every file it wrote")
+            raise AdapterFileError(
+                f"{directory} holds neither {SIDE_JSON} nor {PEFT_TENSORS} — fix: export the adapter "
+                "with save_adapter, or copy every file it wrote"
+            )
     else:
         if side["strategy"] != strategy.name:
-            raise AdapterFileError(f"{directory} holds a {side['strategy']!r} adapter; this model uses {strategy.name!r} — "
-                                   f"fix: build the model with adapter.name={side['strategy']}")
+            raise AdapterFileError(
+                f"{directory} holds a {side['strategy']!r} adapter; this model uses {strategy.name!r} — "
+                f"fix: build the model with adapter.name={side['strategy']}"
+            )
         problem = fingerprint_mismatch(side["fingerprint"], strategy.base_fingerprint)
         if problem and not ignore_fingerprint:
-            raise AdapterFileError(f"{directory}: {problem} — fix: load it onto the base model it was trained on, "
-                                   "or pass ignore_fingerprint=True if you know the bases are compatible")
+            raise AdapterFileError(
+                f"{directory}: {problem} — fix: load it onto the base model it was trained on, "
+                "or pass ignore_fingerprint=True if you know the bases are compatible"
+            )
         if side.get("peft_files") and not (directory / PEFT_TENSORS).exists():
-            raise AdapterFileError(f"{directory / PEFT_TENSORS} is missing — fix: copy every file save_adapter wrote, "
-                                   "or export the adapter again")
+            raise AdapterFileError(
+                f"{directory / PEFT_TENSORS} is missing — fix: copy every file save_adapter wrote, "
+                "or export the adapter again"
+            )
         tensors.update(_load_tensors(directory / SIDE_TENSORS, side))
     if (directory / PEFT_TENSORS).exists():
         for name, tensor in _load_tensors(directory / PEFT_TENSORS, side).items():
-            tensors[name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name] = tensor
+            tensors[name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name] = tensor
     _check_fit(strategy, directory, side, tensors)
     return tensors

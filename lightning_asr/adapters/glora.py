@@ -34,11 +34,15 @@ GLORA_TYPES = {
     1: {"gate_on": "low-rank features", "extra_parameters": lambda r, d_in, d_out: 2 * r * r + 2 * r},
     2: {"gate_on": "input hidden features", "extra_parameters": lambda r, d_in, d_out: 2 * r * d_in + d_in},
     3: {"gate_on": "output hidden features", "extra_parameters": lambda r, d_in, d_out: r * d_out + d_out},
-    4: {"gate_on": "low-rank and output features",
-        "extra_parameters": lambda r, d_in, d_out: 2 * r * r + 2 * r + r * d_out + d_out},
+    4: {
+        "gate_on": "low-rank and output features",
+        "extra_parameters": lambda r, d_in, d_out: 2 * r * r + 2 * r + r * d_out + d_out,
+    },
 }
 
-NOT_MERGEABLE = "GLoRA's gates depend on the input, so it cannot be folded into the base weights; it runs as a separate module"
+NOT_MERGEABLE = (
+    "GLoRA's gates depend on the input, so it cannot be folded into the base weights; it runs as a separate module"
+)
 
 
 class GLoRALinear(LoRALinear):

@@ -24,8 +24,11 @@ TARGET_PRESETS = {
     "self_attn": [r"(self_attn|\.attention)\." + _ATTENTION],  # q, k, v, out of self-attention
     "cross_attn": [r"encoder_attn\." + _ATTENTION],  # q, k, v, out of decoder cross-attention (Whisper)
     "attn": [r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION],
-    "all-linear": [r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION,
-                   r"\.(fc1|fc2)$", r"\.feed_forward\.(intermediate_dense|output_dense)$"],
+    "all-linear": [
+        r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION,
+        r"\.(fc1|fc2)$",
+        r"\.feed_forward\.(intermediate_dense|output_dense)$",
+    ],
 }
 
 
@@ -98,12 +101,19 @@ class LoRA(AdapterStrategy):
     def attach(self, model: nn.Module) -> nn.Module:
         super().attach(model)  # freezes everything
         patterns = resolve_targets(list(self.config.target_modules))
-        targets = [name for name, module in model.named_modules()
-                   if isinstance(module, nn.Linear) and not name.startswith("proj_out") and any(re.search(p, name) for p in patterns)]
+        targets = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            and not name.startswith("proj_out")
+            and any(re.search(p, name) for p in patterns)
+        ]
         if not targets:
-            raise ValueError(f"adapter.target_modules {list(self.config.target_modules)} match no linear layer of "
-                             f"{model.__class__.__name__} — fix: use a preset ({', '.join(TARGET_PRESETS)}) or a "
-                             "pattern such as 'self_attn\\.q_proj$'")
+            raise ValueError(
+                f"adapter.target_modules {list(self.config.target_modules)} match no linear layer of "
+                f"{model.__class__.__name__} — fix: use a preset ({', '.join(TARGET_PRESETS)}) or a "
+                "pattern such as 'self_attn\\.q_proj$'"
+            )
         for name in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
@@ -115,7 +125,10 @@ class LoRA(AdapterStrategy):
         return {name: self.model.get_submodule(name) for name in self.target_names}
 
     def factor_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {name: {k: v for k, v in layer.factors().items() if not k.endswith("rho")} for name, layer in self.layers().items()}
+        return {
+            name: {k: v for k, v in layer.factors().items() if not k.endswith("rho")}
+            for name, layer in self.layers().items()
+        }
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         return {name: layer.delta_weight().detach() for name, layer in self.layers().items()}

@@ -18,8 +18,11 @@ BIN_EDGES = [0.0] + [10 ** (e / 4) for e in range(-40, 5)]
 
 def bin_centers() -> list[float]:
     """Where each histogram bin is drawn on a log axis: the zero bin at 1e-11, the last (>= 10) at 15."""
-    return ([1e-11] + [(BIN_EDGES[i] * BIN_EDGES[i + 1]) ** 0.5 for i in range(1, len(BIN_EDGES) - 1)]
-            + [BIN_EDGES[-1] * 1.5])
+    return (
+        [1e-11]
+        + [(BIN_EDGES[i] * BIN_EDGES[i + 1]) ** 0.5 for i in range(1, len(BIN_EDGES) - 1)]
+        + [BIN_EDGES[-1] * 1.5]
+    )
 
 
 def threshold_key(threshold: float) -> str:
@@ -31,9 +34,11 @@ def summarize(values: torch.Tensor) -> dict:
     magnitudes = values.detach().abs().flatten().double().cpu()
     edges = torch.tensor(BIN_EDGES[1:], dtype=torch.float64)
     bins = torch.bucketize(magnitudes, edges, right=True).clamp(max=len(BIN_EDGES) - 1)
-    return {"count": magnitudes.numel(),
-            "below": {threshold_key(t): int((magnitudes < t).sum()) for t in THRESHOLDS},
-            "histogram": torch.bincount(bins, minlength=len(BIN_EDGES)).tolist()}
+    return {
+        "count": magnitudes.numel(),
+        "below": {threshold_key(t): int((magnitudes < t).sum()) for t in THRESHOLDS},
+        "histogram": torch.bincount(bins, minlength=len(BIN_EDGES)).tolist(),
+    }
 
 
 def combine(summaries: list[dict]) -> dict:
@@ -62,7 +67,12 @@ def sparsity_report(factor_tensors: dict[str, dict[str, torch.Tensor]], delta_we
             entry["delta_w"] = summarize(delta_weights[name])
         modules[name] = entry
     overall = {kind: combine([m[kind] for m in modules.values() if kind in m]) for kind in ("factors", "delta_w")}
-    return {"thresholds": [threshold_key(t) for t in THRESHOLDS], "bin_edges": BIN_EDGES, "modules": modules, "overall": overall}
+    return {
+        "thresholds": [threshold_key(t) for t in THRESHOLDS],
+        "bin_edges": BIN_EDGES,
+        "modules": modules,
+        "overall": overall,
+    }
 
 
 def scalar_metrics(report: dict) -> dict[str, float]:

@@ -41,7 +41,9 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Utterance, np.ndarray]:
         utterance = self.utterances[index]
-        return utterance, read_audio(utterance.audio_filepath, utterance.offset, utterance.duration if utterance.offset else None)
+        return utterance, read_audio(
+            utterance.audio_filepath, utterance.offset, utterance.duration if utterance.offset else None
+        )
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -53,8 +55,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     process with an N-times larger batch would; trailing batches that cannot be split evenly are dropped so
     that every process takes the same number of steps."""
 
-    def __init__(self, durations: list[float], batch_size: int, bucket_size: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        durations: list[float],
+        batch_size: int,
+        bucket_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         self.durations, self.batch_size = durations, batch_size
         self.num_replicas, self.rank = num_replicas, rank
         self.global_batch = batch_size * num_replicas
@@ -76,16 +86,23 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         if self.num_replicas > 1:
-            batches = [b[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-                       for b in batches if len(b) == self.global_batch]
+            batches = [
+                b[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+                for b in batches
+                if len(b) == self.global_batch
+            ]
         return iter(batches)
 
     def __len__(self) -> int:
         if self.num_replicas > 1:
-            return sum((min(self.bucket_size, len(self.durations) - s)) // self.global_batch
-                       for s in range(0, len(self.durations), self.bucket_size))
-        return sum(math.ceil(min(self.bucket_size, len(self.durations) - s) / self.batch_size)
-                   for s in range(0, len(self.durations), self.bucket_size))
+            return sum(
+                (min(self.bucket_size, len(self.durations) - s)) // self.global_batch
+                for s in range(0, len(self.durations), self.bucket_size)
+            )
+        return sum(
+            math.ceil(min(self.bucket_size, len(self.durations) - s) / self.batch_size)
+            for s in range(0, len(self.durations), self.bucket_size)
+        )
 
 
 class ShardSampler(Sampler[int]):
@@ -112,21 +129,30 @@ class Collator:
 
     def label_ids(self, utterance: Utterance) -> list[int]:
         tokenizer = self.tokenizer
-        prefix = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{utterance.language}|>", "<|transcribe|>", "<|notimestamps|>"])
+        prefix = tokenizer.convert_tokens_to_ids(
+            ["<|startoftranscript|>", f"<|{utterance.language}|>", "<|transcribe|>", "<|notimestamps|>"]
+        )
         return prefix[1:] + tokenizer.encode(utterance.text, add_special_tokens=False) + [tokenizer.eos_token_id]
 
     def __call__(self, items: list[tuple[Utterance, np.ndarray]]) -> dict:
         utterances = [u for u, _ in items]
-        features = self.feature_extractor([a for _, a in items], sampling_rate=16000, return_tensors="pt").input_features
+        features = self.feature_extractor(
+            [a for _, a in items], sampling_rate=16000, return_tensors="pt"
+        ).input_features
         if self.augment is not None:
             features = torch.stack([self.augment(f) for f in features])
         labels = [self.label_ids(u) for u in utterances]
         padded = torch.full((len(labels), max(map(len, labels))), IGNORE_INDEX, dtype=torch.long)
         for row, ids in enumerate(labels):
             padded[row, : len(ids)] = torch.tensor(ids)
-        return {"input_features": features, "labels": padded, "texts": [u.text for u in utterances],
-                "langs": [u.lang for u in utterances], "speakers": [u.speaker for u in utterances],
-                "lines": [u.line for u in utterances]}
+        return {
+            "input_features": features,
+            "labels": padded,
+            "texts": [u.text for u in utterances],
+            "langs": [u.lang for u in utterances],
+            "speakers": [u.speaker for u in utterances],
+            "lines": [u.line for u in utterances],
+        }
 
 
 def spec_augment(freq_masks: int, freq_mask_param: int, time_masks: int, time_mask_param: int) -> torch.nn.Module:
@@ -153,31 +179,51 @@ class CTCCollator:
         from lightning_asr.models.wav2vec2 import ctc_target
 
         utterances = [u for u, _ in items]
-        inputs = self.feature_extractor([a for _, a in items], sampling_rate=16000, padding=True,
-                                        return_attention_mask=True, return_tensors="pt")
+        inputs = self.feature_extractor(
+            [a for _, a in items], sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt"
+        )
         labels = [self.tokenizer(ctc_target(u.text, u.lang, self.jamo)).input_ids for u in utterances]
         padded = torch.full((len(labels), max(1, max(map(len, labels)))), IGNORE_INDEX, dtype=torch.long)
         for row, ids in enumerate(labels):
             padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask, "labels": padded,
-                "texts": [u.text for u in utterances], "langs": [u.lang for u in utterances],
-                "speakers": [u.speaker for u in utterances], "lines": [u.line for u in utterances]}
+        return {
+            "input_values": inputs.input_values,
+            "attention_mask": inputs.attention_mask,
+            "labels": padded,
+            "texts": [u.text for u in utterances],
+            "langs": [u.lang for u in utterances],
+            "speakers": [u.speaker for u in utterances],
+            "lines": [u.line for u in utterances],
+        }
 
 
 class ManifestDataModule(L.LightningDataModule):
     """Train/val/test manifests -> DataLoaders. Every manifest line is checked when the module is set up;
     utterances longer than the model's input window are errors (cropping would cut words off the audio)."""
 
-    def __init__(self, processor, train_manifests=(), val_manifests=(), test_manifests=(), batch_size: int = 8,
-                 eval_batch_size: int = 16, num_workers: int = 0, bucket_size: int = 64, skip_bad_lines: bool = False,
-                 spec_augment_config: dict | None = None, seed: int = 0):
+    def __init__(
+        self,
+        processor,
+        train_manifests=(),
+        val_manifests=(),
+        test_manifests=(),
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        bucket_size: int = 64,
+        skip_bad_lines: bool = False,
+        spec_augment_config: dict | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.processor = processor
         self.manifests = {"train": list(train_manifests), "val": list(val_manifests), "test": list(test_manifests)}
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.bucket_size, self.skip_bad_lines, self.seed = bucket_size, skip_bad_lines, seed
         augment = dict(spec_augment_config or {})
-        self.augment = spec_augment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.get("enabled") else None
+        self.augment = (
+            spec_augment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.get("enabled") else None
+        )
         self.sets: dict[str, dict[str, list[Utterance]]] = {}
         # Whisper's encoder sees a fixed window; a CTC encoder takes any length
         self.window_seconds = getattr(processor.feature_extractor, "chunk_length", None)
@@ -188,8 +234,11 @@ class ManifestDataModule(L.LightningDataModule):
             return utterances
         too_long = [u for u in utterances if u.duration > self.window_seconds + 1e-3]
         if too_long:
-            problems = [f"{u.manifest}:{u.line}: {u.duration:.2f} s is longer than the model's {self.window_seconds} s "
-                        "input window — fix: segment the recording, or use a model with a longer window" for u in too_long]
+            problems = [
+                f"{u.manifest}:{u.line}: {u.duration:.2f} s is longer than the model's {self.window_seconds} s "
+                "input window — fix: segment the recording, or use a model with a longer window"
+                for u in too_long
+            ]
             if not self.skip_bad_lines:
                 raise ManifestError(problems)
             utterances = [u for u in utterances if u.duration <= self.window_seconds + 1e-3]
@@ -209,10 +258,16 @@ class ManifestDataModule(L.LightningDataModule):
         utterances = [u for us in self.sets["train"].values() for u in us]
         if not utterances:
             raise ManifestError(["no training manifest given — fix: set data.train_manifests"])
-        sampler = BucketBatchSampler([u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed,
-                                     *self.replicas())
-        return DataLoader(UtteranceDataset(utterances), batch_sampler=sampler, collate_fn=self._collator(True),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        sampler = BucketBatchSampler(
+            [u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed, *self.replicas()
+        )
+        return DataLoader(
+            UtteranceDataset(utterances),
+            batch_sampler=sampler,
+            collate_fn=self._collator(True),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def replicas(self) -> tuple[int, int]:
         """(number of data-parallel processes, this process's rank), from the Trainer once attached."""
@@ -220,9 +275,16 @@ class ManifestDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(UtteranceDataset(us), batch_size=self.eval_batch_size, sampler=ShardSampler(len(us), *self.replicas()),
-                           collate_fn=self._collator(False), num_workers=self.num_workers)
-                for us in self.sets[split].values()]
+        return [
+            DataLoader(
+                UtteranceDataset(us),
+                batch_size=self.eval_batch_size,
+                sampler=ShardSampler(len(us), *self.replicas()),
+                collate_fn=self._collator(False),
+                num_workers=self.num_workers,
+            )
+            for us in self.sets[split].values()
+        ]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")

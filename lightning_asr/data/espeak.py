@@ -62,7 +62,9 @@ def synthesize(text: str, voice: Voice, seed: int, ssml: bool = False) -> tuple[
     with _LOCK:
         lib = ctypes.CDLL(library_path, mode=ctypes.RTLD_LOCAL)
         try:
-            sample_rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), ESPEAK_INITIALIZE_DONT_EXIT)
+            sample_rate = lib.espeak_Initialize(
+                AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), ESPEAK_INITIALIZE_DONT_EXIT
+            )
             if sample_rate <= 0:
                 raise RuntimeError(f"espeak_Initialize failed with data at {data_path}")
             chunks: list[np.ndarray] = []

@@ -18,16 +18,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_asr.data.import",
         description="Write JSONL manifests (<out>/<split>.jsonl) for a speech corpus in its own layout. "
-                    "Manifests point at the original audio (segments by offset/duration); nothing is re-encoded.")
-    corpora = parser.add_subparsers(dest="corpus", required=True, metavar="CORPUS",
-                                    title="corpora", description=", ".join(IMPORTERS))
+        "Manifests point at the original audio (segments by offset/duration); nothing is re-encoded.",
+    )
+    corpora = parser.add_subparsers(
+        dest="corpus", required=True, metavar="CORPUS", title="corpora", description=", ".join(IMPORTERS)
+    )
     for name, importer in IMPORTERS.items():
         sub = corpora.add_parser(name, help=importer.help, description=f"{importer.help}. {importer.layout}.")
         sub.add_argument("--root", type=Path, required=True, help="the corpus folder")
         sub.add_argument("--out", type=Path, required=True, help="folder for the manifests (created if missing)")
         sub.add_argument("--force", action="store_true", help="overwrite existing manifests")
-        sub.add_argument("--strict", action="store_true",
-                         help="make any skipped line (missing audio or transcript, empty text) an error; write nothing then")
+        sub.add_argument(
+            "--strict",
+            action="store_true",
+            help="make any skipped line (missing audio or transcript, empty text) an error; write nothing then",
+        )
         importer.add_arguments(sub)
     return parser
 

@@ -80,7 +80,9 @@ def _check_line(raw: str, where: str, folder: Path, known_languages: set[str] | 
     try:
         record = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ValueError(f"invalid JSON ({err.msg} at column {err.colno}) — fix: write one JSON object per line") from err
+        raise ValueError(
+            f"invalid JSON ({err.msg} at column {err.colno}) — fix: write one JSON object per line"
+        ) from err
     except (ValueError, RecursionError) as err:  # e.g. nested too deeply, an integer of thousands of digits
         raise ValueError(f"invalid JSON ({str(err)[:80]}) — fix: write one flat JSON object per line") from err
     if not isinstance(record, dict):
@@ -95,7 +97,9 @@ def _check_line(raw: str, where: str, folder: Path, known_languages: set[str] | 
         raise ValueError("empty transcript — fix: give the utterance its text, or remove the line")
     lang = record["lang"]
     if not isinstance(lang, str):
-        raise ValueError(f"'lang' is {type(lang).__name__}, not a string — fix: use a language code such as en, ko, zh, ko-en, zh-en")
+        raise ValueError(
+            f"'lang' is {type(lang).__name__}, not a string — fix: use a language code such as en, ko, zh, ko-en, zh-en"
+        )
     if not lang:
         raise ValueError("empty 'lang' — fix: use a language code such as en, ko, zh, ko-en, zh-en")
     if known_languages is not None and any(part not in known_languages for part in lang.split("-")):
@@ -106,50 +110,80 @@ def _check_line(raw: str, where: str, folder: Path, known_languages: set[str] | 
         raise ValueError(f"duration {duration} / offset {offset} out of range — fix: duration > 0, offset >= 0")
     audio = record["audio_filepath"]
     if not isinstance(audio, str) or not audio.strip() or "\0" in audio:
-        raise ValueError(f"'audio_filepath' is {json.dumps(audio)[:60]}, not a file path — fix: write the audio "
-                         "file's path as a string (relative to the manifest's folder)")
+        raise ValueError(
+            f"'audio_filepath' is {json.dumps(audio)[:60]}, not a file path — fix: write the audio "
+            "file's path as a string (relative to the manifest's folder)"
+        )
     path = Path(audio)
     if not path.is_absolute():
         path = folder / path
     try:
         exists, is_file = path.exists(), path.is_file()
     except OSError as err:  # e.g. a name longer than the file system allows
-        raise ValueError(f"audio file {str(path)[:200]} cannot be looked up ({err.strerror}) — fix: correct 'audio_filepath'") from err
+        raise ValueError(
+            f"audio file {str(path)[:200]} cannot be looked up ({err.strerror}) — fix: correct 'audio_filepath'"
+        ) from err
     if not exists:
-        raise ValueError(f"audio file {path} does not exist — fix: correct 'audio_filepath' (relative to the manifest's folder)")
+        raise ValueError(
+            f"audio file {path} does not exist — fix: correct 'audio_filepath' (relative to the manifest's folder)"
+        )
     if not is_file:
-        raise ValueError(f"audio file {path} is not a regular file (a directory?) — fix: point 'audio_filepath' at a WAV or FLAC file")
+        raise ValueError(
+            f"audio file {path} is not a regular file (a directory?) — fix: point 'audio_filepath' at a WAV or FLAC file"
+        )
     try:
         info = sf.info(str(path))
     except Exception as err:
         raise ValueError(f"audio file {path} is unreadable ({err}) — fix: re-encode it as WAV or FLAC") from err
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"audio file {path} has sample rate {info.samplerate} Hz, which cannot be resampled — fix: re-encode at 16000 Hz")
+        raise ValueError(
+            f"audio file {path} has sample rate {info.samplerate} Hz, which cannot be resampled — fix: re-encode at 16000 Hz"
+        )
     if info.frames <= 0:
-        raise ValueError(f"audio file {path} holds no samples (empty or cut off after its header) — fix: re-export the audio, or remove the line")
+        raise ValueError(
+            f"audio file {path} holds no samples (empty or cut off after its header) — fix: re-export the audio, or remove the line"
+        )
     file_duration = info.frames / info.samplerate
     if "offset" in record:
         if offset + duration > file_duration + DURATION_TOLERANCE_S:
-            raise ValueError(f"segment {offset:.2f}+{duration:.2f} s runs past the end of {path} ({file_duration:.2f} s) — fix: correct offset/duration")
+            raise ValueError(
+                f"segment {offset:.2f}+{duration:.2f} s runs past the end of {path} ({file_duration:.2f} s) — fix: correct offset/duration"
+            )
     elif abs(file_duration - duration) > DURATION_TOLERANCE_S:
-        raise ValueError(f"duration {duration:.2f} s disagrees with the file ({file_duration:.2f} s) — fix: set duration to {file_duration:.3f}")
-    return Utterance(str(path.resolve()), duration, text.strip(), lang, str(record.get("speaker", "")),
-                     offset, where.rsplit(":", 1)[0], int(where.rsplit(":", 1)[1]))
+        raise ValueError(
+            f"duration {duration:.2f} s disagrees with the file ({file_duration:.2f} s) — fix: set duration to {file_duration:.3f}"
+        )
+    return Utterance(
+        str(path.resolve()),
+        duration,
+        text.strip(),
+        lang,
+        str(record.get("speaker", "")),
+        offset,
+        where.rsplit(":", 1)[0],
+        int(where.rsplit(":", 1)[1]),
+    )
 
 
-def read_manifest(path: str | Path, skip_bad_lines: bool = False, known_languages: set[str] | None = None) -> list[Utterance]:
+def read_manifest(
+    path: str | Path, skip_bad_lines: bool = False, known_languages: set[str] | None = None
+) -> list[Utterance]:
     """Read and check every line of a manifest. Raise ``ManifestError`` listing every bad line, unless
     ``skip_bad_lines``, which keeps the good lines and prints how many and which were skipped."""
     path = Path(path)
     if not path.exists():
-        raise ManifestError([f"{path}: the manifest does not exist — fix: build it (see data_manifests/) or correct the path"])
+        raise ManifestError(
+            [f"{path}: the manifest does not exist — fix: build it (see data_manifests/) or correct the path"]
+        )
     if not path.is_file():
         raise ManifestError([f"{path}: the manifest is not a file — fix: point to the .jsonl file, not its folder"])
     utterances, problems = [], []
     try:
         handle = open(path, "rb")
     except OSError as err:
-        raise ManifestError([f"{path}: the manifest cannot be opened ({err.strerror}) — fix: check its permissions"]) from err
+        raise ManifestError(
+            [f"{path}: the manifest cannot be opened ({err.strerror}) — fix: check its permissions"]
+        ) from err
     # Lines are split at "\n" only, as editors and ``wc -l`` count them, so every line number is the editor's.
     with handle:
         for number, data in enumerate(handle, 1):
@@ -157,7 +191,9 @@ def read_manifest(path: str | Path, skip_bad_lines: bool = False, known_language
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError as err:
-                problems.append(f"{where}: not UTF-8 text (byte {err.start + 1} of the line) — fix: save the manifest as UTF-8")
+                problems.append(
+                    f"{where}: not UTF-8 text (byte {err.start + 1} of the line) — fix: save the manifest as UTF-8"
+                )
                 continue
             if number == 1:
                 raw = raw.removeprefix("\ufeff")  # a byte-order mark some editors write

@@ -14,7 +14,7 @@ runs with deterministic=False, so atomic-add reductions may differ between any t
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -51,7 +51,13 @@ class PlacedBatches(Sampler[list]):
             (epoch, skip), self.start = self.start, None
             self.set_epoch(epoch)
         batches = list(self.batches)  # the epoch's order is drawn now, for the epoch set just before
-        return iter([[(epoch, position, index) for index in batch] for position, batch in enumerate(batches) if position >= skip])
+        return iter(
+            [
+                [(epoch, position, index) for index in batch]
+                for position, batch in enumerate(batches)
+                if position >= skip
+            ]
+        )
 
 
 class PlacedDataset(Dataset):
@@ -85,11 +91,17 @@ class ResumableTrainLoader(DataLoader):
 
     def __init__(self, loader: DataLoader, seed: int, rank: int, progress: Callable[[], tuple[int, int]]):
         self.placed, self.progress = PlacedBatches(loader.batch_sampler), progress
-        super().__init__(PlacedDataset(loader.dataset), batch_sampler=self.placed,
-                         collate_fn=SeededCollate(loader.collate_fn, seed, rank), num_workers=loader.num_workers,
-                         persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory,
-                         timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                         prefetch_factor=loader.prefetch_factor if loader.num_workers else None)
+        super().__init__(
+            PlacedDataset(loader.dataset),
+            batch_sampler=self.placed,
+            collate_fn=SeededCollate(loader.collate_fn, seed, rank),
+            num_workers=loader.num_workers,
+            persistent_workers=loader.persistent_workers,
+            pin_memory=loader.pin_memory,
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+        )
 
     def __iter__(self):
         # Lightning calls set_epoch on a loader's sampler, or on its batch sampler's sampler, never on the

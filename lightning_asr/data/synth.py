@@ -57,15 +57,23 @@ def speakers(name: str, seed: int) -> list[tuple[str, Voice]]:
     """Twelve speakers per set: a voice variant with its own rate, pitch and pitch range."""
     rng = random.Random(f"speakers-{seed}-{name}")
     base = ESPEAK_VOICE[name.split("-")[0]]
-    return [(f"{name}-{variant}", Voice(f"{base}+{variant}", rng.randint(150, 190), rng.randint(30, 70), rng.randint(30, 80)))
-            for variant in VARIANTS]
+    return [
+        (
+            f"{name}-{variant}",
+            Voice(f"{base}+{variant}", rng.randint(150, 190), rng.randint(30, 70), rng.randint(30, 80)),
+        )
+        for variant in VARIANTS
+    ]
 
 
 def _spoken_form(segments: list[tuple[str, str]], matrix: str, use_ssml: bool) -> str:
     """Plain text (the matrix voice reads Latin words by itself), or SSML switching voice for English parts."""
     if not use_ssml:
         return "".join(text for _, text in segments)
-    parts = [escape(text) if lang == matrix else f'<voice xml:lang="{lang}">{escape(text)}</voice>' for lang, text in segments]
+    parts = [
+        escape(text) if lang == matrix else f'<voice xml:lang="{lang}">{escape(text)}</voice>'
+        for lang, text in segments
+    ]
     return "<speak>" + "".join(parts) + "</speak>"
 
 
@@ -144,11 +152,22 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     for manifest in sorted(out.glob("*/*.jsonl")):
         checksum.update(manifest.read_bytes())
     partial = stamp.with_suffix(".partial")
-    partial.write_text(json.dumps({"spec": wanted, "counts": counts, "manifest_sha256": checksum.hexdigest(),
-                                   "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    partial.write_text(
+        json.dumps(
+            {
+                "spec": wanted,
+                "counts": counts,
+                "manifest_sha256": checksum.hexdigest(),
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+            indent=2,
+        )
+    )
     partial.replace(stamp)
     if verbose:
-        print(f"{out}: built {sum(sum(c.values()) for c in counts.values())} utterances in {time.perf_counter() - started:.1f} s")
+        print(
+            f"{out}: built {sum(sum(c.values()) for c in counts.values())} utterances in {time.perf_counter() - started:.1f} s"
+        )
     return out
 
 

@@ -13,30 +13,110 @@ from __future__ import annotations
 import random
 
 EN_SUBJECTS = ["I", "we", "they", "my friend", "the manager", "our team", "she", "he", "the teacher", "my brother"]
-EN_VERBS = ["will check", "reviewed", "moved", "prepared", "cancelled", "shared", "booked", "updated",
-            "opened", "finished", "printed", "started"]
+EN_VERBS = [
+    "will check",
+    "reviewed",
+    "moved",
+    "prepared",
+    "cancelled",
+    "shared",
+    "booked",
+    "updated",
+    "opened",
+    "finished",
+    "printed",
+    "started",
+]
 EN_ADJECTIVES = ["new", "old", "weekly", "big", "small", "final", "short", "long", "early", "late"]
 # English nouns that the code-switched sets borrow: keep them in the English source pool.
-EN_NOUNS = ["meeting", "code review", "report", "schedule", "project", "email", "deadline", "presentation",
-            "budget", "design", "server", "test", "file", "update", "interview", "demo"]
+EN_NOUNS = [
+    "meeting",
+    "code review",
+    "report",
+    "schedule",
+    "project",
+    "email",
+    "deadline",
+    "presentation",
+    "budget",
+    "design",
+    "server",
+    "test",
+    "file",
+    "update",
+    "interview",
+    "demo",
+]
 EN_PLACES = ["office", "meeting room", "cafe", "library", "school", "hotel"]
-EN_TIMES = ["today", "tomorrow", "this morning", "on monday", "next week", "last night", "after lunch",
-            "before dinner", "tonight", "on friday"]
+EN_TIMES = [
+    "today",
+    "tomorrow",
+    "this morning",
+    "on monday",
+    "next week",
+    "last night",
+    "after lunch",
+    "before dinner",
+    "tonight",
+    "on friday",
+]
 
 KO_TIMES = ["오늘", "내일", "어제", "아침에", "저녁에", "다음 주에", "지난주에", "점심 후에", "주말에", "월요일에"]
 KO_SUBJECTS = ["저는", "우리는", "친구가", "팀장님이", "선생님이", "동생이", "그녀는", "그는", "우리 팀이", "엄마가"]
 KO_PLACES = ["회사", "학교", "집", "회의실", "카페", "도서관", "사무실", "식당", "공원", "병원"]
-KO_NOUNS = ["보고서", "회의", "일정", "과제", "이메일", "발표", "예산", "설계", "서버", "시험", "파일", "면접",
-            "계획", "자료", "책", "가게"]
-KO_VERBS = ["확인했어요", "준비했어요", "취소했어요", "공유했어요", "예약했어요", "수정했어요", "열었어요",
-            "끝냈어요", "출력했어요", "시작했어요", "확인할 거예요", "준비할 거예요"]
+KO_NOUNS = [
+    "보고서",
+    "회의",
+    "일정",
+    "과제",
+    "이메일",
+    "발표",
+    "예산",
+    "설계",
+    "서버",
+    "시험",
+    "파일",
+    "면접",
+    "계획",
+    "자료",
+    "책",
+    "가게",
+]
+KO_VERBS = [
+    "확인했어요",
+    "준비했어요",
+    "취소했어요",
+    "공유했어요",
+    "예약했어요",
+    "수정했어요",
+    "열었어요",
+    "끝냈어요",
+    "출력했어요",
+    "시작했어요",
+    "확인할 거예요",
+    "준비할 거예요",
+]
 
 ZH_SUBJECTS = ["我", "我们", "他", "她", "老师", "经理", "我朋友", "我哥哥", "他们", "同事"]
 ZH_TIMES = ["今天", "明天", "昨天", "早上", "晚上", "下周", "上周", "周末", "中午", "下午"]
 ZH_PLACES = ["在公司", "在学校", "在家", "在会议室", "在咖啡店", "在图书馆", "在办公室", "在餐厅"]
 ZH_VERBS = ["检查了", "准备了", "取消了", "分享了", "预订了", "更新了", "打开了", "完成了", "打印了", "开始了"]
-ZH_NOUNS = ["报告", "会议", "日程", "项目", "邮件", "演示", "预算", "设计", "服务器", "考试", "文件", "面试",
-            "计划", "资料"]
+ZH_NOUNS = [
+    "报告",
+    "会议",
+    "日程",
+    "项目",
+    "邮件",
+    "演示",
+    "预算",
+    "设计",
+    "服务器",
+    "考试",
+    "文件",
+    "面试",
+    "计划",
+    "资料",
+]
 
 
 def _object_particle(word: str) -> str:
@@ -74,12 +154,18 @@ def korean_english(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
         if rng.random() < 0.3:
             english_part = f"{rng.choice(EN_ADJECTIVES)} {english_part}"
         place = rng.choice(KO_PLACES)
-        segments = [("ko", f"{time} {subject} {place}에서 "), ("en", english_part),
-                    ("ko", f"{_object_particle(english_part)} {verb}")]
+        segments = [
+            ("ko", f"{time} {subject} {place}에서 "),
+            ("en", english_part),
+            ("ko", f"{_object_particle(english_part)} {verb}"),
+        ]
     else:
         noun = rng.choice(KO_NOUNS)
-        segments = [("ko", f"{time} {subject} "), ("en", rng.choice(EN_PLACES)),
-                    ("ko", f"에서 {noun}{_object_particle(noun)} {verb}")]
+        segments = [
+            ("ko", f"{time} {subject} "),
+            ("en", rng.choice(EN_PLACES)),
+            ("ko", f"에서 {noun}{_object_particle(noun)} {verb}"),
+        ]
     return "".join(text for _, text in segments), segments
 
 

@@ -26,12 +26,26 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalG
 from lightning_asr.tokenizer import KNOWN_IDS, VOCAB_SIZE, WHISPER_LANGUAGES, load_processor
 
 PRESETS = {
-    "whisper-tiny-random": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                                decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
-                                max_source_positions=300),
-    "whisper-toy": dict(d_model=192, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-                        decoder_attention_heads=4, encoder_ffn_dim=768, decoder_ffn_dim=768,
-                        max_source_positions=300),
+    "whisper-tiny-random": dict(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        max_source_positions=300,
+    ),
+    "whisper-toy": dict(
+        d_model=192,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=768,
+        decoder_ffn_dim=768,
+        max_source_positions=300,
+    ),
 }
 
 
@@ -43,10 +57,14 @@ def whisper_generation_config() -> GenerationConfig:
     """Generation settings of the multilingual Whisper checkpoints (language and task maps, special ids)."""
     return GenerationConfig(
         decoder_start_token_id=KNOWN_IDS["<|startoftranscript|>"],
-        bos_token_id=KNOWN_IDS["<|endoftext|>"], eos_token_id=KNOWN_IDS["<|endoftext|>"],
-        pad_token_id=KNOWN_IDS["<|endoftext|>"], max_length=448,
+        bos_token_id=KNOWN_IDS["<|endoftext|>"],
+        eos_token_id=KNOWN_IDS["<|endoftext|>"],
+        pad_token_id=KNOWN_IDS["<|endoftext|>"],
+        max_length=448,
         is_multilingual=True,
-        lang_to_id={f"<|{code}|>": KNOWN_IDS["<|startoftranscript|>"] + 1 + i for i, code in enumerate(WHISPER_LANGUAGES)},
+        lang_to_id={
+            f"<|{code}|>": KNOWN_IDS["<|startoftranscript|>"] + 1 + i for i, code in enumerate(WHISPER_LANGUAGES)
+        },
         task_to_id={"translate": 50358, "transcribe": 50359},
         no_timestamps_token_id=KNOWN_IDS["<|notimestamps|>"],
         begin_suppress_tokens=[220, KNOWN_IDS["<|endoftext|>"]],
@@ -54,10 +72,16 @@ def whisper_generation_config() -> GenerationConfig:
 
 
 def preset_model(name: str, seed: int = 0) -> WhisperForConditionalGeneration:
-    config = WhisperConfig(vocab_size=VOCAB_SIZE, num_mel_bins=80, max_target_positions=448,
-                           decoder_start_token_id=KNOWN_IDS["<|startoftranscript|>"],
-                           pad_token_id=KNOWN_IDS["<|endoftext|>"], bos_token_id=KNOWN_IDS["<|endoftext|>"],
-                           eos_token_id=KNOWN_IDS["<|endoftext|>"], **PRESETS[name])
+    config = WhisperConfig(
+        vocab_size=VOCAB_SIZE,
+        num_mel_bins=80,
+        max_target_positions=448,
+        decoder_start_token_id=KNOWN_IDS["<|startoftranscript|>"],
+        pad_token_id=KNOWN_IDS["<|endoftext|>"],
+        bos_token_id=KNOWN_IDS["<|endoftext|>"],
+        eos_token_id=KNOWN_IDS["<|endoftext|>"],
+        **PRESETS[name],
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = WhisperForConditionalGeneration(config)
@@ -83,8 +107,10 @@ def load_base_model(spec: str | os.PathLike, seed: int = 0) -> WhisperForConditi
             raise ModelSpecError(f"{path} has no config.json — fix: point to a directory written by save_pretrained")
         model = WhisperForConditionalGeneration.from_pretrained(str(path), use_safetensors=True)
     elif path.exists() or spec.startswith((".", "/")):
-        raise ModelSpecError(f"{spec} is not a model directory — fix: give a preset ({', '.join(PRESETS)}), "
-                             "a directory with config.json, or a hub id")
+        raise ModelSpecError(
+            f"{spec} is not a model directory — fix: give a preset ({', '.join(PRESETS)}), "
+            "a directory with config.json, or a hub id"
+        )
     else:
         try:
             model = WhisperForConditionalGeneration.from_pretrained(spec)

@@ -107,9 +107,11 @@ class _Reader:
     def take(self, count: int):
         end = self.offset + count
         if end > len(self.buffer):
-            raise CT2ImportError(f"{self.path} ends early at byte {len(self.buffer)} (needed {end}): the file is "
-                                 "truncated or not a CTranslate2 model — fix: copy or convert it again")
-        chunk = self.buffer[self.offset:end]
+            raise CT2ImportError(
+                f"{self.path} ends early at byte {len(self.buffer)} (needed {end}): the file is "
+                "truncated or not a CTranslate2 model — fix: copy or convert it again"
+            )
+        chunk = self.buffer[self.offset : end]
         self.offset = end
         return chunk
 
@@ -127,23 +129,29 @@ def read_model_bin(path: str | os.PathLike) -> CT2Model:
     """Parse ``model.bin``; arrays are views into a read-only memory map of the file."""
     path = Path(path)
     if not path.is_file():
-        raise CT2ImportError(f"{path} not found — a CTranslate2 model directory holds model.bin, config.json and "
-                             "tokenizer.json or vocabulary.json")
+        raise CT2ImportError(
+            f"{path} not found — a CTranslate2 model directory holds model.bin, config.json and "
+            "tokenizer.json or vocabulary.json"
+        )
     if path.stat().st_size < 4:
         raise CT2ImportError(f"{path} is empty or truncated — not a CTranslate2 model.bin")
     buffer = np.memmap(path, dtype=np.uint8, mode="r")
     reader = _Reader(buffer, path)
     version = reader.unpack("I")
     if version not in SUPPORTED_BINARY_VERSIONS:
-        raise CT2ImportError(f"{path} has CTranslate2 binary version {version}; this importer reads versions "
-                             f"{SUPPORTED_BINARY_VERSIONS[0]}-{SUPPORTED_BINARY_VERSIONS[-1]} — fix: check that the "
-                             "file is a CTranslate2 model.bin, or convert the model again with a current ctranslate2")
+        raise CT2ImportError(
+            f"{path} has CTranslate2 binary version {version}; this importer reads versions "
+            f"{SUPPORTED_BINARY_VERSIONS[0]}-{SUPPORTED_BINARY_VERSIONS[-1]} — fix: check that the "
+            "file is a CTranslate2 model.bin, or convert the model again with a current ctranslate2"
+        )
     model = CT2Model(path, version, reader.string(), reader.unpack("I"))
     if model.spec_name != "WhisperSpec":
         raise CT2ImportError(f"{path} holds a CTranslate2 {model.spec_name!r} model, not Whisper (WhisperSpec)")
     if model.spec_revision > WHISPER_SPEC_REVISION:
-        raise CT2ImportError(f"{path} has WhisperSpec revision {model.spec_revision}, newer than the "
-                             f"{WHISPER_SPEC_REVISION} this importer knows")
+        raise CT2ImportError(
+            f"{path} has WhisperSpec revision {model.spec_revision}, newer than the "
+            f"{WHISPER_SPEC_REVISION} this importer knows"
+        )
     for _ in range(reader.unpack("I")):
         name = reader.string()
         shape = tuple(reader.unpack("I") for _ in range(reader.unpack("B")))
@@ -154,12 +162,14 @@ def read_model_bin(path: str | os.PathLike) -> CT2Model:
         nbytes = reader.unpack("I")
         expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
         if nbytes != expected:
-            raise CT2ImportError(f"{path}: variable {name} {dtype}{list(shape)} should take {expected} bytes, "
-                                 f"the file says {nbytes}")
+            raise CT2ImportError(
+                f"{path}: variable {name} {dtype}{list(shape)} should take {expected} bytes, the file says {nbytes}"
+            )
         start = reader.offset
         reader.take(nbytes)
-        array = np.frombuffer(buffer, dtype=NUMPY_DTYPES[dtype], count=nbytes // np.dtype(NUMPY_DTYPES[dtype]).itemsize,
-                              offset=start)
+        array = np.frombuffer(
+            buffer, dtype=NUMPY_DTYPES[dtype], count=nbytes // np.dtype(NUMPY_DTYPES[dtype]).itemsize, offset=start
+        )
         model.variables[name] = array.reshape(shape)
         model.dtypes[name] = dtype
     for _ in range(reader.unpack("I")):
@@ -187,8 +197,13 @@ def _scalar(model: CT2Model, name: str, default=None):
 
 
 def refuse_quantised(model: CT2Model) -> None:
-    quantised = sorted({model.dtypes[name] for name, value in model.variables.items()
-                        if value.ndim > 0 and model.dtypes[name] in ("int8", "int16", "int32")})
+    quantised = sorted(
+        {
+            model.dtypes[name]
+            for name, value in model.variables.items()
+            if value.ndim > 0 and model.dtypes[name] in ("int8", "int16", "int32")
+        }
+    )
     scales = [name for name in model.variables if name.endswith("_scale")]
     if quantised or scales:
         kinds = ", ".join(quantised) or "scaled"
@@ -247,8 +262,10 @@ def _split_linear(model, source, targets, state, used, d_model, keyless=("k_proj
     bias = _tensor(model, f"{source}/bias", used)
     if weight.shape[0] != d_model * len(targets) or bias.shape[0] != weight.shape[0]:
         fused = "|".join(target.rsplit(".", 1)[1] for target in targets)
-        raise CT2ImportError(f"{model.path}: {source} has shape {list(weight.shape)}, expected "
-                             f"[{d_model * len(targets)}, {d_model}] (fused {fused})")
+        raise CT2ImportError(
+            f"{model.path}: {source} has shape {list(weight.shape)}, expected "
+            f"[{d_model * len(targets)}, {d_model}] (fused {fused})"
+        )
     for index, target in enumerate(targets):
         rows = slice(index * d_model, (index + 1) * d_model)
         state[f"{target}.weight"] = weight[rows].clone()
@@ -266,12 +283,16 @@ def whisper_state_dict(model: CT2Model) -> tuple[dict, dict]:
     encoder_positions = _tensor(model, "encoder/position_encodings/encodings", used)
     decoder_positions = _tensor(model, "decoder/position_encodings/encodings", used)
     sizes = dict(
-        vocab_size=vocab_size, d_model=d_model, num_mel_bins=conv1.shape[1],
-        encoder_layers=_layer_count(model, "encoder"), decoder_layers=_layer_count(model, "decoder"),
+        vocab_size=vocab_size,
+        d_model=d_model,
+        num_mel_bins=conv1.shape[1],
+        encoder_layers=_layer_count(model, "encoder"),
+        decoder_layers=_layer_count(model, "decoder"),
         encoder_ffn_dim=_shape(model, "encoder/layer_0/ffn/linear_0/weight")[0],
         decoder_ffn_dim=_shape(model, "decoder/layer_0/ffn/linear_0/weight")[0],
         # The encoder's window: 2 mel frames per position. Fine-tuned models may use fewer than 1500.
-        max_source_positions=encoder_positions.shape[0], max_target_positions=decoder_positions.shape[0],
+        max_source_positions=encoder_positions.shape[0],
+        max_target_positions=decoder_positions.shape[0],
     )
     for stack in ("encoder", "decoder"):
         # Whisper's heads are 64 wide; older files without the scalar follow that rule.
@@ -292,14 +313,24 @@ def whisper_state_dict(model: CT2Model) -> tuple[dict, dict]:
     scale = _scalar(model, "decoder/scale_embeddings", 0)
     if model.dtypes.get("decoder/scale_embeddings", "int8").startswith("float"):
         sizes["scale_embedding"] = abs(scale - 1.0) > 1e-6
-        if sizes["scale_embedding"] and abs(scale - d_model ** 0.5) > 1e-3:
+        if sizes["scale_embedding"] and abs(scale - d_model**0.5) > 1e-3:
             raise CT2ImportError(f"{model.path}: decoder/scale_embeddings is {scale}, neither 1 nor sqrt(d_model)")
     else:
         sizes["scale_embedding"] = bool(scale)
     # Scalars whose values are irrelevant to Whisper's forward pass (guided-alignment and ALiBi settings).
-    used.update({"decoder/activation", "decoder/pre_norm", "decoder/alibi", "decoder/start_from_zero_embedding",
-                 "decoder/scale_embeddings", "decoder/alibi_use_positive_positions", "decoder/scale_alibi",
-                 "decoder/alignment_heads", "decoder/alignment_layer"})
+    used.update(
+        {
+            "decoder/activation",
+            "decoder/pre_norm",
+            "decoder/alibi",
+            "decoder/start_from_zero_embedding",
+            "decoder/scale_embeddings",
+            "decoder/alibi_use_positive_positions",
+            "decoder/scale_alibi",
+            "decoder/alignment_heads",
+            "decoder/alignment_layer",
+        }
+    )
 
     state["model.encoder.conv1.weight"] = conv1
     state["model.encoder.conv1.bias"] = _tensor(model, "encoder/conv1/bias", used)
@@ -310,15 +341,26 @@ def whisper_state_dict(model: CT2Model) -> tuple[dict, dict]:
     for stack, count in (("encoder", sizes["encoder_layers"]), ("decoder", sizes["decoder_layers"])):
         for i in range(count):
             src, dst = f"{stack}/layer_{i}", f"model.{stack}.layers.{i}"
-            _split_linear(model, f"{src}/self_attention/linear_0",
-                          [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"],
-                          state, used, d_model)
+            _split_linear(
+                model,
+                f"{src}/self_attention/linear_0",
+                [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"],
+                state,
+                used,
+                d_model,
+            )
             _linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj", state, used)
             _layer_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", state, used)
             if stack == "decoder":
                 _linear(model, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj", state, used)
-                _split_linear(model, f"{src}/attention/linear_1",
-                              [f"{dst}.encoder_attn.k_proj", f"{dst}.encoder_attn.v_proj"], state, used, d_model)
+                _split_linear(
+                    model,
+                    f"{src}/attention/linear_1",
+                    [f"{dst}.encoder_attn.k_proj", f"{dst}.encoder_attn.v_proj"],
+                    state,
+                    used,
+                    d_model,
+                )
                 _linear(model, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj", state, used)
                 _layer_norm(model, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm", state, used)
             _linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1", state, used)
@@ -333,14 +375,17 @@ def whisper_state_dict(model: CT2Model) -> tuple[dict, dict]:
     state["proj_out.weight"] = embeddings if sizes["tie_word_embeddings"] else projection
     if "decoder/projection/bias" in model.variables:
         if _tensor(model, "decoder/projection/bias", used).float().abs().max() > 0:
-            raise CT2ImportError(f"{model.path}: decoder/projection/bias is non-zero; Whisper's output layer "
-                                 "has no bias")
+            raise CT2ImportError(
+                f"{model.path}: decoder/projection/bias is non-zero; Whisper's output layer has no bias"
+            )
 
     unused = sorted(name for name in model.variables if name not in used)
     unused_tensors = [name for name in unused if model.variables[name].ndim > 0]
     if unused_tensors:
-        raise CT2ImportError(f"{model.path} has variables this importer does not map (they would be lost): "
-                             f"{', '.join(unused_tensors[:8])}{' ...' if len(unused_tensors) > 8 else ''}")
+        raise CT2ImportError(
+            f"{model.path} has variables this importer does not map (they would be lost): "
+            f"{', '.join(unused_tensors[:8])}{' ...' if len(unused_tensors) > 8 else ''}"
+        )
     if unused:
         warnings.warn(f"{model.path}: ignoring scalar settings {', '.join(unused)}", stacklevel=2)
     return state, sizes
@@ -387,12 +432,16 @@ def tokenizer_from_vocabulary(tokens: list[str], origin: Path):
         ranks = {bytes(char_to_byte[c] for c in token): rank for rank, token in enumerate(tokens[:n_bpe])}
         vocab, merges = vocab_and_merges(ranks)
     except (KeyError, RuntimeError) as err:
-        raise CT2ImportError(f"{origin}: the BPE merges cannot be recovered from the vocabulary ({err}) — fix: put "
-                             "the model's tokenizer.json beside model.bin") from err
+        raise CT2ImportError(
+            f"{origin}: the BPE merges cannot be recovered from the vocabulary ({err}) — fix: put "
+            "the model's tokenizer.json beside model.bin"
+        ) from err
     vocab["<|endoftext|>"] = n_bpe
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
-    tokenizer.add_tokens([AddedToken(t, special=not _is_timestamp(t), normalized=False) for t in tokens[n_bpe + 1:]],
-                         special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=not _is_timestamp(t), normalized=False) for t in tokens[n_bpe + 1 :]],
+        special_tokens=True,
+    )
     return tokenizer
 
 
@@ -409,8 +458,10 @@ def load_ct2_tokenizer(directory: Path, vocab_size: int):
         origin = directory / ("vocabulary.json" if (directory / "vocabulary.json").exists() else "vocabulary.txt")
         tokenizer = tokenizer_from_vocabulary(tokens, origin)
     else:
-        raise CT2ImportError(f"{directory} has no tokenizer.json, vocabulary.json or vocabulary.txt — fix: copy the "
-                             "tokenizer files that came with model.bin into the directory")
+        raise CT2ImportError(
+            f"{directory} has no tokenizer.json, vocabulary.json or vocabulary.txt — fix: copy the "
+            "tokenizer files that came with model.bin into the directory"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
     if len(tokenizer) < vocab_size:
@@ -422,8 +473,10 @@ def load_ct2_tokenizer(directory: Path, vocab_size: int):
         missing = tokens[start:] if tokens is not None else [f"<|{i * 0.02:.2f}|>" for i in range(vocab_size - start)]
         other = [token for token in missing if not _is_timestamp(token)]
         if other:
-            raise CT2ImportError(f"{origin} has {start} tokens, model.bin's embedding {vocab_size}, and the missing "
-                                 f"ones are not all timestamps (e.g. {other[0]!r})")
+            raise CT2ImportError(
+                f"{origin} has {start} tokens, model.bin's embedding {vocab_size}, and the missing "
+                f"ones are not all timestamps (e.g. {other[0]!r})"
+            )
         tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in missing])
     # The prefix template (<|startoftranscript|> ...) was fixed at construction: rebuild it from the final vocabulary.
     tokenizer.set_prefix_tokens()
@@ -432,12 +485,15 @@ def load_ct2_tokenizer(directory: Path, vocab_size: int):
     if tokens is not None:
         if len(tokens) != vocab_size:
             raise CT2ImportError(f"the vocabulary in {directory} has {len(tokens)} tokens, model.bin {vocab_size}")
-        mismatched = [i for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(vocab_size))))
-                      if token != tokens[i]]
+        mismatched = [
+            i for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(vocab_size)))) if token != tokens[i]
+        ]
         if mismatched:
             i = mismatched[0]
-            raise CT2ImportError(f"{origin} and the vocabulary file disagree on {len(mismatched)} ids, e.g. id {i}: "
-                                 f"{tokenizer.convert_ids_to_tokens(i)!r} vs {tokens[i]!r}")
+            raise CT2ImportError(
+                f"{origin} and the vocabulary file disagree on {len(mismatched)} ids, e.g. id {i}: "
+                f"{tokenizer.convert_ids_to_tokens(i)!r} vs {tokens[i]!r}"
+            )
     if vocab_size == VOCAB_SIZE:
         validate_tokenizer(tokenizer, str(origin))
     return tokenizer
@@ -458,9 +514,14 @@ def whisper_generation_config(tokenizer, ct2_config: dict, max_length: int):
 
     end = token_id("<|endoftext|>")
     settings = dict(
-        decoder_start_token_id=token_id("<|startoftranscript|>"), bos_token_id=end, eos_token_id=end,
-        pad_token_id=end, max_length=max_length, no_timestamps_token_id=token_id("<|notimestamps|>"),
-        prev_sot_token_id=token_id("<|startofprev|>"), max_initial_timestamp_index=50,
+        decoder_start_token_id=token_id("<|startoftranscript|>"),
+        bos_token_id=end,
+        eos_token_id=end,
+        pad_token_id=end,
+        max_length=max_length,
+        no_timestamps_token_id=token_id("<|notimestamps|>"),
+        prev_sot_token_id=token_id("<|startofprev|>"),
+        max_initial_timestamp_index=50,
         begin_suppress_tokens=ct2_config.get("suppress_ids_begin") or [token_id("Ġ"), end],
         suppress_tokens=ct2_config.get("suppress_ids") or None,
         is_multilingual=len(tokenizer) > ENGLISH_ONLY_VOCAB_SIZE,
@@ -472,8 +533,11 @@ def whisper_generation_config(tokenizer, ct2_config: dict, max_length: int):
         if lang_ids:
             lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids}
         else:  # older conversions have no lang_ids: every <|code|> token of a known language
-            lang_to_id = {f"<|{code}|>": tokenizer.convert_tokens_to_ids(f"<|{code}|>") for code in LANGUAGES
-                          if f"<|{code}|>" in tokenizer.get_vocab()}
+            lang_to_id = {
+                f"<|{code}|>": tokenizer.convert_tokens_to_ids(f"<|{code}|>")
+                for code in LANGUAGES
+                if f"<|{code}|>" in tokenizer.get_vocab()
+            }
         settings["lang_to_id"] = dict(sorted(lang_to_id.items(), key=lambda item: item[1]))
         settings["task_to_id"] = {"translate": token_id("<|translate|>"), "transcribe": token_id("<|transcribe|>")}
     return GenerationConfig(**settings)
@@ -490,8 +554,10 @@ def feature_extractor_for(directory: Path, num_mel_bins: int, max_source_positio
         saved = _read_json(path, "the feature extractor settings")
         settings = {k: saved[k] for k in ("sampling_rate", "hop_length", "n_fft", "padding_value") if k in saved}
         if saved.get("feature_size", num_mel_bins) != num_mel_bins:
-            raise CT2ImportError(f"{path} says feature_size {saved['feature_size']}, but model.bin's first "
-                                 f"convolution takes {num_mel_bins} mel bins")
+            raise CT2ImportError(
+                f"{path} says feature_size {saved['feature_size']}, but model.bin's first "
+                f"convolution takes {num_mel_bins} mel bins"
+            )
     hop_length = settings.get("hop_length", 160)
     sampling_rate = settings.get("sampling_rate", 16000)
     chunk_length = max_source_positions * 2 * hop_length // sampling_rate
@@ -517,16 +583,20 @@ def import_ct2(directory: str | os.PathLike, dtype: str = "float32"):
     if (directory / "config.json").exists():
         ct2_config = _read_json(directory / "config.json", "CTranslate2's config")
     if "model_type" in ct2_config:
-        raise CT2ImportError(f"{directory / 'config.json'} is a Hugging Face config (model_type "
-                             f"{ct2_config['model_type']!r}); load the directory with from_pretrained instead")
+        raise CT2ImportError(
+            f"{directory / 'config.json'} is a Hugging Face config (model_type "
+            f"{ct2_config['model_type']!r}); load the directory with from_pretrained instead"
+        )
     state, sizes = whisper_state_dict(ct2)
     tokenizer = load_ct2_tokenizer(directory, sizes["vocab_size"])
     generation_config = whisper_generation_config(tokenizer, ct2_config, sizes["max_target_positions"])
 
     config = WhisperConfig(
-        **sizes, activation_function="gelu",
+        **sizes,
+        activation_function="gelu",
         decoder_start_token_id=generation_config.decoder_start_token_id,
-        bos_token_id=generation_config.bos_token_id, eos_token_id=generation_config.eos_token_id,
+        bos_token_id=generation_config.bos_token_id,
+        eos_token_id=generation_config.eos_token_id,
         pad_token_id=generation_config.pad_token_id,
         begin_suppress_tokens=generation_config.begin_suppress_tokens,
         suppress_tokens=generation_config.suppress_tokens,
@@ -537,13 +607,15 @@ def import_ct2(directory: str | os.PathLike, dtype: str = "float32"):
     expected = model.state_dict()
     if set(expected) != set(state):
         missing, extra = sorted(set(expected) - set(state))[:4], sorted(set(state) - set(expected))[:4]
-        raise CT2ImportError(f"{ct2.path}: the rebuilt weights do not match Whisper's layout (missing {missing}, "
-                             f"extra {extra})")
+        raise CT2ImportError(
+            f"{ct2.path}: the rebuilt weights do not match Whisper's layout (missing {missing}, extra {extra})"
+        )
     for name, tensor in state.items():
         wanted = expected[name].shape
         if tensor.shape != wanted:
-            raise CT2ImportError(f"{ct2.path}: {name} has shape {list(tensor.shape)}, Whisper with these sizes "
-                                 f"expects {list(wanted)}")
+            raise CT2ImportError(
+                f"{ct2.path}: {name} has shape {list(tensor.shape)}, Whisper with these sizes expects {list(wanted)}"
+            )
     source_dtypes = {ct2.dtypes[name] for name in ct2.variables if ct2.variables[name].ndim > 0}
     if dtype == "source":
         dtype = "float32" if len(source_dtypes) != 1 else source_dtypes.pop()
@@ -641,8 +713,11 @@ def source_digest(directory: Path) -> str:
     """sha256 over ``model.bin``, the small files beside it and the importer revision. Remembered per file
     size and modification time, so a second lookup in one process does not read gigabytes again."""
     files = [directory / "model.bin"] + [directory / name for name in SMALL_FILES if (directory / name).exists()]
-    key = (str(directory.resolve()), IMPORTER_REVISION,
-           tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    key = (
+        str(directory.resolve()),
+        IMPORTER_REVISION,
+        tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files),
+    )
     if key not in _digests:
         digest = hashlib.sha256(f"importer-revision {IMPORTER_REVISION}\n".encode())
         for file in files:
@@ -659,8 +734,10 @@ def converted_model_dir(directory: str | os.PathLike, cache: str | os.PathLike |
     a concurrent conversion leaves one complete copy) and reused while ``model.bin`` is unchanged."""
     directory = Path(directory)
     if not (directory / "model.bin").is_file():
-        raise CT2ImportError(f"{directory / 'model.bin'} not found: {directory} looks like a CTranslate2 model "
-                             "directory without its weights")
+        raise CT2ImportError(
+            f"{directory / 'model.bin'} not found: {directory} looks like a CTranslate2 model "
+            "directory without its weights"
+        )
     digest = source_digest(directory)
     root = Path(cache) if cache is not None else ct2_cache_dir()
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", directory.resolve().name) or "model"
@@ -689,9 +766,11 @@ def load_checkpoint_processor(directory: str | os.PathLike, model, chunk_length:
 
     tokenizer = WhisperTokenizer.from_pretrained(str(directory))
     if len(tokenizer) != model.config.vocab_size:
-        raise ModelSpecError(f"tokenizer in {directory} has {len(tokenizer)} tokens, the model "
-                             f"{model.config.vocab_size}; Hugging Face builds an empty tokenizer when files "
-                             "are missing")
+        raise ModelSpecError(
+            f"tokenizer in {directory} has {len(tokenizer)} tokens, the model "
+            f"{model.config.vocab_size}; Hugging Face builds an empty tokenizer when files "
+            "are missing"
+        )
     feature_extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins, chunk_length=chunk_length)
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
@@ -703,12 +782,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_asr.models.import_ct2",
         description="Convert a faster-whisper (CTranslate2) Whisper directory into a Hugging Face "
-                    "WhisperForConditionalGeneration directory (safetensors, tokenizer, feature extractor).")
+        "WhisperForConditionalGeneration directory (safetensors, tokenizer, feature extractor).",
+    )
     parser.add_argument("directory", help="CTranslate2 model directory (model.bin, config.json, tokenizer.json)")
     parser.add_argument("--out", required=True, help="output directory for save_pretrained")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "source"],
-                        help="parameter dtype of the written model (default float32, for training)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16", "source"],
+        help="parameter dtype of the written model (default float32, for training)",
+    )
     args = parser.parse_args(argv)
     try:
         out = convert(args.directory, args.out, force=args.force, dtype=args.dtype)
@@ -716,9 +800,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config = json.loads((out / "config.json").read_text())
-    print(f"wrote {out}: d_model {config['d_model']}, {config['encoder_layers']}+{config['decoder_layers']} layers, "
-          f"{config['encoder_attention_heads']} heads, vocabulary {config['vocab_size']}, "
-          f"{config['num_mel_bins']} mel bins, {config['max_source_positions'] * 2 // 100} s window, {args.dtype}")
+    print(
+        f"wrote {out}: d_model {config['d_model']}, {config['encoder_layers']}+{config['decoder_layers']} layers, "
+        f"{config['encoder_attention_heads']} heads, vocabulary {config['vocab_size']}, "
+        f"{config['num_mel_bins']} mel bins, {config['max_source_positions'] * 2 // 100} s window, {args.dtype}"
+    )
     return 0
 
 

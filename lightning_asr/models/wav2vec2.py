@@ -34,11 +34,25 @@ from lightning_asr.text import TextNormalizer, map_compatibility_jamo
 
 PAD, UNK, WORD_DELIMITER = "<pad>", "<unk>", "|"
 CTC_PRESETS = {
-    "wav2vec2-tiny-random": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                                 mask_time_prob=0.0),
-    "wav2vec2-toy": dict(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, intermediate_size=768,
-                         conv_dim=(128,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16),
+    "wav2vec2-tiny-random": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        mask_time_prob=0.0,
+    ),
+    "wav2vec2-toy": dict(
+        hidden_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=768,
+        conv_dim=(128,) * 7,
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+    ),
 }
 CTC_MODEL_TYPES = ("wav2vec2",)
 CTC_UNITS = ("chars", "jamo")
@@ -66,8 +80,15 @@ def ctc_tokenizer(tokens: list[str]):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vocab.json"
         path.write_text(json.dumps(vocab, ensure_ascii=False))
-        return Wav2Vec2CTCTokenizer(str(path), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER,
-                                    bos_token=None, eos_token=None, do_lower_case=False)
+        return Wav2Vec2CTCTokenizer(
+            str(path),
+            unk_token=UNK,
+            pad_token=PAD,
+            word_delimiter_token=WORD_DELIMITER,
+            bos_token=None,
+            eos_token=None,
+            do_lower_case=False,
+        )
 
 
 def uses_jamo(tokenizer) -> bool:
@@ -77,8 +98,9 @@ def uses_jamo(tokenizer) -> bool:
 def ctc_feature_extractor():
     from transformers import Wav2Vec2FeatureExtractor
 
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                    return_attention_mask=True)
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
 
 
 def is_ctc_spec(spec: str | os.PathLike) -> bool:
@@ -102,20 +124,27 @@ def load_ctc_model_processor(spec: str | os.PathLike, tokens: list[str] | None, 
         processor = Wav2Vec2Processor.from_pretrained(spec)
     else:
         if not tokens:
-            raise ValueError(f"{spec} has no vocab.json and no model.ctc_tokens were given — fix: give training "
-                             "manifests (the vocabulary is built from them) or a model directory with its vocabulary")
+            raise ValueError(
+                f"{spec} has no vocab.json and no model.ctc_tokens were given — fix: give training "
+                "manifests (the vocabulary is built from them) or a model directory with its vocabulary"
+            )
         processor = Wav2Vec2Processor(feature_extractor=ctc_feature_extractor(), tokenizer=ctc_tokenizer(tokens))
     vocab_size = len(processor.tokenizer)
-    common = dict(vocab_size=vocab_size, pad_token_id=processor.tokenizer.pad_token_id, ctc_loss_reduction="mean",
-                  ctc_zero_infinity=True)
+    common = dict(
+        vocab_size=vocab_size,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if spec in CTC_PRESETS:
             model = Wav2Vec2ForCTC(Wav2Vec2Config(**CTC_PRESETS[spec], **common))
             model.config.name_or_path = spec
         else:
-            model = Wav2Vec2ForCTC.from_pretrained(spec, **({} if own_vocabulary else common),
-                                                   ignore_mismatched_sizes=not own_vocabulary)
+            model = Wav2Vec2ForCTC.from_pretrained(
+                spec, **({} if own_vocabulary else common), ignore_mismatched_sizes=not own_vocabulary
+            )
     # token-mean loss like the Whisper path (the library default sums over the batch); no inf on short audio
     model.config.ctc_loss_reduction, model.config.ctc_zero_infinity = "mean", True
     return model, processor, not own_vocabulary

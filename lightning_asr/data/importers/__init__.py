@@ -13,15 +13,33 @@ from pathlib import Path
 from lightning_asr.data.importers import aishell, fleurs, hf_parquet, kecs, librispeech, seame
 from lightning_asr.data.importers.common import Collection, Importer, ImporterError
 
-IMPORTERS: dict[str, Importer] = {importer.name: importer for importer in (
-    kecs.IMPORTER, seame.IMPORTER, hf_parquet.ASCEND, hf_parquet.HIKE, fleurs.IMPORTER,
-    librispeech.LIBRISPEECH_IMPORTER, librispeech.ZEROTH_IMPORTER, aishell.IMPORTER)}
+IMPORTERS: dict[str, Importer] = {
+    importer.name: importer
+    for importer in (
+        kecs.IMPORTER,
+        seame.IMPORTER,
+        hf_parquet.ASCEND,
+        hf_parquet.HIKE,
+        fleurs.IMPORTER,
+        librispeech.LIBRISPEECH_IMPORTER,
+        librispeech.ZEROTH_IMPORTER,
+        aishell.IMPORTER,
+    )
+}
 
 __all__ = ["IMPORTERS", "Collection", "Importer", "ImporterError", "run_import"]
 
 
-def run_import(corpus: str, root: str | Path, out: str | Path, *, force: bool = False, strict: bool = False,
-               verbose: bool = True, **options) -> Collection:
+def run_import(
+    corpus: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    strict: bool = False,
+    verbose: bool = True,
+    **options,
+) -> Collection:
     """Import ``corpus`` from ``root`` into manifests under ``out``; print one summary line per manifest.
     Existing manifests are kept unless ``force``; with ``strict`` any skipped line is an error."""
     if corpus not in IMPORTERS:

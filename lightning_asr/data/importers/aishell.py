@@ -15,8 +15,10 @@ from pathlib import Path
 from lightning_asr.data.importers.common import Collection, Importer, ImporterError, join_cjk, tidy
 
 TRANSCRIPT = Path("transcript") / "aishell_transcript_v0.8.txt"
-LAYOUT = ("AISHELL-1's layout is ROOT[/data_aishell]/wav/{train,dev,test}/<speaker>/*.wav (extracted from "
-          "wav/<speaker>.tar.gz) and ROOT[/data_aishell]/transcript/aishell_transcript_v0.8.txt")
+LAYOUT = (
+    "AISHELL-1's layout is ROOT[/data_aishell]/wav/{train,dev,test}/<speaker>/*.wav (extracted from "
+    "wav/<speaker>.tar.gz) and ROOT[/data_aishell]/transcript/aishell_transcript_v0.8.txt"
+)
 
 
 def collect(collection: Collection, root: Path) -> None:
@@ -27,9 +29,15 @@ def collect(collection: Collection, root: Path) -> None:
     archives = sorted(wav_dir.glob("*.tar.gz"))
     folders = [d for d in sorted(wav_dir.iterdir()) if d.is_dir() and next(d.glob("*/*.wav"), None)]
     if not folders:
-        found = f"only archives ({archives[0].name} ... {len(archives)} files)" if archives else "no extracted split folders"
-        raise ImporterError(f"{wav_dir}: {found} — fix: extract the speaker archives: "
-                            f"cd {wav_dir} && for f in *.tar.gz; do tar xzf $f; done ({LAYOUT})")
+        found = (
+            f"only archives ({archives[0].name} ... {len(archives)} files)"
+            if archives
+            else "no extracted split folders"
+        )
+        raise ImporterError(
+            f"{wav_dir}: {found} — fix: extract the speaker archives: "
+            f"cd {wav_dir} && for f in *.tar.gz; do tar xzf $f; done ({LAYOUT})"
+        )
     texts: dict[str, tuple[str, int]] = {}
     for number, line in enumerate(transcript.read_text(encoding="utf-8").splitlines(), 1):
         utterance, _, words = line.strip().partition(" ")

@@ -17,9 +17,9 @@ import argparse
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import soundfile as sf
 
@@ -55,7 +55,12 @@ class Entry:
         # Written here rather than with Utterance.to_json, which drops a zero offset: a segment starting at
         # 0.0 would then be checked as a whole file and fail.
         audio = self.audio.relative_to(folder) if self.audio.is_relative_to(folder) else self.audio
-        record = {"audio_filepath": str(audio), "duration": round(self.duration, 3), "text": self.text, "lang": self.lang}
+        record = {
+            "audio_filepath": str(audio),
+            "duration": round(self.duration, 3),
+            "text": self.text,
+            "lang": self.lang,
+        }
         if self.speaker:
             record["speaker"] = self.speaker
         if self.offset is not None:
@@ -128,7 +133,9 @@ class Collection:
                 raise ImporterError(f"{name!r} cannot name a manifest — fix: use letters, digits, '.', '_' or '-'")
             path = self.manifest_path(name)
             if path.exists() and not self.force:
-                raise ImporterError(f"{path} already exists — fix: pass --force to overwrite it, or choose another --out")
+                raise ImporterError(
+                    f"{path} already exists — fix: pass --force to overwrite it, or choose another --out"
+                )
             self.splits[name] = Split(name)
         return self.splits[name]
 
@@ -141,19 +148,30 @@ class Collection:
     def write(self, strict: bool = False, verbose: bool = True) -> list[Path]:
         """Write every non-empty manifest atomically and print the summary; with ``strict``, any skipped item
         (or empty split) is an error instead and nothing is written."""
-        problems = [(name or str(self.root), reason, items)
-                    for name, split in [*self.splits.items(), ("", self.unassigned)]
-                    for reason, items in split.skipped.items()]
-        problems += [(name, "no utterance", [str(self.manifest_path(name))])
-                     for name, split in self.splits.items() if not split.entries]
+        problems = [
+            (name or str(self.root), reason, items)
+            for name, split in [*self.splits.items(), ("", self.unassigned)]
+            for reason, items in split.skipped.items()
+        ]
+        problems += [
+            (name, "no utterance", [str(self.manifest_path(name))])
+            for name, split in self.splits.items()
+            if not split.entries
+        ]
         if strict and problems:
-            listed = "\n".join(f"  {where}: {reason}: {len(items)} ({', '.join(items[:20])}{' ...' if len(items) > 20 else ''})"
-                               for where, reason, items in problems)
-            raise ImporterError(f"--strict: {sum(len(p[2]) for p in problems)} problem(s), no manifest written:\n{listed}\n— fix: "
-                                "correct the corpus, or drop --strict to write the good lines and list the skipped ones")
+            listed = "\n".join(
+                f"  {where}: {reason}: {len(items)} ({', '.join(items[:20])}{' ...' if len(items) > 20 else ''})"
+                for where, reason, items in problems
+            )
+            raise ImporterError(
+                f"--strict: {sum(len(p[2]) for p in problems)} problem(s), no manifest written:\n{listed}\n— fix: "
+                "correct the corpus, or drop --strict to write the good lines and list the skipped ones"
+            )
         if not any(split.entries for split in self.splits.values()):
             found = "; ".join(self.summary_lines()) or "nothing matched the layout"
-            raise ImporterError(f"{self.root}: no utterance to write ({found}) — fix: check --root and the corpus layout")
+            raise ImporterError(
+                f"{self.root}: no utterance to write ({found}) — fix: check --root and the corpus layout"
+            )
         written = []
         for name, split in self.splits.items():
             if split.entries:
@@ -218,8 +236,7 @@ def check_lang(lang: str, allow_auto: bool = False) -> str:
 
 
 def add_lang_argument(parser: argparse.ArgumentParser, default: str, extra_help: str = "") -> None:
-    parser.add_argument("--lang", default=default,
-                        help=f"the lang field of every line (default {default}){extra_help}")
+    parser.add_argument("--lang", default=default, help=f"the lang field of every line (default {default}){extra_help}")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from pathlib import Path
 from lightning_asr.data.importers.common import Collection, Importer, ImporterError, check_lang, tidy
 
 SPLITS = ("train", "dev", "test")
-LAYOUT = ("FLEURS' layout is a language folder (e.g. data/ko_kr) with {train,dev,test}.tsv and "
-          "audio/{train,dev,test}/*.wav extracted from audio/<split>.tar.gz")
+LAYOUT = (
+    "FLEURS' layout is a language folder (e.g. data/ko_kr) with {train,dev,test}.tsv and "
+    "audio/{train,dev,test}/*.wav extracted from audio/<split>.tar.gz"
+)
 TEXT_FIELDS = {"raw_transcription": 2, "transcription": 3}
 FLEURS_TO_WHISPER = {"cmn": "zh", "yue": "yue"}
 
@@ -34,7 +36,11 @@ def collect(collection: Collection, root: Path, *, lang: str = "", text_field: s
     if not tsvs:
         tsvs_below = [p for pattern in ("*/*.tsv", "data/*/*.tsv") for p in root.glob(pattern) if p.stem in SPLITS]
         languages = sorted({p.parent.name for p in tsvs_below})
-        hint = f" ROOT holds language folders ({', '.join(languages[:5])}): pass one of them as --root." if languages else ""
+        hint = (
+            f" ROOT holds language folders ({', '.join(languages[:5])}): pass one of them as --root."
+            if languages
+            else ""
+        )
         raise ImporterError(f"{root}: no train.tsv, dev.tsv or test.tsv — {LAYOUT}.{hint}")
     lang = check_lang(lang or language_of(root))
     for tsv in tsvs:
@@ -42,8 +48,11 @@ def collect(collection: Collection, root: Path, *, lang: str = "", text_field: s
         audio_dir = root / "audio" / split_name
         if not audio_dir.is_dir():
             archive = root / "audio" / f"{split_name}.tar.gz"
-            fix = (f"extract it: tar xzf {archive} -C {root / 'audio'}" if archive.is_file()
-                   else f"put the {split_name} audio there")
+            fix = (
+                f"extract it: tar xzf {archive} -C {root / 'audio'}"
+                if archive.is_file()
+                else f"put the {split_name} audio there"
+            )
             raise ImporterError(f"{audio_dir}: no such folder — fix: {fix} ({LAYOUT})")
         split = collection.split(split_name)
         named = set()
@@ -64,8 +73,12 @@ def collect(collection: Collection, root: Path, *, lang: str = "", text_field: s
 
 def add_arguments(parser) -> None:
     parser.add_argument("--lang", default="", help="the lang field of every line (default: from the folder name)")
-    parser.add_argument("--text-field", choices=sorted(TEXT_FIELDS), default="raw_transcription",
-                        help="raw (cased, punctuated; default) or normalised transcription")
+    parser.add_argument(
+        "--text-field",
+        choices=sorted(TEXT_FIELDS),
+        default="raw_transcription",
+        help="raw (cased, punctuated; default) or normalised transcription",
+    )
 
 
 IMPORTER = Importer("fleurs", "FLEURS (google/fleurs), one language folder", collect, add_arguments, LAYOUT)

@@ -23,23 +23,52 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
-from lightning_asr.data.importers.common import (AUDIO_SUFFIXES, Collection, Entry, Importer, ImporterError,
-                                                 add_lang_argument, check_lang, probe_audio, tidy)
+from lightning_asr.data.importers.common import (
+    AUDIO_SUFFIXES,
+    Collection,
+    Entry,
+    Importer,
+    ImporterError,
+    add_lang_argument,
+    check_lang,
+    probe_audio,
+    tidy,
+)
 
-LAYOUT = ("A saved Hugging Face dataset's layout is *.parquet files (e.g. data/train-00000-of-00001.parquet) or "
-          "a save_to_disk folder (dataset_dict.json, or state.json + dataset_info.json + data-*.arrow) under ROOT")
+LAYOUT = (
+    "A saved Hugging Face dataset's layout is *.parquet files (e.g. data/train-00000-of-00001.parquet) or "
+    "a save_to_disk folder (dataset_dict.json, or state.json + dataset_info.json + data-*.arrow) under ROOT"
+)
 ASCEND_LANGS = {"zh": "zh", "en": "en", "mixed": "zh-en"}
-ASCEND_COLUMNS = {"lang": "auto", "text_column": "transcription", "id_column": "id",
-                  "speaker_column": "original_speaker_id", "lang_column": "language"}
-HIKE_COLUMNS = {"lang": "ko-en", "text_column": "text", "id_column": "sample_id", "speaker_column": "", "lang_column": ""}
+ASCEND_COLUMNS = {
+    "lang": "auto",
+    "text_column": "transcription",
+    "id_column": "id",
+    "speaker_column": "original_speaker_id",
+    "lang_column": "language",
+}
+HIKE_COLUMNS = {
+    "lang": "ko-en",
+    "text_column": "text",
+    "id_column": "sample_id",
+    "speaker_column": "",
+    "lang_column": "",
+}
 BATCH_ROWS = 64
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_SIGNATURES = {b"RIFF": ".wav", b"fLaC": ".flac", b"OggS": ".ogg", b"ID3": ".mp3", b"\xff\xfb": ".mp3", b"\xff\xf3": ".mp3"}
+_SIGNATURES = {
+    b"RIFF": ".wav",
+    b"fLaC": ".flac",
+    b"OggS": ".ogg",
+    b"ID3": ".mp3",
+    b"\xff\xfb": ".mp3",
+    b"\xff\xf3": ".mp3",
+}
 
 
 def find_tables(root: Path) -> dict[str, list[tuple[str, Path]]]:
@@ -58,8 +87,9 @@ def find_tables(root: Path) -> dict[str, list[tuple[str, Path]]]:
     for folder in folders:
         state_path = folder / "state.json"
         if not state_path.is_file():
-            raise ImporterError(f"{state_path}: missing — fix: save the dataset again with save_to_disk, "
-                                "or convert it to parquet")
+            raise ImporterError(
+                f"{state_path}: missing — fix: save the dataset again with save_to_disk, or convert it to parquet"
+            )
         state = json.loads(state_path.read_text())
         split = state.get("_split") or folder.name
         tables[split] = [("arrow", folder / f["filename"]) for f in state.get("_data_files", [])]
@@ -85,8 +115,10 @@ def iter_rows(fmt: str, path: Path, columns: list[str]) -> Iterator[dict]:
         names = reader.schema.names
     missing = [c for c in columns if c not in names]
     if missing:
-        raise ImporterError(f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(names)}) — fix: name the "
-                            "columns with --text-column, --audio-column, --id-column, --speaker-column or --lang-column")
+        raise ImporterError(
+            f"{path}: no column(s) {', '.join(missing)} (it has {', '.join(names)}) — fix: name the "
+            "columns with --text-column, --audio-column, --id-column, --speaker-column or --lang-column"
+        )
     for batch in batches:
         yield from batch.select(columns).to_pylist() if fmt != "parquet" else batch.to_pylist()
 
@@ -116,8 +148,18 @@ def _audio_file(value, root: Path, target: Path) -> Path | None:
     return None
 
 
-def collect(collection: Collection, root: Path, *, lang: str, text_column: str, audio_column: str = "audio",
-            id_column: str = "", speaker_column: str = "", lang_column: str = "", lang_map: dict | None = None) -> None:
+def collect(
+    collection: Collection,
+    root: Path,
+    *,
+    lang: str,
+    text_column: str,
+    audio_column: str = "audio",
+    id_column: str = "",
+    speaker_column: str = "",
+    lang_column: str = "",
+    lang_map: dict | None = None,
+) -> None:
     lang = check_lang(lang, allow_auto=bool(lang_column))
     tables = find_tables(root)
     if not tables:
@@ -163,19 +205,40 @@ def collect(collection: Collection, root: Path, *, lang: str, text_column: str, 
 
 def _add_column_arguments(parser, defaults: dict, lang_help: str) -> None:
     add_lang_argument(parser, defaults["lang"], lang_help)
-    parser.add_argument("--text-column", default=defaults["text_column"], help="transcript column (default %(default)s)")
+    parser.add_argument(
+        "--text-column", default=defaults["text_column"], help="transcript column (default %(default)s)"
+    )
     parser.add_argument("--audio-column", default="audio", help="audio column, {bytes, path} (default %(default)s)")
-    parser.add_argument("--id-column", default=defaults["id_column"],
-                        help="clip id column, names the written files (default %(default)s; '' numbers them)")
-    parser.add_argument("--speaker-column", default=defaults["speaker_column"],
-                        help="speaker column ('' for none; default %(default)r)")
-    parser.add_argument("--lang-column", default=defaults["lang_column"],
-                        help="language column read by --lang auto (default %(default)r)")
+    parser.add_argument(
+        "--id-column",
+        default=defaults["id_column"],
+        help="clip id column, names the written files (default %(default)s; '' numbers them)",
+    )
+    parser.add_argument(
+        "--speaker-column", default=defaults["speaker_column"], help="speaker column ('' for none; default %(default)r)"
+    )
+    parser.add_argument(
+        "--lang-column",
+        default=defaults["lang_column"],
+        help="language column read by --lang auto (default %(default)r)",
+    )
 
 
-ASCEND = Importer("ascend", "Mandarin-English ASCEND (CAiRE/ASCEND), parquet or save_to_disk",
-                  partial(collect, **ASCEND_COLUMNS, lang_map=ASCEND_LANGS),
-                  partial(_add_column_arguments, defaults=ASCEND_COLUMNS,
-                          lang_help="; auto: from the language column, zh/en/mixed -> zh/en/zh-en"), LAYOUT)
-HIKE = Importer("hike", "Korean-English HiKE (thetaone-ai/HiKE), parquet or save_to_disk", partial(collect, **HIKE_COLUMNS),
-                partial(_add_column_arguments, defaults=HIKE_COLUMNS, lang_help=""), LAYOUT)
+ASCEND = Importer(
+    "ascend",
+    "Mandarin-English ASCEND (CAiRE/ASCEND), parquet or save_to_disk",
+    partial(collect, **ASCEND_COLUMNS, lang_map=ASCEND_LANGS),
+    partial(
+        _add_column_arguments,
+        defaults=ASCEND_COLUMNS,
+        lang_help="; auto: from the language column, zh/en/mixed -> zh/en/zh-en",
+    ),
+    LAYOUT,
+)
+HIKE = Importer(
+    "hike",
+    "Korean-English HiKE (thetaone-ai/HiKE), parquet or save_to_disk",
+    partial(collect, **HIKE_COLUMNS),
+    partial(_add_column_arguments, defaults=HIKE_COLUMNS, lang_help=""),
+    LAYOUT,
+)

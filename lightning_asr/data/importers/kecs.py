@@ -16,11 +16,20 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from lightning_asr.data.importers.common import (Collection, Importer, ImporterError, add_lang_argument, audio_files,
-                                                 check_lang, tidy)
+from lightning_asr.data.importers.common import (
+    Collection,
+    Importer,
+    ImporterError,
+    add_lang_argument,
+    audio_files,
+    check_lang,
+    tidy,
+)
 
-LAYOUTS = ("KECS layouts: (1) a transcript table ROOT/*.csv or ROOT/*.tsv with header path,text[,speaker] "
-           "(path relative to ROOT), or (2) NAME.txt transcripts beside NAME.wav/.flac audio files")
+LAYOUTS = (
+    "KECS layouts: (1) a transcript table ROOT/*.csv or ROOT/*.tsv with header path,text[,speaker] "
+    "(path relative to ROOT), or (2) NAME.txt transcripts beside NAME.wav/.flac audio files"
+)
 
 
 def _read_table(collection: Collection, root: Path, table: Path, lang: str) -> set[Path]:
@@ -30,11 +39,15 @@ def _read_table(collection: Collection, root: Path, table: Path, lang: str) -> s
     named: set[Path] = set()
     with open(table, encoding="utf-8-sig", newline="") as handle:
         # TSV fields are taken literally (quotes are text); CSV follows the usual quoting rules.
-        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        reader = csv.reader(
+            handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        )
         header = [column.strip().lower() for column in next(reader, [])]
         if "path" not in header or "text" not in header:
-            raise ImporterError(f"{table}:1: header {header or '(empty file)'} lacks path and text — fix: start the "
-                                "table with the header row path,text[,speaker] (comma-separated .csv or tab-separated .tsv)")
+            raise ImporterError(
+                f"{table}:1: header {header or '(empty file)'} lacks path and text — fix: start the "
+                "table with the header row path,text[,speaker] (comma-separated .csv or tab-separated .tsv)"
+            )
         columns = {name: header.index(name) for name in ("path", "text", "speaker") if name in header}
         for row in reader:
             where = f"{table}:{reader.line_num}"
@@ -54,15 +67,17 @@ def _read_table(collection: Collection, root: Path, table: Path, lang: str) -> s
     return named
 
 
-def collect(collection: Collection, root: Path, *, lang: str = "ko-en", transcripts: list[str] | None = None,
-            name: str = "all") -> None:
+def collect(
+    collection: Collection, root: Path, *, lang: str = "ko-en", transcripts: list[str] | None = None, name: str = "all"
+) -> None:
     lang = check_lang(lang)
     if transcripts:
         tables = [Path(t) if Path(t).is_absolute() else root / t for t in transcripts]
         missing = [str(t) for t in tables if not t.is_file()]
         if missing:
-            raise ImporterError(f"--transcripts {', '.join(missing)}: no such file — fix: give tables relative to --root, "
-                                "or absolute")
+            raise ImporterError(
+                f"--transcripts {', '.join(missing)}: no such file — fix: give tables relative to --root, or absolute"
+            )
     else:
         tables = sorted(p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file())
     if tables:
@@ -74,8 +89,10 @@ def collect(collection: Collection, root: Path, *, lang: str = "ko-en", transcri
     audios = audio_files(root)
     paired = [a for a in audios if a.with_suffix(".txt").is_file()]
     if not paired:
-        raise ImporterError(f"{root}: no transcript table and no NAME.txt beside any audio file "
-                            f"({len(audios)} audio files found) — {LAYOUTS}")
+        raise ImporterError(
+            f"{root}: no transcript table and no NAME.txt beside any audio file "
+            f"({len(audios)} audio files found) — {LAYOUTS}"
+        )
     split = collection.split(name)
     for audio in audios:
         transcript = audio.with_suffix(".txt")
@@ -91,9 +108,12 @@ def collect(collection: Collection, root: Path, *, lang: str = "ko-en", transcri
 
 def add_arguments(parser) -> None:
     add_lang_argument(parser, "ko-en")
-    parser.add_argument("--transcripts", nargs="+", metavar="TABLE",
-                        help="transcript tables to read (relative to --root); default: every *.csv and *.tsv "
-                             "directly under --root")
+    parser.add_argument(
+        "--transcripts",
+        nargs="+",
+        metavar="TABLE",
+        help="transcript tables to read (relative to --root); default: every *.csv and *.tsv directly under --root",
+    )
     parser.add_argument("--name", default="all", help="manifest name for the per-file .txt layout (default all)")
 
 

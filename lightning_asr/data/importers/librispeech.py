@@ -32,10 +32,23 @@ class Scheme:
     subfolder: str = ""  # the folder the archive extracts to, when ROOT is its parent
 
 
-LIBRISPEECH = Scheme("librispeech", "en", 1, True, "LibriSpeech's layout is ROOT[/LibriSpeech]/<split>/<speaker>/<chapter>/"
-                     "<speaker>-<chapter>.trans.txt with <speaker>-<chapter>-<n>.flac beside it", "LibriSpeech")
-ZEROTH = Scheme("zeroth", "ko", 0, False, "Zeroth-Korean's layout is ROOT/{train_data_01,test_data_01}/<script>/<reader>/"
-                "<reader>_<script>.trans.txt with <reader>_<script>_<n>.flac beside it")
+LIBRISPEECH = Scheme(
+    "librispeech",
+    "en",
+    1,
+    True,
+    "LibriSpeech's layout is ROOT[/LibriSpeech]/<split>/<speaker>/<chapter>/"
+    "<speaker>-<chapter>.trans.txt with <speaker>-<chapter>-<n>.flac beside it",
+    "LibriSpeech",
+)
+ZEROTH = Scheme(
+    "zeroth",
+    "ko",
+    0,
+    False,
+    "Zeroth-Korean's layout is ROOT/{train_data_01,test_data_01}/<script>/<reader>/"
+    "<reader>_<script>.trans.txt with <reader>_<script>_<n>.flac beside it",
+)
 
 
 def find_splits(root: Path, scheme: Scheme) -> list[Path]:
@@ -46,8 +59,10 @@ def find_splits(root: Path, scheme: Scheme) -> list[Path]:
     if not splits:
         archives = sorted(p.name for p in base.glob("*.tar.gz"))
         if archives:
-            raise ImporterError(f"{base}: only archives ({', '.join(archives)}) — fix: extract them first "
-                                f"(tar xzf ARCHIVE -C {base}). {scheme.layout}")
+            raise ImporterError(
+                f"{base}: only archives ({', '.join(archives)}) — fix: extract them first "
+                f"(tar xzf ARCHIVE -C {base}). {scheme.layout}"
+            )
         raise ImporterError(f"{root}: no split folder with {TRANS_GLOB} — {scheme.layout}")
     return splits
 
@@ -57,8 +72,10 @@ def collect(collection: Collection, root: Path, *, scheme: Scheme, split: list[s
     if split:
         unknown = sorted(set(split) - {f.name for f in folders})
         if unknown:
-            raise ImporterError(f"--split {', '.join(unknown)}: not under {root} — fix: choose from "
-                                f"{', '.join(f.name for f in folders)}")
+            raise ImporterError(
+                f"--split {', '.join(unknown)}: not under {root} — fix: choose from "
+                f"{', '.join(f.name for f in folders)}"
+            )
         folders = [f for f in folders if f.name in split]
     for folder in folders:
         target = collection.split(folder.name)
@@ -81,7 +98,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", nargs="+", metavar="NAME", help="split folders to import (default: all found)")
 
 
-LIBRISPEECH_IMPORTER = Importer("librispeech", "English LibriSpeech (openslr 12)", partial(collect, scheme=LIBRISPEECH),
-                                add_arguments, LIBRISPEECH.layout)
-ZEROTH_IMPORTER = Importer("zeroth", "Korean Zeroth-Korean (openslr 40)", partial(collect, scheme=ZEROTH), add_arguments,
-                           ZEROTH.layout)
+LIBRISPEECH_IMPORTER = Importer(
+    "librispeech",
+    "English LibriSpeech (openslr 12)",
+    partial(collect, scheme=LIBRISPEECH),
+    add_arguments,
+    LIBRISPEECH.layout,
+)
+ZEROTH_IMPORTER = Importer(
+    "zeroth", "Korean Zeroth-Korean (openslr 40)", partial(collect, scheme=ZEROTH), add_arguments, ZEROTH.layout
+)

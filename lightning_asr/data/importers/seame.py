@@ -33,12 +33,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lightning_asr.data.importers.common import (Collection, Entry, Importer, ImporterError, add_lang_argument, check_lang,
-                                                 join_cjk, probe_audio, script_lang)
+from lightning_asr.data.importers.common import (
+    Collection,
+    Entry,
+    Importer,
+    ImporterError,
+    add_lang_argument,
+    check_lang,
+    join_cjk,
+    probe_audio,
+    script_lang,
+)
 
-LAYOUT = ("SEAME's layout is DATA/{conversation,interview}/audio/*.flac with "
-          "DATA/{conversation,interview}/transcript/phaseII/*.txt, DATA being ROOT, ROOT/data, or ROOT/seame_d1/data "
-          "and ROOT/seame_d2/data")
+LAYOUT = (
+    "SEAME's layout is DATA/{conversation,interview}/audio/*.flac with "
+    "DATA/{conversation,interview}/transcript/phaseII/*.txt, DATA being ROOT, ROOT/data, or ROOT/seame_d1/data "
+    "and ROOT/seame_d2/data"
+)
 DEV_SETS = ("dev_man", "dev_sge")
 MATCH_TOLERANCE_S = 0.03
 MIN_SEGMENT_S = 0.01
@@ -46,8 +57,13 @@ MIN_SEGMENT_S = 0.01
 _PUNCTUATION = '()[]{}.,?·@，。、「」＃"~-—#%_`｀×*（）［］&【】～ｌ\\'
 _PUNCTUATION_TO_SPACE = str.maketrans(_PUNCTUATION, " " * len(_PUNCTUATION))
 # Full-width Latin letters (U+FF21-U+FF3A, U+FF41-U+FF5A) and é to lower-case ASCII, as ESPnet maps them.
-_TO_ASCII = str.maketrans({**{chr(0xFF21 + i): chr(0x61 + i) for i in range(26)},
-                           **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)}, "é": "e"})
+_TO_ASCII = str.maketrans(
+    {
+        **{chr(0xFF21 + i): chr(0x61 + i) for i in range(26)},
+        **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)},
+        "é": "e",
+    }
+)
 _BRACKETED_NOISE = re.compile(r"\(pp\w+\)|<pp\w+>|<v-noise>")
 # Control characters, but not tabs and line breaks: those separate words.
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
@@ -84,8 +100,10 @@ class DevSets:
         needed = [folder / "train" / "wav_file.txt"] + [folder / name / "segments" for name in DEV_SETS]
         missing = [str(p) for p in needed if not p.is_file()]
         if missing:
-            raise ImporterError(f"--dev-sets {folder}: missing {', '.join(missing)} — fix: point --dev-sets at a copy of "
-                                "https://github.com/zengzp0912/SEAME-dev-set (train/wav_file.txt, dev_*/segments)")
+            raise ImporterError(
+                f"--dev-sets {folder}: missing {', '.join(missing)} — fix: point --dev-sets at a copy of "
+                "https://github.com/zengzp0912/SEAME-dev-set (train/wav_file.txt, dev_*/segments)"
+            )
         self.train = {Path(line.strip()).stem.lower() for line in needed[0].read_text().splitlines() if line.strip()}
         self.segments: dict[str, list[tuple[float, float, str]]] = {}
         self.matched: set[tuple[str, int]] = set()
@@ -94,10 +112,14 @@ class DevSets:
                 fields = line.split()
                 try:
                     if fields:
-                        self.segments.setdefault(fields[1].lower(), []).append((float(fields[2]), float(fields[3]), name))
+                        self.segments.setdefault(fields[1].lower(), []).append(
+                            (float(fields[2]), float(fields[3]), name)
+                        )
                 except (IndexError, ValueError) as err:
-                    raise ImporterError(f"{path}:{number}: not a Kaldi segments line 'utterance recording start end' — "
-                                        "fix: use the dev-set repository's segments file unchanged") from err
+                    raise ImporterError(
+                        f"{path}:{number}: not a Kaldi segments line 'utterance recording start end' — "
+                        "fix: use the dev-set repository's segments file unchanged"
+                    ) from err
 
     def split_of(self, recording: str, start: float, end: float) -> str | None:
         """``dev_man``/``dev_sge`` for a segment within 30 ms of a dev segment, else ``train`` for a train
@@ -110,9 +132,12 @@ class DevSets:
 
     def unmatched(self) -> list[tuple[str, str]]:
         """(reason, item) for each dev segment that no transcript line matched."""
-        return [(f"{name} segment without a transcript line", f"{recording} {start:.2f}-{end:.2f}")
-                for recording, segments in self.segments.items()
-                for index, (start, end, name) in enumerate(segments) if (recording, index) not in self.matched]
+        return [
+            (f"{name} segment without a transcript line", f"{recording} {start:.2f}-{end:.2f}")
+            for recording, segments in self.segments.items()
+            for index, (start, end, name) in enumerate(segments)
+            if (recording, index) not in self.matched
+        ]
 
 
 def _parse(line: str, phase: str) -> tuple[str, float, float, str]:
@@ -127,8 +152,9 @@ def _parse(line: str, phase: str) -> tuple[str, float, float, str]:
     return fields[0].strip(), start, end, fields[-1]
 
 
-def collect(collection: Collection, root: Path, *, lang: str = "zh-en", phase: str = "II",
-            dev_sets: Path | None = None) -> None:
+def collect(
+    collection: Collection, root: Path, *, lang: str = "zh-en", phase: str = "II", dev_sets: Path | None = None
+) -> None:
     lang = check_lang(lang, allow_auto=True)
     sections = find_sections(root)
     if not sections:
@@ -168,10 +194,20 @@ def collect(collection: Collection, root: Path, *, lang: str = "zh-en", phase: s
                 if problem:
                     split.skip(problem, f"{where}: {recordings[key]}")
                 elif end > length + 0.05:
-                    split.skip("segment past the end of the recording", f"{where} (ends {end:.2f} s, audio {length:.2f} s)")
+                    split.skip(
+                        "segment past the end of the recording", f"{where} (ends {end:.2f} s, audio {length:.2f} s)"
+                    )
                 else:
-                    split.entries.append(Entry(recordings[key].resolve(), end - start, text,
-                                               script_lang(text) if lang == "auto" else lang, speaker_of(recording), start))
+                    split.entries.append(
+                        Entry(
+                            recordings[key].resolve(),
+                            end - start,
+                            text,
+                            script_lang(text) if lang == "auto" else lang,
+                            speaker_of(recording),
+                            start,
+                        )
+                    )
             seen.add((key, start, end))
     transcribed = {key for key, _, _ in seen}
     for key, path in recordings.items():
@@ -185,12 +221,18 @@ def collect(collection: Collection, root: Path, *, lang: str = "zh-en", phase: s
 
 def add_arguments(parser) -> None:
     add_lang_argument(parser, "zh-en", "; auto: zh or en for monolingual lines, zh-en for mixed ones")
-    parser.add_argument("--phase", choices=("I", "II"), default="II",
-                        help="read transcript/phaseI or phaseII (default II, as ESPnet)")
-    parser.add_argument("--dev-sets", type=Path, metavar="DIR",
-                        help="a copy of github.com/zengzp0912/SEAME-dev-set: write train, dev_man and dev_sge.jsonl "
-                             "instead of all.jsonl")
+    parser.add_argument(
+        "--phase", choices=("I", "II"), default="II", help="read transcript/phaseI or phaseII (default II, as ESPnet)"
+    )
+    parser.add_argument(
+        "--dev-sets",
+        type=Path,
+        metavar="DIR",
+        help="a copy of github.com/zengzp0912/SEAME-dev-set: write train, dev_man and dev_sge.jsonl "
+        "instead of all.jsonl",
+    )
 
 
-IMPORTER = Importer("seame", "Mandarin-English SEAME (LDC2015S04), one line per time-stamped segment",
-                    collect, add_arguments, LAYOUT)
+IMPORTER = Importer(
+    "seame", "Mandarin-English SEAME (LDC2015S04), one line per time-stamped segment", collect, add_arguments, LAYOUT
+)
