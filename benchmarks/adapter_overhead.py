@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from lightning_asr.adapters import build_strategy
-from lightning_asr.config import AdapterConfig
 from lightning_asr.models import load_base_model
 
 STRATEGIES = {
@@ -112,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     models, strategies, timers = {}, {}, {}
     for name, values in STRATEGIES.items():
-        config = OmegaConf.merge(
-            OmegaConf.structured(AdapterConfig), {"rank": args.rank, "alpha": 2 * args.rank, **values}
-        )
+        low_rank = {"rank": args.rank, "alpha": 2 * args.rank} if name != "full_ft" else {}
+        config = {**low_rank, **values}
         model = copy.deepcopy(base)
         strategies[name] = build_strategy(config)
         strategies[name].attach(model)

@@ -34,12 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from lightning_asr import client
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
-from lightning_asr.config import AdapterConfig
 from lightning_asr.models import load_base_model
 from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
 
@@ -57,7 +55,7 @@ def directory_bytes(path: Path) -> int:
 
 def export_users(base, adapters: Path, strategy: str, users: int) -> None:
     """``users`` adapters of ``strategy`` under ``adapters/<strategy>-<i>``, each with its own random weights."""
-    values = OmegaConf.merge(OmegaConf.structured(AdapterConfig), STRATEGIES[strategy])
+    values = STRATEGIES[strategy]
     for index in range(users):
         model = copy.deepcopy(base)
         adapter = build_strategy(values)

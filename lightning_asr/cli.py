@@ -8,16 +8,6 @@ import sys
 from pathlib import Path
 
 
-def _quiet() -> None:
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*past_key_values.*")
-
-
 def _train(args) -> int:
     from lightning_asr.config import load_config
     from lightning_asr.train import train
@@ -35,19 +25,15 @@ def _evaluate(args) -> int:
     from lightning_asr.train import evaluate
 
     module = ASRModule.from_checkpoint(args.checkpoint)
-    overrides = {}
-    if args.num_beams or args.language:
-        overrides["decode"] = dict(
-            module.config["decode"],
-            **({"num_beams": args.num_beams} if args.num_beams else {}),
-            **({"language": args.language} if args.language else {}),
-        )
-    if args.devices or args.strategy:  # e.g. --devices 2 --strategy ddp: the test set sharded over processes
-        overrides["trainer"] = dict(
-            module.config["trainer"],
-            **({"devices": args.devices} if args.devices else {}),
-            **({"strategy": args.strategy} if args.strategy else {}),
-        )
+    overrides: dict = {"decode": {}, "trainer": {}}
+    if args.num_beams:
+        overrides["decode"]["num_beams"] = args.num_beams
+    if args.language:
+        overrides["decode"]["language"] = args.language
+    if args.devices:  # e.g. --devices 2 --strategy ddp: the test set sharded over processes
+        overrides["trainer"]["devices"] = args.devices
+    if args.strategy:
+        overrides["trainer"]["strategy"] = args.strategy
     results = evaluate(module, args.manifest, overrides)
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -147,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "transcribe":  # the client needs neither torch nor transformers
         return _transcribe(args)
-    _quiet()
+    from lightning_asr.console import quiet
+
+    quiet()
     from lightning_asr.config import ConfigError
     from lightning_asr.data.manifest import ManifestError
     from lightning_asr.train import OutputExistsError

@@ -57,33 +57,6 @@ class DataConfig:
 
 
 @dataclass
-class AdapterConfig:
-    """One strategy is chosen by ``name``; keys another strategy ignores keep their defaults."""
-
-    name: str = "full_ft"  # full_ft, frozen, lora, glora, blora
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    # presets (default, self_attn, cross_attn, attn, all-linear) or regular expressions over module names
-    target_modules: list[str] = field(default_factory=lambda: ["default"])
-    frozen_modules: list[str] = field(default_factory=list)  # full_ft: parameter-name patterns kept frozen
-    # parameter-name patterns that train under every strategy and are exported with the adapter (PEFT's
-    # modules_to_save), e.g. a CTC output layer made for a new vocabulary
-    modules_to_save: list[str] = field(default_factory=list)
-    type: int = 1  # glora: 1-4 (lightning_asr/adapters/glora.py)
-    prior_std: float = 0.01  # blora: N(0, prior_std^2) prior on every entry
-    kl_weight: float = 1.0e-4  # blora: beta in CE + beta * KL
-    kl_reduction: str = "mean"  # blora: mean (authors: per-matrix mean, summed) or elbo (sum / num_train_examples)
-    noise: str = "flipout"  # blora: flipout, reparam or local_reparam
-    bayesian_b: bool = True  # blora: B Bayesian too (else only A)
-    rho_init: list[float] = field(default_factory=lambda: [-5.5, -4.5])  # blora: rho_A ~ U(low, high)
-    num_train_examples: int | None = None  # blora elbo: filled in from the training data when unset
-    # words the base tokenizer splits badly, added as new tokens whose embedding rows train under every
-    # strategy and travel with the adapter export (lightning_asr/vocabulary.py)
-    new_tokens: list[str] = field(default_factory=list)
-
-
-@dataclass
 class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -133,7 +106,9 @@ class TrainConfig:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # one strategy's settings, checked against that strategy's own config class (lightning_asr/adapters/):
+    # the shared low-rank keys, BLoRA's and GLoRA's keys each live with their strategy
+    adapter: Any = field(default_factory=lambda: {"name": "full_ft"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -263,17 +238,45 @@ def load_config(
             f"{_origin_of(str(key), plain)}: cannot resolve '{key}' ({_first_line(err)}) — fix: "
             "correct the ${...} interpolation or write the value itself"
         ) from err
+    if any(f.name == "adapter" for f in fields(schema)):
+        config.adapter = _typed_adapter(config, plain)
     OmegaConf.set_readonly(config, False)
     return config
 
 
-def structured(schema: type, values: dict) -> DictConfig:
-    """``values`` (a plain dict, e.g. from a checkpoint) checked and typed against ``schema``."""
+def _typed_adapter(config: DictConfig, sources: list[tuple[str, Any]]) -> DictConfig:
+    """The merged ``adapter`` section typed by its strategy's config class; an error names its source."""
+    from lightning_asr.adapters import adapter_config
+
+    values = OmegaConf.to_container(config.adapter, resolve=True) if config.adapter is not None else {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{_origin_of('adapter', sources)}: 'adapter' is a section, not a value — fix: set its "
+            "keys, e.g. adapter.name=lora"
+        )
+    try:
+        return adapter_config(values, origin="config")
+    except ConfigError as err:
+        key = next((k for k in values if f"'adapter.{k}'" in str(err)), "name")
+        raise ConfigError(str(err).replace("config:", f"{_origin_of(f'adapter.{key}', sources)}:", 1)) from None
+
+
+def structured(schema: type, values, lenient_adapter: bool = False) -> DictConfig:
+    """``values`` (a dict, e.g. from a checkpoint, or a DictConfig) checked and typed against ``schema``; a
+    run config's ``adapter`` section is typed by its strategy. ``lenient_adapter``: adapter configs written
+    before each strategy had its own class (they held every strategy's keys) are accepted."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
     check_keys(values, schema, "config")
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), values)
+        config = OmegaConf.merge(OmegaConf.structured(schema), values)
     except Exception as err:
         raise ConfigError(f"config: {err}") from err
+    if "adapter" in config and any(f.name == "adapter" for f in fields(schema)):
+        from lightning_asr.adapters import adapter_config
+
+        config.adapter = adapter_config(config.adapter, lenient=lenient_adapter)
+    return config
 
 
 def to_dict(config: DictConfig) -> dict:

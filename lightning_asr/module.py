@@ -1,48 +1,25 @@
-"""``ASRModule``: the science of one run. A base Whisper model, an adaptation strategy, the loss, decoding
-and error rates. The ``Trainer`` (``lightning_asr.train``) holds the engineering."""
+"""``ASRModule``: the science of one run. A base model (through its backbone: Whisper or wav2vec2-CTC), an
+adaptation strategy, the loss, decoding and error rates. The ``Trainer`` (``lightning_asr.train``) holds the
+engineering."""
 
 from __future__ import annotations
 
 import math
-import unicodedata
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
-from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-from lightning_asr.adapters import build_strategy
-from lightning_asr.config import AdapterConfig, ScoringConfig, structured
-from lightning_asr.data.datamodule import IGNORE_INDEX
+from lightning_asr.adapters import build_strategy, strategy_class
+from lightning_asr.config import TrainConfig, structured, to_dict
 from lightning_asr.metrics import METRIC_NAMES, metrics_for
-from lightning_asr.models import load_model_processor
-from lightning_asr.models.wav2vec2 import build_ctc_tokens, is_ctc_spec, load_ctc_model_processor
+from lightning_asr.models import backbone_for
 from lightning_asr.text import TextNormalizer, primary_unit
-from lightning_asr.tokenizer import WHISPER_LANGUAGES
 from lightning_asr.vocabulary import add_new_tokens
-
-
-def count_cap_hits(sequences: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> int:
-    """Rows of generated tokens that stopped at ``max_new_tokens`` without an end-of-text. ``generate``
-    pads finished rows with end-of-text, but the longest rows of a batch come back without one even when
-    they finished, so a row without end-of-text is a hit only at full length."""
-    if sequences.shape[-1] < max_new_tokens:
-        return 0
-    return int(sum(1 for row in sequences if eos_token_id not in row.tolist()))
-
-
-def check_language_control(language: str) -> None:
-    """``decode.language``: ``manifest`` (each utterance's own), ``auto`` (the model detects it) or a code."""
-    if language not in ("manifest", "auto") and language not in WHISPER_LANGUAGES:
-        raise ValueError(
-            f"decode.language={language!r} — fix: use manifest, auto or a Whisper language code such as en, ko or zh"
-        )
-
-
-OUTPUT_LAYER = r"^lm_head\."  # a CTC output layer made for a new vocabulary
 
 
 def gather_predictions(predictions: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -65,95 +42,85 @@ def _key(name: str) -> str:
     return name.replace("/", "__").replace(".", "_")
 
 
-class ASRModule(L.LightningModule):
-    """``config`` is a resolved run config as a plain dict (see ``lightning_asr.config.TrainConfig``)."""
+class TrainingUtterances:
+    """The training (and validation) utterances of a run config, read on first use only: most runs derive
+    nothing from the data, and those that do read the manifests once."""
 
-    def __init__(self, config: dict):
+    def __init__(self, data):
+        self.data = data
+
+    def _read(self, manifests) -> list:
+        from lightning_asr.data.manifest import read_manifest
+
+        return [u for m in manifests for u in read_manifest(m, skip_bad_lines=self.data.skip_bad_lines)]
+
+    @cached_property
+    def train(self) -> list:
+        return self._read(self.data.train_manifests)
+
+    @cached_property
+    def val(self) -> list:
+        return self._read(self.data.val_manifests)
+
+
+def with_data_settings(config: DictConfig, backbone) -> DictConfig:
+    """``config`` with the settings its backbone and its strategy take from the training data filled in (a CTC
+    vocabulary, ELBO's example count); a config that has them already comes back unchanged."""
+    utterances = TrainingUtterances(config.data)
+    updates = backbone.derive_from_data(config, utterances)
+    updates.update(
+        {
+            f"adapter.{k}": v
+            for k, v in strategy_class(config.adapter.name).derive_from_data(config.adapter, utterances).items()
+        }
+    )
+    if not updates:
+        return config
+    values = to_dict(config)
+    for dotted, value in updates.items():
+        section, key = dotted.split(".", 1)
+        values[section][key] = value
+    return structured(TrainConfig, values)
+
+
+class ASRModule(L.LightningModule):
+    """``config``: a run config (``lightning_asr.config.TrainConfig``, typed; a dict of its keys is checked and
+    typed first)."""
+
+    def __init__(self, config):
         super().__init__()
-        model_config = config["model"]
-        self.ctc = is_ctc_spec(model_config["spec"])
-        if self.ctc:
-            config = self._build_ctc_base(config)
-        else:
-            self.model, self.processor = load_model_processor(
-                model_config["spec"], model_config.get("tokenizer"), model_config.get("init_seed", 0)
-            )
+        config = config if isinstance(config, DictConfig) else structured(TrainConfig, config)
+        self.backbone = backbone_for(config.model.spec)
+        self.config = config = with_data_settings(config, self.backbone)
+        self.model, self.processor = self.backbone.load(config.model)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds at fit start
-        self.config = config
         self.tokenizer = self.processor.tokenizer
-        self.strategy = build_strategy(structured(AdapterConfig, config.get("adapter", {})))
+        self.strategy = build_strategy(config.adapter)
         self.strategy.attach(self.model)
-        if self.strategy.config.new_tokens:
-            add_new_tokens(self.model, self.tokenizer, list(self.strategy.config.new_tokens))
-        if config["model"].get("gradient_checkpointing"):
+        if config.adapter.new_tokens:
+            add_new_tokens(self.model, self.tokenizer, list(config.adapter.new_tokens))
+        if config.model.gradient_checkpointing:
             self.enable_gradient_checkpointing()
-        if not self.ctc:
-            check_language_control(config["decode"]["language"])
+        self.backbone.check_decode(config.decode)
         self.eval_sets: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
         self.eval_metrics = nn.ModuleDict()
         self.eval_losses = nn.ModuleDict()
         self.predictions: dict[str, list[dict]] = {}
         self.normalizer_ids: dict[str, str] = {}  # set name -> normaliser id, logged beside its scores
 
-    def _build_ctc_base(self, config: dict) -> dict:
-        """A wav2vec2-CTC base. Without a vocabulary of its own, one is built from the run's manifests and
-        kept in the config (so checkpoints rebuild it); the new output layer then trains under every strategy."""
-        from lightning_asr.data.manifest import read_manifest
-
-        config = {**config, "model": dict(config["model"]), "adapter": dict(config.get("adapter", {}))}
-        model_config = config["model"]
-        tokens = list(model_config.get("ctc_tokens") or [])
-        if not tokens and not Path(model_config["spec"], "vocab.json").exists():
-            manifests = list(config["data"]["train_manifests"]) + list(config["data"]["val_manifests"])
-            pairs = [
-                (u.text, u.lang)
-                for m in manifests
-                for u in read_manifest(m, skip_bad_lines=config["data"]["skip_bad_lines"])
-            ]
-            tokens = build_ctc_tokens(pairs, model_config.get("ctc_unit", "chars"))
-            model_config["ctc_tokens"] = tokens
-        self.model, self.processor, new_head = load_ctc_model_processor(
-            model_config["spec"], tokens, model_config.get("init_seed", 0)
-        )
-        if new_head and OUTPUT_LAYER not in config["adapter"].get("modules_to_save", []):
-            config["adapter"]["modules_to_save"] = list(config["adapter"].get("modules_to_save", [])) + [OUTPUT_LAYER]
-        return config
-
     def enable_gradient_checkpointing(self, use_reentrant: bool = True) -> None:
         """Checkpoint every encoder and decoder layer. Reentrant checkpointing backpropagates into a layer
         only if one of its tensor inputs requires grad; with a frozen base nothing before the first layer
         does, and the adapters inside would silently get no gradient. So the first activations of each stack
-        (Whisper: the encoder's last convolution and the decoder's embeddings; wav2vec2: the convolutional
-        feature encoder) are made to require grad."""
+        (the backbone names them) are made to require grad."""
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-        if self.ctc:
-            entries = [self.model.wav2vec2.feature_extractor]
-        else:
-            entries = [self.model.model.encoder.conv2, self.model.model.decoder.embed_tokens]
-        for module in entries:
+        for module in self.backbone.checkpointing_entries(self.model):
             module.register_forward_hook(lambda _module, _inputs, output: output.requires_grad_(True))
 
     # ---- loss -------------------------------------------------------------------------------------------------
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """Token-mean cross-entropy (Whisper) or CTC loss (wav2vec2). Whisper's output projection (51,865
-        wide) runs only at label positions, not at padding: that saves about a third of a training step on
-        small models."""
-        labels = batch["labels"]
-        if self.ctc:
-            out = self.model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
-            return out.loss, int((labels != IGNORE_INDEX).sum())
-        config = self.model.config
-        decoder_input_ids = shift_tokens_right(
-            labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
-            config.pad_token_id,
-            config.decoder_start_token_id,
-        )
-        hidden = self.model.model(
-            input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
-        ).last_hidden_state
-        mask = labels != IGNORE_INDEX
-        logits = self.model.proj_out(hidden[mask])
-        return F.cross_entropy(logits.float(), labels[mask]), int(mask.sum())
+        """The backbone's loss (token-mean cross-entropy for Whisper, CTC for wav2vec2) and its unit count."""
+        return self.backbone.loss(self.model, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         cross_entropy, _ = self.forward_loss(batch)
@@ -167,44 +134,29 @@ class ASRModule(L.LightningModule):
         return loss
 
     # ---- decoding ---------------------------------------------------------------------------------------------
-    def transcribe(self, input_features: torch.Tensor, langs: list[str]) -> tuple[list[str], int]:
-        """Greedy or beam decoding with the language token forced per utterance (or fixed, or detected).
-        Returns the texts and how many utterances hit ``max_new_tokens`` (a repetition loop, usually)."""
-        decode = self.config["decode"]
-        if decode["language"] == "manifest":
-            language = [lang.split("-")[0] for lang in langs]
-        elif decode["language"] == "auto":
-            language = None
-        else:
-            language = decode["language"]
-        sequences = self.model.generate(
-            input_features,
-            language=language,
-            task="transcribe",
-            max_new_tokens=decode["max_new_tokens"],
-            num_beams=decode["num_beams"],
-        )
-        if not torch.is_tensor(sequences):
-            sequences = sequences.sequences
-        cap_hits = count_cap_hits(sequences, self.tokenizer.eos_token_id, decode["max_new_tokens"])
-        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True), cap_hits
+    def decode_languages(self, langs: list[str]) -> list[str] | str | None:
+        """The language to force, per ``decode.language``: each utterance's own matrix language
+        (``manifest``), none (``auto``: detected), or one code for every utterance."""
+        language = self.config.decode.language
+        if language == "manifest":
+            return [lang.split("-")[0] for lang in langs]
+        return None if language == "auto" else language
 
-    def ctc_transcribe(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        """Greedy CTC decoding: the best unit per frame, repeats merged, blanks dropped; jamo recomposed."""
-        logits = self.model(input_values=input_values, attention_mask=attention_mask).logits
-        texts = self.tokenizer.batch_decode(logits.argmax(dim=-1))
-        return [unicodedata.normalize("NFC", text) for text in texts]
+    def transcribe(self, inputs: dict, langs: list[str]) -> tuple[list[str], int]:
+        """Texts of a batch of model inputs (a collated batch, or the backbone's ``audio_inputs``) and how many
+        hit ``decode.max_new_tokens`` (a repetition loop, usually)."""
+        return self.backbone.decode(
+            self.model, self.tokenizer, inputs, self.decode_languages(langs), self.config.decode
+        )
 
     def decode_batch(self, batch: dict) -> tuple[list[str], int]:
-        """Texts of a collated batch and the number that hit the decoding cap (never, for CTC)."""
-        if self.ctc:
-            return self.ctc_transcribe(batch["input_values"], batch["attention_mask"]), 0
-        return self.transcribe(batch["input_features"], batch["langs"])
+        """Texts of a collated batch and the number that hit the decoding cap."""
+        return self.transcribe(batch, batch["langs"])
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     @property
     def scoring(self):
-        return structured(ScoringConfig, self.config.get("scoring", {}))
+        return self.config.scoring
 
     def normalizer(self, lang: str) -> TextNormalizer:
         return TextNormalizer.from_scoring(lang, self.scoring)
@@ -227,7 +179,7 @@ class ASRModule(L.LightningModule):
         key = f"{split}__{_key(name)}"
         loss, n_tokens = self.forward_loss(batch)
         self.eval_losses[key]["loss"].update(loss.detach(), weight=n_tokens)
-        if split == "val" and not self.config["decode"].get("in_validation", True):
+        if split == "val" and not self.config.decode.in_validation:
             return
         texts, cap_hits = self.decode_batch(batch)
         self.eval_losses[key]["cap_hits"].update(torch.tensor(cap_hits / len(texts)), weight=len(texts))
@@ -296,19 +248,13 @@ class ASRModule(L.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optim = self.config["optim"]
-        parameters = [p for _, p in self.strategy.trainable_parameters()]
-        if not parameters:
+        optim = self.config.optim
+        if not self.strategy.trainable_parameters():
             raise ValueError(f"adapter strategy {self.strategy.name!r} leaves nothing to train")
-        decay = [p for p in parameters if p.ndim >= 2]
-        no_decay = [p for p in parameters if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim["lr"],
-            betas=tuple(optim["betas"]),
-        )
+        groups = self.strategy.optimizer_groups(optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
+        warmup, floor = optim.warmup_steps, optim.min_lr_ratio
 
         def schedule(step: int) -> float:
             if step < warmup:
@@ -321,7 +267,7 @@ class ASRModule(L.LightningModule):
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lightning_asr_config"] = self.config
+        checkpoint["lightning_asr_config"] = to_dict(self.config)  # plain data: weights_only loading reads it
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ASRModule:
@@ -329,6 +275,6 @@ class ASRModule(L.LightningModule):
         checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
         if "lightning_asr_config" not in checkpoint:
             raise ValueError(f"{path} was not written by lightning_asr (no run config inside)")
-        module = cls(checkpoint["lightning_asr_config"])
+        module = cls(structured(TrainConfig, checkpoint["lightning_asr_config"], lenient_adapter=True))
         module.load_state_dict(checkpoint["state_dict"])
         return module

@@ -50,8 +50,7 @@ import torch
 from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
 from torch import nn
 
-from lightning_asr.adapters import build_strategy
-from lightning_asr.adapters.base import AdapterStrategy, matches_any
+from lightning_asr.adapters import AdapterStrategy, adapter_config, build_strategy, inference_settings
 from lightning_asr.adapters.export import (
     PEFT_CONFIG,
     PEFT_TENSORS,
@@ -63,18 +62,12 @@ from lightning_asr.adapters.export import (
     read_adapter_tensors,
     read_side_file,
 )
-from lightning_asr.adapters.glora import NOT_MERGEABLE, GLoRA
-from lightning_asr.adapters.lora import LoRA
 from lightning_asr.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE
-from lightning_asr.config import AdapterConfig, ConfigError, DecodeConfig, structured
-from lightning_asr.models import input_seconds, load_model_processor
-from lightning_asr.module import count_cap_hits
+from lightning_asr.config import ConfigError, DecodeConfig, ModelConfig, structured
+from lightning_asr.models import backbone_for
 
 ADAPTER_FILES = (SIDE_JSON, SIDE_TENSORS, PEFT_CONFIG, PEFT_TENSORS)
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
-# Config keys that only matter for training: adapters differing in these share one injected structure.
-TRAINING_ONLY_KEYS = ("kl_weight", "kl_reduction", "num_train_examples", "prior_std", "noise", "rho_init")
-FULL_WEIGHTS_NOTE = "full fine-tuning has no separate adapter: its slot holds every trained weight, nothing to merge"
 MODES = ("merged", "unmerged")
 WINDOWS_PER_BATCH = 16  # long audio: windows decoded together, in batches of at most this many (bounded memory)
 log = logging.getLogger(__name__)
@@ -169,7 +162,9 @@ class ReadyAdapter:
 
 
 def structure_key(side: dict) -> str:
-    config = {k: v for k, v in sorted((side.get("config") or {}).items()) if k not in TRAINING_ONLY_KEYS}
+    """Adapters whose configs differ only in training-only settings (``adapters.training_only``) share one
+    injected structure."""
+    config = inference_settings(adapter_config(side["config"], "adapter config", lenient=True))
     return f"{side['strategy']}:{json.dumps(config, sort_keys=True)}"
 
 
@@ -205,22 +200,26 @@ class AdapterServer:
             raise ValueError("cache_size must be at least 1")
         self.base_spec, self.adapters_dir, self.mode, self.cache_size = str(base), Path(adapters), mode, cache_size
         self.max_structures = max(1, max_structures)
-        decode = DecodeConfig()
-        self.num_beams = num_beams or decode.num_beams
-        self.max_new_tokens = max_new_tokens or decode.max_new_tokens
+        defaults = DecodeConfig()
+        self.decode_config = structured(
+            DecodeConfig,
+            {"num_beams": num_beams or defaults.num_beams, "max_new_tokens": max_new_tokens or defaults.max_new_tokens},
+        )
         self.device = torch.device(device)
-        model, self.processor = load_model_processor(base)
+        self.backbone = backbone_for(base)
+        model, self.processor = self.backbone.load(structured(ModelConfig, {"spec": str(base)}))
         self.base = model.to(self.device).eval()
         for parameter in self.base.parameters():
             parameter.requires_grad_(False)
         self.fingerprint = base_fingerprint(self.base)
-        languages = getattr(self.base.generation_config, "lang_to_id", None) or {}
-        self.lang_to_code = {token_id: token[2:-2] for token, token_id in languages.items()}
+        languages = getattr(getattr(self.base, "generation_config", None), "lang_to_id", None) or {}
+        self.language_codes = {token[2:-2] for token in languages}  # none: the model has no language control
         try:
             self.default_language = self.parse_language(language)
         except ServeError as err:
             raise ValueError(err.message) from None
-        self.window_samples = input_seconds(self.base) * SAMPLE_RATE
+        window = self.backbone.window_seconds(self.processor)
+        self.window_samples = int(window * SAMPLE_RATE) if window else None
         self.lock = threading.Lock()
         self.slots: OrderedDict[str, Slot] = OrderedDict()
         self.cache: OrderedDict[str, ReadyAdapter] = OrderedDict()
@@ -233,23 +232,20 @@ class AdapterServer:
     def parse_language(self, language: str | None) -> str | None:
         """``auto`` (detected per request) -> None; a code, or a code-switching pair such as ``zh-en``, whose
         first language is forced, as offline decoding does with manifest languages."""
-        if language is None or language == "auto":
+        if language is None or language == "auto" or not self.language_codes:
             return None
         code = language.split("-")[0]
-        if code not in self.lang_to_code.values():
+        if code not in self.language_codes:
             raise ServeError(
                 422, f"unknown language {language!r} — fix: use 'auto' or a Whisper language code such as 'en'"
             )
         return code
 
-    def features(self, audio: bytes) -> tuple[torch.Tensor, float]:
-        """Log-mel features, one row per encoder window (audio longer than a window is cut into windows)."""
+    def features(self, audio: bytes) -> tuple[list, float]:
+        """The audio cut into encoder windows (one piece where the encoder takes any length), and its length."""
         samples = decode_audio_bytes(audio)
-        chunks = [samples[i : i + self.window_samples] for i in range(0, len(samples), self.window_samples)]
-        features = self.processor.feature_extractor(
-            chunks, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features
-        return features, len(samples) / SAMPLE_RATE
+        step = self.window_samples or len(samples)
+        return [samples[i : i + step] for i in range(0, len(samples), step)], len(samples) / SAMPLE_RATE
 
     def transcribe(
         self,
@@ -400,28 +396,25 @@ class AdapterServer:
         if key in self.slots:
             return self.slots[key]
         try:
-            config = structured(AdapterConfig, dict(side["config"]))
-            strategy = build_strategy(config)
+            strategy = build_strategy(adapter_config(side["config"], "adapter config", lenient=True))
         except (ConfigError, ValueError, TypeError) as err:
             raise ServeError(422, f"{what}: its adapter config cannot be built here ({err})") from err
-        if strategy.name == "frozen":
-            raise ServeError(422, f"{what} is a 'frozen' export: it holds no adapter")
-        model = copy.deepcopy(self.base, self._shared_memo(config))
+        model = copy.deepcopy(self.base, self._shared_memo(strategy))
         try:
-            strategy.attach(model)
+            strategy.attach(model, for_training=False)
         except ValueError as err:
             raise ServeError(422, f"{what}: {err}") from err
-        if hasattr(strategy, "initial_weights"):
-            strategy.initial_weights = {}  # W0 snapshot for training statistics: a whole extra model, unused here
+        if not strategy.trainable_parameters():
+            raise ServeError(422, f"{what} is a {strategy.name!r} export: it trains nothing, so it holds no adapter")
         targets = side.get("target_modules")
-        if targets is not None and list(targets) != list(getattr(strategy, "target_names", targets)):
+        if targets is not None and list(targets) != list(strategy.target_names or targets):
             raise ServeError(
                 422,
                 f"{what} adapts {len(targets)} modules, but its target patterns select "
                 f"{len(strategy.target_names)} on this base — fix: export it from this base",
             )
         tokenizer = self.processor.tokenizer
-        new_tokens = list(getattr(config, "new_tokens", None) or [])
+        new_tokens = list(strategy.config.new_tokens or [])
         if new_tokens:  # their embedding rows come with the adapter's tensors; the ids need the words
             from lightning_asr.vocabulary import extend_tokenizer
 
@@ -439,14 +432,14 @@ class AdapterServer:
                 del self.cache[user]
         return slot
 
-    def _shared_memo(self, config) -> dict:
+    def _shared_memo(self, strategy: AdapterStrategy) -> dict:
         """``deepcopy`` memo that makes the copy reuse the base's parameters and buffers instead of copying
-        them. Full fine-tuning trains (and so overwrites) every weight outside ``frozen_modules``: those
-        must be its own copies."""
-        frozen = list(config.frozen_modules or [])
+        them, except those the strategy owns (trains, and so overwrites with each user's tensors: every
+        weight of full fine-tuning, ``modules_to_save``): those are the slot's own copies, so no user's
+        weights reach the base that every slot shares."""
         memo = {}
         for name, parameter in self.base.named_parameters(remove_duplicate=False):
-            if config.name != "full_ft" or matches_any(name, frozen):
+            if not strategy.owns_base_parameter(name):
                 memo[id(parameter)] = parameter
         for buffer in self.base.buffers():
             memo[id(buffer)] = buffer
@@ -470,17 +463,13 @@ class AdapterServer:
         if self.mode != "merged":
             yield state
             return
-        if isinstance(slot.strategy, GLoRA):
-            state["note"] = f"served unmerged: {NOT_MERGEABLE}"
-            yield state
-            return
-        if not isinstance(slot.strategy, LoRA):
-            state["note"] = FULL_WEIGHTS_NOTE
+        if not slot.strategy.mergeable:
+            state["note"] = f"served unmerged: {slot.strategy.not_mergeable_reason}"
             yield state
             return
         started = time.perf_counter()
-        layers = list(slot.strategy.layers().values())
-        originals = [layer.base_layer.weight.detach().clone() for layer in layers]
+        targets = slot.strategy.merge_targets()
+        originals = [target.detach().clone() for target in targets]
         try:
             slot.strategy.merge()
             state["merged"] = True
@@ -488,34 +477,28 @@ class AdapterServer:
             yield state
         finally:
             restore = time.perf_counter()
-            with torch.no_grad():
-                for layer, weight in zip(layers, originals):
-                    layer.base_layer.weight.copy_(weight)
-                    layer.merged = False
+            slot.strategy.unmerge()
+            with torch.no_grad():  # subtracting back leaves rounding residue: the kept weights are exact
+                for target, weight in zip(targets, originals):
+                    target.copy_(weight)
             state["ms"] += (time.perf_counter() - restore) * 1000
 
-    def _decode(self, slot: Slot, features: torch.Tensor, language: str | None) -> tuple[list[str], str, int]:
-        """Greedy or beam decoding as ``ASRModule.transcribe`` does it; ``auto`` detects the language of the
-        first window and forces it on every window."""
-        features = features.to(self.device)
-        model, tokenizer = slot.model, slot.tokenizer
+    def _decode(self, slot: Slot, windows: list, language: str | None) -> tuple[list[str], str | None, int]:
+        """Decoding through the backbone, as ``ASRModule.transcribe`` does it; ``auto`` detects the language
+        of the first window and forces it on every window."""
         texts, cap_hits = [], 0
         with torch.no_grad():
-            if language is None:
-                language = self.lang_to_code[int(model.detect_language(features[:1])[0])]
-            for start in range(0, len(features), WINDOWS_PER_BATCH):
-                batch = features[start : start + WINDOWS_PER_BATCH]
-                sequences = model.generate(
-                    batch,
-                    language=[language] * len(batch),
-                    task="transcribe",
-                    max_new_tokens=self.max_new_tokens,
-                    num_beams=self.num_beams,
+            for start in range(0, len(windows), WINDOWS_PER_BATCH):
+                chunk = windows[start : start + WINDOWS_PER_BATCH]
+                inputs = {k: v.to(self.device) for k, v in self.backbone.audio_inputs(self.processor, chunk).items()}
+                if language is None and start == 0:
+                    language = self.backbone.detect_language(slot.model, inputs)
+                languages = None if language is None else [language] * len(chunk)
+                batch_texts, hits = self.backbone.decode(
+                    slot.model, slot.tokenizer, inputs, languages, self.decode_config
                 )
-                if not torch.is_tensor(sequences):
-                    sequences = sequences.sequences
-                cap_hits += count_cap_hits(sequences, tokenizer.eos_token_id, self.max_new_tokens)
-                texts += tokenizer.batch_decode(sequences, skip_special_tokens=True)
+                texts += batch_texts
+                cap_hits += hits
         return texts, language, cap_hits
 
     # ---- introspection ---------------------------------------------------------------------------------------
@@ -550,7 +533,7 @@ class AdapterServer:
             "base_weights_sha256": self.fingerprint["weights_sha256"],
             "mode": self.mode,
             "device": str(self.device),
-            "window_seconds": input_seconds(self.base),
+            "window_seconds": self.backbone.window_seconds(self.processor),
             "cache_size": self.cache_size,
             "cached_users": list(self.snapshot[0]),
             "cached_bytes": self.snapshot[2],

@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
 
-from lightning_asr.config import to_dict
+from lightning_asr.config import TrainConfig, structured, to_dict
 from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.data.resumable import ResumableDataModule, batch_seed
 from lightning_asr.module import ASRModule
@@ -71,21 +72,11 @@ class TrainResult:
     validation: dict[str, float]
 
 
-def make_datamodule(config: dict, processor, resumable: bool = False) -> ManifestDataModule:
-    """The data of a run; ``resumable`` for training (``data/resumable.py``: exact mid-epoch resumption)."""
-    data = config["data"]
+def make_datamodule(config, module: ASRModule, resumable: bool = False) -> ManifestDataModule:
+    """The data of a run for ``module``'s backbone and processor; ``resumable`` for training
+    (``data/resumable.py``: exact mid-epoch resumption)."""
     return (ResumableDataModule if resumable else ManifestDataModule)(
-        processor,
-        data["train_manifests"],
-        data["val_manifests"],
-        data["test_manifests"],
-        data["batch_size"],
-        data["eval_batch_size"],
-        data["num_workers"],
-        data["bucket_size"],
-        data["skip_bad_lines"],
-        data["spec_augment"],
-        config["seed"],
+        module.processor, module.backbone, config.data, config.seed
     )
 
 
@@ -100,8 +91,8 @@ class SeedEachBatch(Callback):
         torch.manual_seed(batch_seed(self.seed, "step", trainer.global_rank, trainer.current_epoch, batch_idx))
 
 
-def make_trainer(config: dict, callbacks=(), logger=None, **overrides) -> L.Trainer:
-    trainer = dict(config["trainer"])
+def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
+    trainer = to_dict(config.trainer)
     val_check_interval = trainer.pop("val_check_interval")
     # the data module shards batches itself (same global batches under any number of processes)
     kwargs = dict(
@@ -128,10 +119,11 @@ def _comparable(config: dict) -> dict:
 
 
 def train(config, resume: bool = False, force: bool = False, logger=None, extra_callbacks=()) -> TrainResult:
-    """Train with ``config`` (a DictConfig or dict). ``output_dir`` holds checkpoints and CSV logs; a run
-    already there is resumed with ``resume``, replaced with ``force``, and otherwise refused."""
-    config = to_dict(config) if not isinstance(config, dict) else config
-    output = Path(config["output_dir"])
+    """Train with ``config`` (a typed run config; a dict of its keys is checked and typed first).
+    ``output_dir`` holds checkpoints and CSV logs; a run already there is resumed with ``resume``, replaced
+    with ``force``, and otherwise refused."""
+    config = config if isinstance(config, DictConfig) else structured(TrainConfig, config)
+    output = Path(config.output_dir)
     checkpoints = output / "checkpoints"
     last = checkpoints / "last.ckpt"
     if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
@@ -151,7 +143,7 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
                 f"{saved} is not readable JSON ({err}) — fix: --force to start over, or restore the "
                 "file from a copy of the run"
             ) from err
-        if not isinstance(saved_config, dict) or _comparable(saved_config) != _comparable(config):
+        if not isinstance(saved_config, dict) or _comparable(saved_config) != _comparable(to_dict(config)):
             raise OutputExistsError(
                 f"{output} was trained with another config ({saved}) — fix: resume with that "
                 "config, or --force to start over"
@@ -160,19 +152,15 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         check_resumable(last)
     output.mkdir(parents=True, exist_ok=True)
 
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    module = ASRModule(config)
-    datamodule = make_datamodule(config, module.processor, resumable=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = ASRModule(config)  # fills in what the run derives from its data (the checkpoints keep it)
+    datamodule = make_datamodule(config, module, resumable=True)
     datamodule.setup()
-    if config["adapter"].get("kl_reduction") == "elbo" and not config["adapter"].get("num_train_examples"):
-        # the textbook ELBO divides the summed KL by the number of training utterances
-        config["adapter"]["num_train_examples"] = sum(len(us) for us in datamodule.sets["train"].values())
-        module.strategy.config.num_train_examples = config["adapter"]["num_train_examples"]
     partial = saved.with_name(saved.name + ".partial")  # renamed into place: a kill never leaves half a file
-    partial.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    partial.write_text(json.dumps(to_dict(config), indent=2, ensure_ascii=False), encoding="utf-8")
     partial.replace(saved)
     module.set_eval_sets("val", datamodule.eval_sets("val"))
-    has_val = bool(config["data"]["val_manifests"])
+    has_val = bool(config.data.val_manifests)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoints,
         filename="best",
@@ -181,11 +169,11 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         save_last=True,
         save_top_k=1,
     )
-    callbacks = [checkpoint, SeedEachBatch(config["seed"]), *extra_callbacks]
+    callbacks = [checkpoint, SeedEachBatch(config.seed), *extra_callbacks]
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = make_trainer(
-        config, callbacks, loggers, limit_val_batches=config["trainer"]["limit_val_batches"] if has_val else 0
+        config, callbacks, loggers, limit_val_batches=config.trainer.limit_val_batches if has_val else 0
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -197,13 +185,11 @@ def evaluate(
     module: ASRModule, manifests: list[str], config_overrides: dict | None = None, logger=None
 ) -> dict[str, float]:
     """Test ``module`` on each manifest; return ``{"test/<set>/<metric>": value}``. Per-utterance predictions
-    are left in ``module.predictions``."""
-    config = dict(module.config)
-    config["data"] = dict(config["data"], test_manifests=list(manifests), train_manifests=[], val_manifests=[])
-    if config_overrides:
-        config.update(config_overrides)
+    are left in ``module.predictions``. ``config_overrides``: run-config sections to change (decode, trainer)."""
+    data = {"test_manifests": list(manifests), "train_manifests": [], "val_manifests": []}
+    config = OmegaConf.merge(module.config, {"data": data}, config_overrides or {})
     module.config = config
-    datamodule = make_datamodule(config, module.processor)
+    datamodule = make_datamodule(config, module)
     datamodule.setup()
     module.set_eval_sets("test", datamodule.eval_sets("test"))
     trainer = make_trainer(config, logger=logger, limit_test_batches=None)

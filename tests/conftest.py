@@ -39,10 +39,17 @@ def config_dict(corpus, tmp_path, **overrides) -> dict:
     return to_dict(load_config(overrides=base + [f"{k}={v}" for k, v in overrides.items()]))
 
 
-def first_batch(processor, manifest, batch_size: int) -> dict:
+def datamodule(processor, train=(), backbone=None, seed: int = 0, **data):
+    """A ``ManifestDataModule`` over ``train`` manifests (Whisper unless ``backbone``), ``data`` keys as given."""
     from lightning_asr.data.datamodule import ManifestDataModule
+    from lightning_asr.models import WhisperBackbone
 
-    dm = ManifestDataModule(processor, [manifest], batch_size=batch_size, bucket_size=batch_size)
+    data = {"train_manifests": [str(m) for m in train], **data}
+    return ManifestDataModule(processor, backbone or WhisperBackbone(), data, seed)
+
+
+def first_batch(processor, manifest, batch_size: int, backbone=None) -> dict:
+    dm = datamodule(processor, [manifest], backbone, batch_size=batch_size, bucket_size=batch_size)
     dm.setup()
     return next(iter(dm.train_dataloader()))
 
@@ -63,4 +70,4 @@ def ctc_batch(corpus, tmp_path_factory):
             corpus, tmp_path_factory.mktemp("ctc"), **{"model.spec": "wav2vec2-tiny-random", "model.ctc_unit": "jamo"}
         )
     )
-    return first_batch(module.processor, corpus / "ko-en/train.jsonl", 2)
+    return first_batch(module.processor, corpus / "ko-en/train.jsonl", 2, module.backbone)

@@ -1,12 +1,10 @@
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lightning_asr.adapters import build_strategy
 from lightning_asr.adapters.blora import NOISE_MODES, GaussianFactor
 from lightning_asr.adapters.export import SIDE_JSON, SIDE_TENSORS, AdapterFileError
 from lightning_asr.adapters.glora import GLORA_TYPES, GLoRALinear
-from lightning_asr.config import AdapterConfig
 from lightning_asr.models import load_base_model
 
 STRATEGY_CONFIGS = {
@@ -18,7 +16,9 @@ STRATEGY_CONFIGS = {
 
 
 def adapter_config(**values):
-    return OmegaConf.merge(OmegaConf.structured(AdapterConfig), values)
+    from lightning_asr.adapters import adapter_config as typed
+
+    return typed(values)
 
 
 def attached(name_or_values, seed=0):

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,12 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from forgetting import main
+    from lightning_asr.study.cli import forgetting_main as main
 
     tmp = tmp_path_factory.mktemp("bench")
     args = [
@@ -100,7 +98,7 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
 
 
 def test_rerun_reuses_finished_cells(smoke_run, capsys):
-    from forgetting import main
+    from lightning_asr.study.cli import forgetting_main as main
 
     tmp, args = smoke_run
     capsys.readouterr()
@@ -147,7 +145,7 @@ def test_mlflow_ui_target_answers_on_loopback_and_stops():
 def test_interrupted_cell_resumes_in_its_own_run(smoke_run, capsys):
     """A cell whose run never got its 'finished' tag (the process was killed) continues from its last
     checkpoint in the same MLflow run: no duplicate run, nothing overwritten."""
-    from forgetting import main
+    from lightning_asr.study.cli import forgetting_main as main
 
     tmp, args = smoke_run
     client, runs = runs_of(tmp)

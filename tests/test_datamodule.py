@@ -1,12 +1,14 @@
-from lightning_asr.data.datamodule import IGNORE_INDEX, BucketBatchSampler, ManifestDataModule
+from conftest import datamodule
+
+from lightning_asr.data.datamodule import IGNORE_INDEX, BucketBatchSampler
 
 
 def test_collate_shapes_and_per_utterance_label_prefix(corpus, processor):
-    dm = ManifestDataModule(
+    dm = datamodule(
         processor,
         [corpus / "en/train.jsonl", corpus / "ko-en/train.jsonl"],
         batch_size=6,
-        spec_augment_config={
+        spec_augment={
             "enabled": True,
             "freq_masks": 1,
             "freq_mask_param": 10,
@@ -58,4 +60,4 @@ def test_utterance_longer_than_window_is_an_error(tmp_path, processor):
         json.dumps({"audio_filepath": "long.wav", "duration": 7.0, "text": "x", "lang": "en"}) + "\n"
     )
     with pytest.raises(ManifestError, match="longer than the model's 6 s"):
-        ManifestDataModule(processor, [tmp_path / "m.jsonl"]).setup()
+        datamodule(processor, [tmp_path / "m.jsonl"]).setup()

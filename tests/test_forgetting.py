@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from lightning_asr.forgetting import Scores, compare, derived_metrics, mean_interval
+from lightning_asr.study.forgetting import Scores, compare, derived_metrics, mean_interval
 
 SOURCES, TARGET = ["en", "ko"], "ko-en"
 

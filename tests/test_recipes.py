@@ -1,17 +1,15 @@
 """The GPU recipes cannot run here (hub models, licensed corpora): check that they resolve and validate."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from lightning_asr.config import ConfigError
+from lightning_asr.models import PRESETS
+from lightning_asr.study.benchmark import Benchmark, load_bench_config
+from lightning_asr.study.cli import forgetting_main as main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from forgetting import Benchmark, load_bench_config, main  # noqa: E402
-
-from lightning_asr.config import ConfigError  # noqa: E402
-from lightning_asr.models import PRESETS  # noqa: E402
 
 RECIPES = {
     "ascend_whisper_small": ("openai/whisper-small", "ascend/test"),
@@ -50,9 +48,8 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 
 def test_config_identity_ignores_options_at_their_defaults():
-    from forgetting import RESULTS_VERSION, config_identity
-
     from lightning_asr.config import load_config, to_dict
+    from lightning_asr.study.benchmark import RESULTS_VERSION, config_identity
 
     config = to_dict(load_config(overrides=["adapter.name=lora", "output_dir=runs/x"]))
     assert config_identity(config) == {"results_version": RESULTS_VERSION, "adapter": {"name": "lora"}}
@@ -60,3 +57,27 @@ def test_config_identity_ignores_options_at_their_defaults():
     assert config_identity(older) == config_identity(config)
     config["scoring"]["numbers"] = "words"
     assert config_identity(config)["scoring"] == {"numbers": "words"}
+
+
+def test_every_planned_cell_keeps_the_identity_its_finished_runs_are_found_by():
+    """Finished cells are found in MLflow by the hash of what makes their result (``Benchmark.cell_hash``).
+    ``tests/data/cell_identities.json`` holds the hash of every planned cell of the tiny and embedded
+    reproductions as the code computed it when the study moved into ``lightning_asr/study`` (a placeholder
+    stands for the corpus checksum): equal hashes mean every cell trained since is reused, not retrained. A
+    deliberate change of what a cell computes bumps ``RESULTS_VERSION`` and this file with it."""
+    import json
+
+    from lightning_asr.study.reproduction import Reproduction
+
+    expected = json.loads((ROOT / "tests" / "data" / "cell_identities.json").read_text())
+    got = {}
+    for profile in ("tiny", "embedded"):
+        reproduction = Reproduction(profile)
+        for experiment in reproduction.plan:
+            for variant in experiment.variants:
+                benchmark = Benchmark(reproduction.arm_bench([variant], variant.arm), reproduction.bench_path)
+                benchmark.corpus_checksum = "C"
+                for seed in experiment.seeds_of(variant):
+                    config = benchmark.cell_config(dict(variant.entry), seed, "BASE")
+                    got[f"{profile}/{variant.arm}/{variant.label}-seed{seed}"] = benchmark.cell_hash(config)
+    assert got == expected

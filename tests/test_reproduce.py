@@ -2,17 +2,19 @@
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from lightning_asr import reproduction as rp
 from lightning_asr.config import ConfigError
+from lightning_asr.study.cells import Cells, logged_histogram
+from lightning_asr.study.claims import EXPERIMENTS
+from lightning_asr.study.claims.token_normalisation import count_compatibility_jamo, rescore, to_compatibility_jamo
+from lightning_asr.study.plan import Variant, benchmark_groups, build_plan, plan_lines
+from lightning_asr.study.report import generate_report
+from lightning_asr.study.tracking import TAG_EXPERIMENT
+from lightning_asr.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Estimate, Verdict, combine_verdicts, judge
 from lightning_asr.text import TextNormalizer
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SOURCES, TARGET = ["en/test", "ko/test"], "ko-en/test"
 CONTEXT = {
@@ -34,7 +36,7 @@ BENCH_STRATEGIES = [
 
 def profile(**changes) -> dict:
     config = {
-        "experiments": list(rp.EXPERIMENTS),
+        "experiments": list(EXPERIMENTS),
         "seeds": [1, 2, 3],
         "blora_vs_lora": {"kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "one-at-a-time"},
         "glora_types": {"types": [1, 2]},
@@ -46,7 +48,7 @@ def profile(**changes) -> dict:
     return config
 
 
-def outcome(variant: rp.Variant, seed: int, lora_forgets: bool = True) -> tuple[float, float, float, dict]:
+def outcome(variant: Variant, seed: int, lora_forgets: bool = True) -> tuple[float, float, float, dict]:
     """Hand-made (en, ko, target) error rates and metrics: BLoRA forgets half of LoRA's forgetting and is
     2-3 % worse on the target; GLoRA type 1 beats LoRA and type 2; fine-tuning beats scratch; BLoRA's
     delta W is sparser than LoRA's but far from 99.7 % below 1e-3."""
@@ -113,47 +115,47 @@ def verdicts(report) -> dict[str, str]:
 
 # ---- verdict rules ----------------------------------------------------------------------------------------------
 def test_judge_holds_when_the_interval_lies_on_the_claimed_side():
-    verdict = rp.judge(rp.Estimate.of([0.50, 0.55, 0.60]), "greater", 0.0)
-    assert verdict.status == rp.HOLDS and "above 0" in verdict.reason
-    assert rp.judge(rp.Estimate.of([0.02, 0.025, 0.03]), "less", 0.04).status == rp.HOLDS
+    verdict = judge(Estimate.of([0.50, 0.55, 0.60]), "greater", 0.0)
+    assert verdict.status == HOLDS and "above 0" in verdict.reason
+    assert judge(Estimate.of([0.02, 0.025, 0.03]), "less", 0.04).status == HOLDS
 
 
 def test_judge_does_not_hold_when_the_interval_lies_on_the_other_side():
-    verdict = rp.judge(rp.Estimate.of([-0.30, -0.25, -0.28]), "greater", 0.0)
-    assert verdict.status == rp.FAILS and "against the claim" in verdict.reason
-    assert rp.judge(rp.Estimate.of([0.50, 0.52, 0.51]), "greater", 0.99).status == rp.FAILS
+    verdict = judge(Estimate.of([-0.30, -0.25, -0.28]), "greater", 0.0)
+    assert verdict.status == FAILS and "against the claim" in verdict.reason
+    assert judge(Estimate.of([0.50, 0.52, 0.51]), "greater", 0.99).status == FAILS
 
 
 def test_judge_is_inconclusive_when_the_interval_contains_the_threshold():
-    verdict = rp.judge(rp.Estimate.of([-0.1, 0.2, 0.05]), "greater", 0.0)
-    assert verdict.status == rp.INCONCLUSIVE and "contains 0" in verdict.reason
+    verdict = judge(Estimate.of([-0.1, 0.2, 0.05]), "greater", 0.0)
+    assert verdict.status == INCONCLUSIVE and "contains 0" in verdict.reason
     # identical values: a zero-width interval at the threshold decides nothing
-    assert rp.judge(rp.Estimate.of([0.0, 0.0, 0.0]), "greater", 0.0).status == rp.INCONCLUSIVE
+    assert judge(Estimate.of([0.0, 0.0, 0.0]), "greater", 0.0).status == INCONCLUSIVE
 
 
 def test_judge_is_inconclusive_with_fewer_than_three_seeds_however_large_the_effect():
-    verdict = rp.judge(rp.Estimate.of([0.9, 0.95]), "greater", 0.0)
-    assert verdict.status == rp.INCONCLUSIVE and "2 seed(s)" in verdict.reason and "3 needed" in verdict.reason
+    verdict = judge(Estimate.of([0.9, 0.95]), "greater", 0.0)
+    assert verdict.status == INCONCLUSIVE and "2 seed(s)" in verdict.reason and "3 needed" in verdict.reason
 
 
 def test_undefined_values_are_left_out_and_named_in_the_reason():
-    estimate = rp.Estimate.of([0.5, math.nan, 0.6, math.nan])
+    estimate = Estimate.of([0.5, math.nan, 0.6, math.nan])
     assert (estimate.n, estimate.undefined) == (2, 2) and estimate.mean == pytest.approx(0.55)
-    verdict = rp.judge(estimate, "greater", 0.0, undefined_reason="LoRA did not forget")
-    assert verdict.status == rp.INCONCLUSIVE and "2 seed(s) undefined (LoRA did not forget)" in verdict.reason
+    verdict = judge(estimate, "greater", 0.0, undefined_reason="LoRA did not forget")
+    assert verdict.status == INCONCLUSIVE and "2 seed(s) undefined (LoRA did not forget)" in verdict.reason
 
 
 def test_a_claim_of_parts_fails_if_any_part_fails_and_holds_only_if_all_hold():
-    holds, fails, open_ = rp.Verdict(rp.HOLDS, ""), rp.Verdict(rp.FAILS, ""), rp.Verdict(rp.INCONCLUSIVE, "wide")
-    assert rp.combine_verdicts([("a", holds), ("b", holds)], "-").status == rp.HOLDS
-    assert rp.combine_verdicts([("a", holds), ("b", open_), ("c", fails)], "-").status == rp.FAILS
-    assert rp.combine_verdicts([("a", holds), ("b", open_)], "-").status == rp.INCONCLUSIVE
-    assert rp.combine_verdicts([], "nothing measured").reason == "nothing measured"
+    holds, fails, open_ = Verdict(HOLDS, ""), Verdict(FAILS, ""), Verdict(INCONCLUSIVE, "wide")
+    assert combine_verdicts([("a", holds), ("b", holds)], "-").status == HOLDS
+    assert combine_verdicts([("a", holds), ("b", open_), ("c", fails)], "-").status == FAILS
+    assert combine_verdicts([("a", holds), ("b", open_)], "-").status == INCONCLUSIVE
+    assert combine_verdicts([], "nothing measured").reason == "nothing measured"
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
 def test_plan_shares_cells_with_the_benchmark_and_keeps_rank_and_targets_equal():
-    plan = {e.name: e for e in rp.build_plan(profile(), BENCH_STRATEGIES)}
+    plan = {e.name: e for e in build_plan(profile(), BENCH_STRATEGIES)}
     blora = plan["blora-vs-lora"]
     # one-at-a-time: the benchmark's setting once, plus two kl_weight and two prior_std values
     assert [v.label for v in blora.variants] == [
@@ -182,7 +184,7 @@ def test_plan_shares_cells_with_the_benchmark_and_keeps_rank_and_targets_equal()
     sweep = plan["rank-sweep"]
     assert sweep.variant("blora-r2").entry["adapter"]["alpha"] == 4 and sweep.variant("blora-r2").reference == "lora-r2"
     assert sweep.variant("glora-1").entry == BENCH_STRATEGIES[2]  # rank 8 is the benchmark's own cell
-    full = rp.build_plan(
+    full = build_plan(
         profile(
             experiments=["blora-vs-lora"],
             blora_vs_lora={"kl_weight": [1e-5, 1e-4, 1e-3], "prior_std": [0.005, 0.01, 0.05], "grid": "full"},
@@ -195,27 +197,27 @@ def test_plan_shares_cells_with_the_benchmark_and_keeps_rank_and_targets_equal()
 def test_plan_refuses_low_rank_strategies_of_unequal_rank():
     strategies = BENCH_STRATEGIES[:3] + [{"label": "blora", "adapter": {"name": "blora", "rank": 16, "alpha": 16}}]
     with pytest.raises(ConfigError, match="differs from LoRA in \\['rank'\\]"):
-        rp.build_plan(profile(), strategies)
+        build_plan(profile(), strategies)
     with pytest.raises(ConfigError, match="unknown experiments"):
-        rp.build_plan(profile(experiments=["blora-vs-lora", "glora-vs-everything"]), BENCH_STRATEGIES)
+        build_plan(profile(experiments=["blora-vs-lora", "glora-vs-everything"]), BENCH_STRATEGIES)
 
 
 # ---- claims from hand-made cells ----------------------------------------------------------------------------------
 def test_report_from_hand_made_cells(tmp_path):
-    plan = rp.build_plan(profile(), BENCH_STRATEGIES)
-    report = rp.generate_report(plan, fake_cells(plan), CONTEXT, tmp_path)
+    plan = build_plan(profile(), BENCH_STRATEGIES)
+    report = generate_report(plan, fake_cells(plan), CONTEXT, tmp_path)
     got = verdicts(report)
     assert got == {
-        "B1": rp.HOLDS,
-        "B2": rp.HOLDS,
-        "B3": rp.HOLDS,
-        "B4": rp.FAILS,
-        "G1": rp.HOLDS,
-        "G2": rp.HOLDS,
-        "G3": rp.HOLDS,
-        "G4": rp.INCONCLUSIVE,
-        "R1": rp.HOLDS,
-        "R2": rp.HOLDS,
+        "B1": HOLDS,
+        "B2": HOLDS,
+        "B3": HOLDS,
+        "B4": FAILS,
+        "G1": HOLDS,
+        "G2": HOLDS,
+        "G3": HOLDS,
+        "G4": INCONCLUSIVE,
+        "R1": HOLDS,
+        "R2": HOLDS,
     }
     claims = {c.id: c for c in report.claims}
     assert claims["B1"].estimate.mean == pytest.approx(0.5) and claims["B1"].estimate.n == 3
@@ -236,29 +238,29 @@ def test_report_from_hand_made_cells(tmp_path):
     for figure in ("blora_tradeoff.png", "sparsity.png", "sparsity_histograms.png", "glora.png", "rank_sweep.png"):
         assert (tmp_path / figure).stat().st_size > 1000 and f"]({figure})" in text
     # histograms are summed over seeds: each of LoRA's three seeds holds 20 of 100 entries below 1e-3
-    lora_histogram = rp.summed_histogram(rp.Cells(plan, fake_cells(plan)), plan[0], plan[0].variant("lora"))
+    lora_histogram = Cells(plan, fake_cells(plan)).summed_histogram(plan[0], plan[0].variant("lora"))
     assert sum(lora_histogram) == 300 and sum(lora_histogram[:29]) == 60
     assert json.loads((tmp_path / "verdicts.json").read_text())[0]["id"] == "B1"
 
 
 def test_backward_gain_undefined_when_lora_does_not_forget(tmp_path):
-    plan = rp.build_plan(profile(experiments=["blora-vs-lora"]), BENCH_STRATEGIES)
-    report = rp.generate_report(plan, fake_cells(plan, lora_forgets=False), CONTEXT, tmp_path)
+    plan = build_plan(profile(experiments=["blora-vs-lora"]), BENCH_STRATEGIES)
+    report = generate_report(plan, fake_cells(plan, lora_forgets=False), CONTEXT, tmp_path)
     b1 = next(c for c in report.claims if c.id == "B1")
-    assert b1.verdict.status == rp.INCONCLUSIVE and b1.estimate.undefined == 3 and b1.estimate.n == 0
+    assert b1.verdict.status == INCONCLUSIVE and b1.estimate.undefined == 3 and b1.estimate.n == 0
     assert "LoRA did not forget" in b1.verdict.reason
     assert "no data (3 undefined)" in report.text
     # the other readings stay defined: forward loss still decides
-    assert verdicts(report)["B2"] == rp.HOLDS
+    assert verdicts(report)["B2"] == HOLDS
 
 
 def test_missing_cells_are_listed_and_cost_their_seeds(tmp_path):
-    plan = rp.build_plan(profile(experiments=["blora-vs-lora", "glora-types"]), BENCH_STRATEGIES)
+    plan = build_plan(profile(experiments=["blora-vs-lora", "glora-types"]), BENCH_STRATEGIES)
     cells = fake_cells(plan, skip={("blora-vs-lora", "blora", 3), ("glora-types", "lora", 2)})
     cells.append({"experiment": "glora-types", "label": "glora-2", "seed": 9, "status": "finished", "errors": {}})
     cells = [c for c in cells if not (c["experiment"] == "glora-types" and c["label"] == "glora-2" and c["seed"] == 1)]
     cells.append({"experiment": "glora-types", "label": "glora-2", "seed": 1, "status": "run abc deleted"})
-    report = rp.generate_report(plan, cells, CONTEXT, tmp_path)
+    report = generate_report(plan, cells, CONTEXT, tmp_path)
     assert sorted(report.missing) == [
         ("blora-vs-lora", "blora", 3, "not run"),
         ("glora-types", "glora-2", 1, "run abc deleted"),
@@ -269,18 +271,16 @@ def test_missing_cells_are_listed_and_cost_their_seeds(tmp_path):
         and "3 planned cell(s) have no finished result" in report.text
     )
     got = verdicts(report)
-    assert got["B1"] == rp.INCONCLUSIVE and got["G1"] == rp.INCONCLUSIVE  # 2 seeds left in each
+    assert got["B1"] == INCONCLUSIVE and got["G1"] == INCONCLUSIVE  # 2 seeds left in each
     assert "2 seed(s) with a defined value" in next(c for c in report.claims if c.id == "B1").verdict.reason
     assert (
-        got["G3"] == rp.INCONCLUSIVE
+        got["G3"] == INCONCLUSIVE
         and "not in this profile" in next(c for c in report.claims if c.id == "G3").verdict.reason
     )
 
 
 def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path):
-    from reproduce import benchmark_groups, plan_lines
-
-    plan = {e.name: e for e in rp.build_plan(profile(sweep_seeds=1), BENCH_STRATEGIES)}
+    plan = {e.name: e for e in build_plan(profile(sweep_seeds=1), BENCH_STRATEGIES)}
     blora, ranks = plan["blora-vs-lora"], plan["rank-sweep"]
     assert {v.label: blora.seeds_of(v) for v in blora.variants} == {
         "lora": [1, 2, 3],
@@ -310,7 +310,7 @@ def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path
     assert lines[-1].startswith("25 distinct cells")
 
     cells = fake_cells(list(plan.values()))
-    report = rp.generate_report(
+    report = generate_report(
         list(plan.values()),
         [
             c
@@ -322,31 +322,26 @@ def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path
     )
     assert report.missing == []  # seeds 2 and 3 of a cut point are not planned, so not missing
     got = verdicts(report)
-    assert (
-        got["B1"] == rp.HOLDS
-        and got["G1"] == rp.HOLDS
-        and got["R1"] == rp.INCONCLUSIVE
-        and got["R2"] == rp.INCONCLUSIVE
-    )
+    assert got["B1"] == HOLDS and got["G1"] == HOLDS and got["R1"] == INCONCLUSIVE and got["R2"] == INCONCLUSIVE
     assert "1 seed(s) with a defined value" in next(c for c in report.claims if c.id == "R1").verdict.reason
     assert "cut to seed(s) 1 by the profile's `sweep_seeds`" in report.text and "blora-r2 (rank-sweep)" in report.text
     with pytest.raises(ConfigError, match="sweep_seeds=-1"):
-        rp.build_plan(profile(sweep_seeds=-1), BENCH_STRATEGIES)
+        build_plan(profile(sweep_seeds=-1), BENCH_STRATEGIES)
 
 
 def test_report_with_no_cells_at_all_lists_every_planned_cell(tmp_path):
-    plan = rp.build_plan(profile(seeds=[1]), BENCH_STRATEGIES)
-    report = rp.generate_report(plan, [], {"name": "empty", "seeds": [1]}, tmp_path)
+    plan = build_plan(profile(seeds=[1]), BENCH_STRATEGIES)
+    report = generate_report(plan, [], {"name": "empty", "seeds": [1]}, tmp_path)
     assert len(report.missing) == sum(len(e.variants) for e in plan)
-    assert set(verdicts(report).values()) == {rp.INCONCLUSIVE}
+    assert set(verdicts(report).values()) == {INCONCLUSIVE}
     assert "Only 1 seed(s) planned" in report.text
 
 
 # ---- token normalisation -----------------------------------------------------------------------------------------
 def test_compatibility_spelling_composes_back_under_the_jamo_map():
     text = "주말에 닭을 meeting 했어요 까 쌀"
-    respelt = rp.to_compatibility_jamo(text)
-    assert rp.count_compatibility_jamo([respelt]) > 0 and not any("\uac00" <= c <= "\ud7a3" for c in respelt)
+    respelt = to_compatibility_jamo(text)
+    assert count_compatibility_jamo([respelt]) > 0 and not any("\uac00" <= c <= "\ud7a3" for c in respelt)
     assert respelt.startswith("ㅈㅜㅁㅏㄹㅇㅔ ㄷㅏㄺ")
     assert TextNormalizer("ko-en", korean_jamo_map=True)(respelt) == TextNormalizer("ko-en")(text)
     assert TextNormalizer("ko-en", korean_jamo_map=False)(respelt) != TextNormalizer("ko-en")(text)
@@ -357,7 +352,7 @@ def test_rescoring_shows_the_map_only_where_compatibility_jamo_exist():
         {"reference": "주말에 회의실에서 budget을 예약했어요", "prediction": "주말에 회의실에서 design을 예약했어요"},
         {"reference": "오늘 선생님이 code review를 했어요", "prediction": "오늘 선생님이 code review를 했어요"},
     ]
-    scores = rp.rescore(rows, "ko-en", compat_fraction=1.0)
+    scores = rescore(rows, "ko-en", compat_fraction=1.0)
     assert scores["compat_jamo/references"] == 0 and scores["compat_jamo/rewritten_references"] > 0
     assert scores["rescored/natural/map/mer"] == scores["rescored/natural/no-map/mer"]
     assert scores["rescored/compat/map/mer"] == pytest.approx(scores["rescored/natural/map/mer"])
@@ -368,9 +363,9 @@ def test_rescoring_shows_the_map_only_where_compatibility_jamo_exist():
 # ---- the scratch arm of a base that is not a preset ----------------------------------------------------------------
 def test_random_init_base_keeps_the_architecture_and_replaces_the_weights(tmp_path):
     import torch
-    from reproduce import random_init_base
 
     from lightning_asr.models import load_model_processor
+    from lightning_asr.study.reproduction import random_init_base
 
     model, processor = load_model_processor("whisper-tiny-random", seed=5)
     model.save_pretrained(tmp_path / "base")
@@ -389,7 +384,8 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     benchmark, a report with one verdict per claim, runs grouped under one parent per experiment, a cell shared
     by experiments trained once."""
     from mlflow.tracking import MlflowClient
-    from reproduce import main
+
+    from lightning_asr.study.cli import reproduce_main as main
 
     bench = (
         f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
@@ -408,16 +404,16 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("forgetting-smoke")
     runs = client.search_runs([experiment.experiment_id])
-    parents = {r.data.tags[rp.TAG_EXPERIMENT]: r for r in runs if rp.TAG_EXPERIMENT in r.data.tags}
-    assert set(parents) == set(rp.EXPERIMENTS) | {"report"}
+    parents = {r.data.tags[TAG_EXPERIMENT]: r for r in runs if TAG_EXPERIMENT in r.data.tags}
+    assert set(parents) == set(EXPERIMENTS) | {"report"}
     by_id = {r.info.run_id: r for r in runs}
     benchmark_parents = [
         r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents.values()}
     ]
     experiment_of = {
-        r.info.run_id: by_id[r.data.tags["mlflow.parentRunId"]].data.tags[rp.TAG_EXPERIMENT] for r in benchmark_parents
+        r.info.run_id: by_id[r.data.tags["mlflow.parentRunId"]].data.tags[TAG_EXPERIMENT] for r in benchmark_parents
     }
-    assert set(experiment_of.values()) == set(rp.EXPERIMENTS)
+    assert set(experiment_of.values()) == set(EXPERIMENTS)
     assert list(experiment_of.values()).count("finetune-vs-scratch") == 2  # one benchmark run per arm
     lora_cells = [r for r in runs if r.data.tags.get("lightning_asr.cell") == "lora-seed1"]
     assert len(lora_cells) == 1  # blora-vs-lora, glora-types, token-normalisation and rank-sweep share it
@@ -427,7 +423,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
         "sparsity.png",
         "verdicts.json",
     }
-    assert report_run.data.tags["verdict/B1"] == rp.INCONCLUSIVE
+    assert report_run.data.tags["verdict/B1"] == INCONCLUSIVE
     cells = json.loads(
         Path(
             client.download_artifacts(parents["token-normalisation"].info.run_id, "cells.json", str(tmp_path))
@@ -439,14 +435,14 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
 
     # the |delta W| histogram a cell logged equals the one recomputed from its logged adapter (cells logged
     # before the benchmark wrote it)
-    from reproduce import delta_w_histogram
+    from lightning_asr.study.reproduction import delta_w_histogram
 
     blora_cell = next(r for r in runs if r.data.tags.get("lightning_asr.cell") == "blora-seed1")
-    logged = rp.logged_histogram(client, blora_cell.info.run_id)
+    logged = logged_histogram(client, blora_cell.info.run_id)
     assert logged and sum(logged) > 1000
     artifact = Path(blora_cell.info.artifact_uri.removeprefix("file://")) / "sparsity" / "report.json"
     artifact.unlink()
-    assert rp.logged_histogram(client, blora_cell.info.run_id) is None
+    assert logged_histogram(client, blora_cell.info.run_id) is None
     assert delta_w_histogram(client, blora_cell.info.run_id) == logged
 
     # a cell deleted since is reported missing, in every experiment that used it
@@ -463,7 +459,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
 def test_tiny_profile_one_experiment(tmp_path):
     """`--experiments` runs a subset: one experiment trained (LoRA and GLoRA type 1 on the smoke benchmark), the
     report written for every claim, the cells of the experiments not run listed as missing."""
-    from reproduce import main
+    from lightning_asr.study.cli import reproduce_main as main
 
     bench = (
         f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"

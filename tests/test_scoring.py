@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import config_dict
 
-from lightning_asr.data.datamodule import Collator, UtteranceDataset, set_language
+from lightning_asr.data.datamodule import UtteranceDataset, set_language
 from lightning_asr.data.manifest import read_manifest
 from lightning_asr.module import ASRModule
 from lightning_asr.train import evaluate
@@ -14,7 +14,9 @@ from lightning_asr.train import evaluate
 def mixed_batch(corpus, processor):
     utterances = [read_manifest(corpus / f"{s}/test.jsonl")[0] for s in ("en", "ko-en", "zh", "zh-en")]
     dataset = UtteranceDataset(utterances)
-    return Collator(processor.feature_extractor, processor.tokenizer, None)([dataset[i] for i in range(len(dataset))])
+    from lightning_asr.models import WhisperBackbone
+
+    return WhisperBackbone().collator(processor)([dataset[i] for i in range(len(dataset))])
 
 
 @pytest.mark.parametrize("language", ["manifest", "auto", "ko"])
@@ -26,7 +28,7 @@ def test_mixed_language_batches_decode_under_every_language_control(language, mi
     )
     module.eval()
     with torch.no_grad():
-        texts, _ = module.transcribe(mixed_batch["input_features"], mixed_batch["langs"])
+        texts, _ = module.transcribe(mixed_batch, mixed_batch["langs"])
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
 
 
@@ -42,7 +44,7 @@ def test_manifest_language_control_prompts_each_utterance_with_its_own_language(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module.model, "generate", spy)
-    module.transcribe(mixed_batch["input_features"], mixed_batch["langs"])
+    module.transcribe(mixed_batch, mixed_batch["langs"])
     assert seen["language"] == ["en", "ko", "zh", "zh"]
 
 

@@ -11,12 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lightning_asr import client
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import read_audio, write_wav
-from lightning_asr.config import AdapterConfig
 from lightning_asr.models import load_base_model
 from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
 
@@ -35,7 +33,7 @@ MERGEABLE = ("alice", "bob", "bella")
 def export_adapter(directory, values, seed, base_seed=0):
     """An adapter with random nonzero B (so it changes the transcript), exported as a device keeps it."""
     model = load_base_model(BASE, seed=base_seed)
-    strategy = build_strategy(OmegaConf.merge(OmegaConf.structured(AdapterConfig), values))
+    strategy = build_strategy(values)
     with torch.random.fork_rng():  # A's initialisation too: the same adapters (and transcripts) every run
         torch.manual_seed(seed)
         strategy.attach(model)
@@ -60,20 +58,18 @@ def offline_texts(adapters, audio_path) -> tuple[dict, dict]:
         if key not in modules:
             modules[key] = ASRModule({"model": {"spec": BASE}, "adapter": values, "decode": DECODE}).eval()
         module = modules[key]
-        features = module.processor.feature_extractor(
-            [read_audio(audio_path)], sampling_rate=16000, return_tensors="pt"
-        ).input_features
+        features = module.backbone.audio_inputs(module.processor, [read_audio(audio_path)])
         module.strategy.load_adapter(adapters / user)
         with torch.no_grad():
             unmerged[user] = module.transcribe(features, ["en"])[0][0]
             if user in MERGEABLE:
-                layers = list(module.strategy.layers().values())
-                kept = [layer.base_layer.weight.clone() for layer in layers]
+                targets = module.strategy.merge_targets()
+                kept = [target.clone() for target in targets]
                 module.strategy.merge()
                 merged[user] = module.transcribe(features, ["en"])[0][0]
-                for layer, weight in zip(layers, kept):
-                    layer.base_layer.weight.copy_(weight)
-                    layer.merged = False
+                module.strategy.unmerge()
+                for target, weight in zip(targets, kept):
+                    target.copy_(weight)
     return unmerged, merged
 
 
@@ -275,10 +271,65 @@ def test_a_failing_merged_decode_still_restores_the_base(merged_served, store, m
 def test_undoing_a_merge_by_subtraction_would_not_restore_the_base(store):
     """Why merged mode copies the kept weights back: W + dW - dW drifts from W in float32."""
     model = load_base_model(BASE)
-    strategy = build_strategy(OmegaConf.merge(OmegaConf.structured(AdapterConfig), USERS["alice"][0]))
+    strategy = build_strategy(USERS["alice"][0])
     strategy.attach(model)
     strategy.load_adapter(store["adapters"] / "alice")
     before = {name: layer.base_layer.weight.clone() for name, layer in strategy.layers().items()}
     strategy.merge()
     strategy.unmerge()
     assert any(not torch.equal(before[name], layer.base_layer.weight) for name, layer in strategy.layers().items())
+
+
+def test_modules_to_save_weights_stay_with_their_user(tmp_path, store):
+    """Two users on one structure (LoRA plus the decoder's final layer norm as ``modules_to_save``): the slot
+    owns its copy of that layer norm, so one user's values reach neither the other user, nor the shared base,
+    nor a plain-LoRA user of the same base."""
+    from lightning_asr.module import ASRModule
+
+    values = {"name": "lora", "rank": 4, "alpha": 8, "modules_to_save": [r"^model\.decoder\.layer_norm\."]}
+    adapters = tmp_path / "adapters"
+    for user, seed, norm_scale in (("ann", 11, 4.0), ("ben", 12, 1.0)):  # ann's layer norm differs from the base's
+        model = load_base_model(BASE)
+        strategy = build_strategy(values)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            strategy.attach(model)
+        with torch.no_grad():
+            for name, parameter in strategy.trainable_parameters():
+                if name.endswith("lora_B.weight"):
+                    parameter.normal_(0, 0.5)
+                elif name == "model.decoder.layer_norm.weight":
+                    parameter.mul_(norm_scale)
+        assert {"model.decoder.layer_norm.weight", "model.decoder.layer_norm.bias"} <= set(
+            strategy.adapter_state_dict()
+        )
+        strategy.save_adapter(adapters / user)
+    export_adapter(adapters / "alice", USERS["alice"][0], USERS["alice"][1])  # plain LoRA, another structure
+
+    def offline(user: str, config: dict) -> str:
+        module = ASRModule({"model": {"spec": BASE}, "adapter": config, "decode": DECODE}).eval()
+        module.strategy.load_adapter(adapters / user)
+        with torch.no_grad():
+            return module.transcribe(
+                module.backbone.audio_inputs(module.processor, [read_audio(store["audio"])]), ["en"]
+            )[0][0]
+
+    expected = {
+        "ann": offline("ann", values),
+        "ben": offline("ben", values),
+        "alice": offline("alice", USERS["alice"][0]),
+    }
+    assert expected["ann"] != expected["ben"]
+    engine = AdapterServer(BASE, adapters, mode="unmerged", cache_size=8, language="en", max_new_tokens=12)
+    base_before = {name: tensor.clone() for name, tensor in engine.base.state_dict().items()}
+    audio = store["audio"].read_bytes()
+    for user in ("ann", "ben", "alice", "ann", "alice", "ben"):
+        assert engine.transcribe(audio, user=user)["text"] == expected[user], user
+    assert all(torch.equal(base_before[name], tensor) for name, tensor in engine.base.state_dict().items())
+    slot = engine.slots[next(key for key in engine.slots if "modules_to_save" in key and "layer_norm" in key)]
+    own, shared = slot.model.model.decoder.layer_norm.weight, engine.base.model.decoder.layer_norm.weight
+    assert own.data_ptr() != shared.data_ptr()  # the slot's own copy, not the base's tensor
+    assert (
+        slot.model.model.decoder.layers[0].fc1.weight.data_ptr()
+        == engine.base.model.decoder.layers[0].fc1.weight.data_ptr()
+    )

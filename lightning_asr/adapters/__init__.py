@@ -1,6 +1,30 @@
-"""Adaptation strategies behind one interface; ``build_strategy(config)`` picks one by ``config.name``."""
+"""Adaptation strategies behind one interface; ``build_strategy(config)`` picks one by ``config.name``.
+
+A strategy is one file: its config dataclass and its class, registered together (``base.register``).
+"""
 
 from lightning_asr.adapters import blora, full_ft, glora, lora  # noqa: F401  (each registers its strategies)
-from lightning_asr.adapters.base import STRATEGIES, AdapterStrategy, build_strategy, register
+from lightning_asr.adapters.base import (
+    STRATEGIES,
+    AdapterStrategy,
+    StrategyConfig,
+    adapter_config,
+    build_strategy,
+    inference_settings,
+    matches_any,
+    register,
+    strategy_class,
+    training_only,
+)
 
-__all__ = ["STRATEGIES", "AdapterStrategy", "build_strategy", "register"]
+__all__ = [
+    "STRATEGIES",
+    "AdapterStrategy",
+    "StrategyConfig",
+    "adapter_config",
+    "build_strategy",
+    "inference_settings",
+    "register",
+    "strategy_class",
+    "training_only",
+]

@@ -1,37 +1,129 @@
-"""The interface every adaptation strategy implements, and the registry that selects one by name.
+"""The interface every adaptation strategy implements, its config, and the registry that selects one by name.
 
-A strategy owns one decision: which weights change and how. ``attach`` injects its modules into the base
-model and freezes what it does not train; the rest of the framework only talks to this interface.
+A strategy owns one decision: which weights change and how. It is one class and one config dataclass,
+registered together (as PEFT registers ``LoraConfig`` with its tuner)::
+
+    @dataclass
+    class ScalingConfig(StrategyConfig):
+        name: str = "scaling"
+        init: float = 1.0
+
+    @register("scaling", ScalingConfig)
+    class Scaling(AdapterStrategy):
+        def attach(self, model, for_training=True): ...
+
+The rest of the framework (training, export, serving, the benchmark) only talks to this interface: what a
+strategy trains (``trainable_parameters``), which base weights it overwrites (``owns_base_parameter``),
+whether it folds into the base (``mergeable``), which settings only matter for training
+(``training_only`` fields) and which it derives from the data (``derive_from_data``).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_asr.adapters.export import base_fingerprint, read_adapter_tensors, save_adapter
 from lightning_asr.adapters.sparsity import sparsity_report
+from lightning_asr.config import ConfigError, check_keys
+
+
+def training_only(default=None, default_factory=None):
+    """A config field that shapes training only (a regulariser's weight, a noise mode): adapters that differ
+    in it have the same modules, so a server puts them in one structure."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"training_only": True})
+    return field(default=default, metadata={"training_only": True})
+
+
+@dataclass
+class StrategyConfig:
+    """The keys of every strategy (``adapter:`` in a run config)."""
+
+    name: str = "full_ft"
+    # parameter-name patterns that train under every strategy and are exported with the adapter (PEFT's
+    # modules_to_save), e.g. a CTC output layer made for a new vocabulary
+    modules_to_save: list[str] = field(default_factory=list)
+    # words the base tokenizer splits badly, added as new tokens whose embedding rows train under every
+    # strategy and travel with the adapter export (lightning_asr/vocabulary.py)
+    new_tokens: list[str] = field(default_factory=list)
+
 
 STRATEGIES: dict[str, type[AdapterStrategy]] = {}
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str, config_class: type = StrategyConfig) -> Callable[[type], type]:
+    """Register a strategy class and its config dataclass under ``name`` (``adapter.name`` in a run config)."""
+
     def decorator(cls: type) -> type:
-        cls.name = name
+        cls.name, cls.config_class = name, config_class
         STRATEGIES[name] = cls
         return cls
 
     return decorator
 
 
-def build_strategy(config) -> AdapterStrategy:
-    """The strategy named by ``config.name`` (``adapter.name`` in a run config), built from ``config``."""
-    if config.name not in STRATEGIES:
-        raise ValueError(f"unknown adapter strategy {config.name!r}; choose from {', '.join(sorted(STRATEGIES))}")
+def strategy_class(name: str) -> type[AdapterStrategy]:
+    if name not in STRATEGIES:
+        close = difflib.get_close_matches(str(name), list(STRATEGIES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown adapter strategy {name!r} — fix: {hint}choose from {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name]
+
+
+def adapter_config(values, origin: str = "config", lenient: bool = False) -> DictConfig:
+    """``values`` (a dict or DictConfig with ``name``) checked and typed against that strategy's config class.
+    ``lenient`` drops keys that belong to another strategy's config: adapter configs written before each
+    strategy had its own class held every strategy's keys."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    values = dict(values or {})
+    name = values.get("name", StrategyConfig.name)
+    try:
+        config_class = strategy_class(name).config_class
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: 'adapter.name': {err}") from None
+    own = {f.name for f in fields(config_class)}
+    if lenient:
+        others = {f.name for cls in STRATEGIES.values() for f in fields(cls.config_class)}
+        values = {k: v for k, v in values.items() if k in own or k not in others}
+    for key in values:
+        if key not in own:
+            holders = sorted(n for n, cls in STRATEGIES.items() if key in {f.name for f in fields(cls.config_class)})
+            if holders:
+                raise ConfigError(
+                    f"{origin}: 'adapter.{key}' is not a setting of the {name} strategy (it belongs to "
+                    f"{', '.join(holders)}) — fix: remove it, or set adapter.name to one of those"
+                )
+    check_keys(values, config_class, origin, "adapter.")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(config_class), values)
+    except Exception as err:  # type errors: rank=abc
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(
+            f"{origin}: invalid value for 'adapter.{key}': {str(err).splitlines()[0]} — fix: give it "
+            f"a value of the type {config_class.__name__} declares"
+        ) from err
+
+
+def build_strategy(values) -> AdapterStrategy:
+    """The strategy named by ``values["name"]`` (``adapter`` of a run config: a dict or a typed config)."""
+    config = adapter_config(values)
     return STRATEGIES[config.name](config)
+
+
+def inference_settings(config) -> dict:
+    """The config of an adapter without its ``training_only`` fields: what decides its modules' structure."""
+    config_class = strategy_class(config["name"]).config_class
+    kept = {f.name for f in fields(config_class) if not f.metadata.get("training_only")}
+    values = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+    return {k: v for k, v in values.items() if k in kept}
 
 
 def matches_any(name: str, patterns: list[str]) -> bool:
@@ -42,31 +134,55 @@ class AdapterStrategy:
     """Base class: no adapter modules, no regulariser. Subclasses override what they change."""
 
     name = "base"
+    config_class: type = StrategyConfig
+    # merge() folds the adaptation into the base weights, so inference costs nothing extra
+    mergeable = False
+    not_mergeable_reason = "this strategy has nothing to fold into the base weights"
+    peft_exports_factors = False  # the tensors alone reproduce the adapted model as a PEFT LoRA
+    imports_plain_peft = False  # a directory PEFT wrote (no side file) holds everything this strategy needs
+    target_names: list[str] | None = None  # the base modules this strategy wraps, when it wraps some
 
     def __init__(self, config):
-        self.config = config
+        self.config = adapter_config(config) if not isinstance(config, DictConfig) else config
         self.model: nn.Module | None = None
 
-    def attach(self, model: nn.Module) -> nn.Module:
-        """Inject this strategy's modules into ``model`` and set ``requires_grad``; return the model.
-        The base is fingerprinted first, so adapters saved later refuse to load onto another base."""
+    @classmethod
+    def derive_from_data(cls, config, utterances) -> dict:
+        """Settings this strategy takes from the data (e.g. ELBO's example count): a dict of updates to
+        ``config`` (empty when nothing is to be derived), applied before the strategy is built.
+        ``utterances.train`` and ``.val`` read the run's manifests on first use."""
+        return {}
+
+    def attach(self, model: nn.Module, for_training: bool = True) -> nn.Module:
+        """Inject this strategy's modules into ``model`` and set ``requires_grad``; return the model. The base is
+        fingerprinted first, so adapters saved later refuse to load onto another base. ``for_training=False``
+        (serving) skips state kept only for training statistics."""
         self.model = model
         self.base_fingerprint = base_fingerprint(model)
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        to_save = list(getattr(self.config, "modules_to_save", None) or [])
         for name, parameter in model.named_parameters():
-            if to_save and matches_any(name, to_save):
-                parameter.requires_grad_(True)
-        new_tokens = list(getattr(self.config, "new_tokens", None) or [])
+            parameter.requires_grad_(self.owns_base_parameter(name))
+        new_tokens = list(self.config.new_tokens or [])
         if new_tokens:  # rows for added tokens train under every strategy (lightning_asr/vocabulary.py)
             from lightning_asr.vocabulary import extend_model_vocabulary
 
             extend_model_vocabulary(model, len(new_tokens)).requires_grad_(True)
         return model
 
+    def owns_base_parameter(self, name: str) -> bool:
+        """Whether this strategy trains (and so overwrites) the base parameter ``name``. Everything else is the
+        base's own and may be shared, untouched, by every user of the base (weight separation)."""
+        return matches_any(name, list(self.config.modules_to_save or []))
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: weight decay on matrices, none on vectors (biases, norms, gates' biases)."""
+        parameters = [p for _, p in self.trainable_parameters()]
+        return [
+            {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        ]
 
     def regularizer(self) -> torch.Tensor:
         """Added to the training loss (BLoRA's KL term); zero for strategies without one."""
@@ -79,7 +195,7 @@ class AdapterStrategy:
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         own = dict(self.model.named_parameters())
         unknown = sorted(set(state) - set(own))
-        missing = sorted(set(n for n, _ in self.trainable_parameters()) - set(state))
+        missing = sorted({n for n, _ in self.trainable_parameters()} - set(state))
         if strict and (unknown or missing):
             raise KeyError(
                 f"adapter state does not fit this {self.name} strategy: unknown {unknown[:5]}, missing {missing[:5]}"
@@ -89,11 +205,24 @@ class AdapterStrategy:
                 if name in own:
                     own[name].copy_(tensor)
 
+    def settings_mismatch(self, saved: dict) -> list[str]:
+        """Keys of an exported adapter's config (``saved``) that must equal this strategy's for its tensors to
+        compute the function they were trained for."""
+        return ["new_tokens"] if list(saved.get("new_tokens") or []) != list(self.config.new_tokens or []) else []
+
     def merge(self) -> None:
-        """Fold the adaptation into the base weights for inference (no-op where the weights are the base's)."""
+        """Fold the adaptation into the base weights for inference (only where ``mergeable``)."""
+        raise NotImplementedError(self.not_mergeable_reason)
 
     def unmerge(self) -> None:
         """Undo ``merge``."""
+
+    def is_merged(self) -> bool:
+        return False
+
+    def merge_targets(self) -> list[torch.Tensor]:
+        """The base tensors ``merge`` writes into (a server keeps copies and restores them bit for bit)."""
+        return []
 
     def save_adapter(self, directory, overwrite: bool = False):
         """Adapter-only export (safetensors + JSON; PEFT files for LoRA and BLoRA). See ``adapters.export``."""

@@ -20,15 +20,29 @@ on each layer output, with the variance the weight noise implies). Evaluation us
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_asr.adapters.base import register
-from lightning_asr.adapters.lora import LoRA, LoRALinear
+from lightning_asr.adapters.base import register, training_only
+from lightning_asr.adapters.lora import LoRA, LoRALinear, LowRankConfig
 
 NOISE_MODES = ("flipout", "reparam", "local_reparam")
+
+
+@dataclass
+class BLoRAConfig(LowRankConfig):
+    name: str = "blora"
+    prior_std: float = training_only(0.01)  # N(0, prior_std^2) prior on every entry
+    kl_weight: float = training_only(1.0e-4)  # beta in CE + beta * KL
+    # mean (the authors': per-matrix mean, summed) or elbo (sum / num_train_examples)
+    kl_reduction: str = training_only("mean")
+    noise: str = training_only("flipout")  # flipout, reparam or local_reparam
+    bayesian_b: bool = True  # B Bayesian too (else only A)
+    rho_init: list[float] = training_only(default_factory=lambda: [-5.5, -4.5])  # rho_A ~ U(low, high)
+    num_train_examples: int | None = training_only(None)  # elbo: derived from the training data when unset
 
 
 def random_signs(like: torch.Tensor) -> torch.Tensor:
@@ -109,10 +123,21 @@ class BayesianLoRALinear(LoRALinear):
     def bayesian_factors(self) -> list[GaussianFactor]:
         return [f for f in (self.lora_A, self.lora_B) if f.bayesian]
 
+    def factors(self) -> dict[str, torch.Tensor]:
+        """The posterior means (the entries a merged adapter adds); the variances are not weights."""
+        return {name: t for name, t in super().factors().items() if not name.endswith("rho")}
 
-@register("blora")
+
+@register("blora", BLoRAConfig)
 class BLoRA(LoRA):
     imports_plain_peft = False  # PEFT files hold the posterior means only; the variances are in the side file
+
+    @classmethod
+    def derive_from_data(cls, config, utterances) -> dict:
+        # the textbook ELBO divides the summed KL by the number of training utterances
+        if config.kl_reduction == "elbo" and not config.num_train_examples:
+            return {"num_train_examples": len(utterances.train)}
+        return {}
 
     def make_layer(self, linear: nn.Linear) -> BayesianLoRALinear:
         c = self.config
@@ -126,7 +151,9 @@ class BLoRA(LoRA):
             return torch.stack([f.kl_entries(prior_std).mean() for f in factors]).sum()
         if self.config.kl_reduction == "elbo":
             if not self.config.num_train_examples:
-                raise ValueError("kl_reduction 'elbo' needs adapter.num_train_examples (set by train from the data)")
+                raise ValueError(
+                    "kl_reduction 'elbo' needs adapter.num_train_examples (derived from the training data)"
+                )
             return torch.stack([f.kl_entries(prior_std).sum() for f in factors]).sum() / self.config.num_train_examples
         raise ValueError(f"unknown kl_reduction {self.config.kl_reduction!r}; choose mean or elbo")
 
@@ -166,7 +193,7 @@ class BLoRA(LoRA):
 
 
 @torch.no_grad()
-def monte_carlo_transcribe(module, input_features: torch.Tensor, langs: list[str], samples: int = 8) -> list[dict]:
+def monte_carlo_transcribe(module, inputs: dict, langs: list[str], samples: int = 8) -> list[dict]:
     """Decode with the posterior mean and with ``samples`` posterior draws. Per utterance: the mean's text,
     the sampled texts, and ``disagreement`` = mean normalised edit distance of the samples to the mean's
     text (0: every draw agrees; high values flag utterances the adapter is unsure of)."""
@@ -175,12 +202,12 @@ def monte_carlo_transcribe(module, input_features: torch.Tensor, langs: list[str
     strategy = module.strategy
     if not isinstance(strategy, BLoRA):
         raise TypeError("Monte-Carlo decoding needs the blora strategy")
-    mean_texts, _ = module.transcribe(input_features, langs)
+    mean_texts, _ = module.transcribe(inputs, langs)
     sampled = []
     for _ in range(samples):
         strategy.draw_posterior_sample()
         try:
-            sampled.append(module.transcribe(input_features, langs)[0])
+            sampled.append(module.transcribe(inputs, langs)[0])
         finally:
             strategy.clear_posterior_sample()
     results = []

@@ -67,27 +67,6 @@ def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
     return None
 
 
-def peft_config(strategy) -> dict:
-    """PEFT's LoraConfig keys only: targets as one regular expression that fullmatches the exact modules."""
-    c = strategy.config
-    return {
-        "peft_type": "LORA",
-        "task_type": None,
-        "r": c.rank,
-        "lora_alpha": c.alpha,
-        "lora_dropout": c.dropout,
-        "target_modules": "^(" + "|".join(n.replace(".", r"\.") for n in strategy.target_names) + ")$",
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "use_rslora": False,
-        "use_dora": False,
-        "base_model_name_or_path": getattr(strategy.model.config, "name_or_path", None),
-    }
-
-
 def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Path:
     """Write ``strategy``'s adapter to ``directory`` atomically; an existing directory needs ``overwrite``."""
     from omegaconf import OmegaConf
@@ -97,13 +76,13 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
         raise FileExistsError(f"{directory} is a file, not a directory — fix: choose another directory")
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} already holds files — fix: choose another directory or pass overwrite=True")
-    if getattr(strategy, "merged", False) or any(getattr(m, "merged", False) for m in strategy.model.modules()):
+    if strategy.is_merged():
         raise AdapterFileError(
             "the adapter is merged into the base weights — fix: call strategy.unmerge() before saving"
         )
     tensors = {name: t.detach().cpu().contiguous() for name, t in strategy.adapter_state_dict().items()}
     peft_tensors = {}
-    if getattr(strategy, "peft_exports_factors", False):
+    if strategy.peft_exports_factors:
         peft_tensors = {PEFT_PREFIX + n: tensors.pop(n) for n in list(tensors) if n.endswith(PEFT_FACTORS)}
     config = (
         OmegaConf.to_container(strategy.config, resolve=True)
@@ -116,14 +95,14 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
         "config": config,
         "fingerprint": strategy.base_fingerprint,
         "peft_files": bool(peft_tensors),
-        "target_modules": getattr(strategy, "target_names", None),
+        "target_modules": strategy.target_names,
     }
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         save_file(tensors, str(staging / SIDE_TENSORS), metadata={"format": "pt"})
         if peft_tensors:
-            (staging / PEFT_CONFIG).write_text(json.dumps(peft_config(strategy), indent=2))
+            (staging / PEFT_CONFIG).write_text(json.dumps(strategy.peft_adapter_config(), indent=2))
             save_file(peft_tensors, str(staging / PEFT_TENSORS), metadata={"format": "pt"})
         side["sha256"] = {
             name: file_sha256(staging / name) for name in (SIDE_TENSORS, PEFT_TENSORS) if (staging / name).exists()
@@ -229,16 +208,10 @@ def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, 
         )
     if side is None:
         return
-    saved, current = side["config"], strategy.config
-    differ = []
-    if list(saved.get("new_tokens") or []) != list(current.get("new_tokens") or []):
-        differ.append("new_tokens")
-    if getattr(strategy, "target_names", None) is not None:  # the LoRA family: alpha / rank scales every update
-        if "alpha" in saved and saved["alpha"] != current.get("alpha"):
-            differ.append("alpha")
-        targets = side.get("target_modules")
-        if targets is not None and list(targets) != list(strategy.target_names):
-            differ.append("target_modules")
+    differ = strategy.settings_mismatch(side["config"])
+    targets = side.get("target_modules")
+    if targets is not None and strategy.target_names is not None and list(targets) != list(strategy.target_names):
+        differ.append("target_modules")
     if differ:
         raise AdapterFileError(
             f"{directory} was trained with other {', '.join(differ)} than this model uses — fix: "
@@ -254,7 +227,7 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
     side = read_side_file(directory)
     tensors: dict[str, torch.Tensor] = {}
     if side is None:
-        if not getattr(strategy, "imports_plain_peft", False):
+        if not strategy.imports_plain_peft:
             raise AdapterFileError(
                 f"{directory} has no {SIDE_JSON}: it holds at most PEFT's LoRA factors, without the "
                 f"{strategy.name} tensors (gates, variances) — fix: export the adapter with save_adapter, which writes both"

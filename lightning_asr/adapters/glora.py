@@ -23,12 +23,13 @@ on the input, so GLoRA cannot be folded into W0: it stays a separate module (wei
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lightning_asr.adapters.base import register
-from lightning_asr.adapters.lora import LoRA, LoRALinear
+from lightning_asr.adapters.lora import LoRA, LoRALinear, LowRankConfig
 
 GLORA_TYPES = {
     1: {"gate_on": "low-rank features", "extra_parameters": lambda r, d_in, d_out: 2 * r * r + 2 * r},
@@ -39,6 +40,13 @@ GLORA_TYPES = {
         "extra_parameters": lambda r, d_in, d_out: 2 * r * r + 2 * r + r * d_out + d_out,
     },
 }
+
+
+@dataclass
+class GLoRAConfig(LowRankConfig):
+    name: str = "glora"
+    type: int = 1  # 1-4: where the gate sits (GLORA_TYPES)
+
 
 NOT_MERGEABLE = (
     "GLoRA's gates depend on the input, so it cannot be folded into the base weights; it runs as a separate module"
@@ -85,14 +93,16 @@ class GLoRALinear(LoRALinear):
         return out * self.scaling
 
     def merge(self) -> None:
-        raise NotImplementedError(NOT_MERGEABLE)
+        raise NotImplementedError(self.not_mergeable_reason)
 
     def extra_parameter_count(self) -> int:
         return GLORA_TYPES[self.glora_type]["extra_parameters"](self.rank, self.in_features, self.out_features)
 
 
-@register("glora")
+@register("glora", GLoRAConfig)
 class GLoRA(LoRA):
+    mergeable = False
+    not_mergeable_reason = NOT_MERGEABLE
     # PEFT would load A and B and silently drop the gates, giving another model: no PEFT files, and a
     # directory without the side file is refused.
     peft_exports_factors = False
@@ -102,4 +112,4 @@ class GLoRA(LoRA):
         return GLoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout, self.config.type)
 
     def merge(self) -> None:
-        raise NotImplementedError(NOT_MERGEABLE)
+        raise NotImplementedError(self.not_mergeable_reason)

@@ -2,41 +2,48 @@
 
 A is ``r x d_in`` (Kaiming-uniform), B is ``d_out x r`` (zero), so the adapted model equals the base at
 step 0. The layer keeps PEFT's names (``base_layer``, ``lora_A``, ``lora_B``), so exported adapters load in
-``peft.PeftModel.from_pretrained``. GLoRA and BLoRA subclass the layer and the strategy in this file.
+``peft.PeftModel.from_pretrained``. GLoRA and BLoRA subclass the config, the layer and the strategy here.
+
+``target_modules`` are regular expressions over module names, or presets that the backbone defines
+(``default``, ``self_attn``, ``cross_attn``, ``attn``, ``all-linear``: ``lightning_asr/models/``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from lightning_asr.adapters.base import AdapterStrategy, register
-
-# Target presets over Whisper's module names (regular expressions, matched with re.search).
-_ATTENTION = r"(q_proj|k_proj|v_proj|out_proj)$"
-# Whisper names its attention blocks self_attn/encoder_attn and its feed-forward fc1/fc2; wav2vec2 names
-# them attention (self-attention only) and feed_forward.intermediate_dense/output_dense.
-TARGET_PRESETS = {
-    "default": [r"(self_attn|encoder_attn|\.attention)\.(q_proj|v_proj)$"],  # q, v of every attention block
-    "self_attn": [r"(self_attn|\.attention)\." + _ATTENTION],  # q, k, v, out of self-attention
-    "cross_attn": [r"encoder_attn\." + _ATTENTION],  # q, k, v, out of decoder cross-attention (Whisper)
-    "attn": [r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION],
-    "all-linear": [
-        r"(self_attn|encoder_attn|\.attention)\." + _ATTENTION,
-        r"\.(fc1|fc2)$",
-        r"\.feed_forward\.(intermediate_dense|output_dense)$",
-    ],
-}
+from lightning_asr.adapters.base import AdapterStrategy, StrategyConfig, register, training_only
 
 
-def resolve_targets(patterns: list[str]) -> list[str]:
-    """Presets expand to their patterns; anything else is a regular expression over module names."""
+@dataclass
+class LowRankConfig(StrategyConfig):
+    """The keys every low-rank strategy shares; equal values make two of them comparable."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = training_only(0.0)
+    # presets of the backbone (default, self_attn, cross_attn, attn, all-linear) or regular expressions
+    target_modules: list[str] = field(default_factory=lambda: ["default"])
+
+
+@dataclass
+class LoRAConfig(LowRankConfig):
+    name: str = "lora"
+
+
+def resolve_targets(patterns: list[str], model: nn.Module) -> list[str]:
+    """Presets of the model's backbone expand to their patterns; anything else is a regular expression."""
+    from lightning_asr.models import backbone_of
+
+    presets = backbone_of(model).target_presets
     resolved = []
     for pattern in patterns:
-        resolved += TARGET_PRESETS.get(pattern, [pattern])
+        resolved += presets.get(pattern, [pattern])
     return resolved
 
 
@@ -88,31 +95,36 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
-@register("lora")
+@register("lora", LoRAConfig)
 class LoRA(AdapterStrategy):
     """Wraps every ``nn.Linear`` whose name matches ``config.target_modules`` with ``make_layer``'s layer."""
 
-    peft_exports_factors = True  # A and B alone reproduce the adapted model, so PEFT files are written
-    imports_plain_peft = True  # a directory PEFT wrote (no side file) holds everything a LoRA needs
+    mergeable = True
+    peft_exports_factors = True
+    imports_plain_peft = True
 
     def make_layer(self, linear: nn.Linear) -> LoRALinear:
         return LoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout)
 
-    def attach(self, model: nn.Module) -> nn.Module:
-        super().attach(model)  # freezes everything
-        patterns = resolve_targets(list(self.config.target_modules))
+    def attach(self, model: nn.Module, for_training: bool = True) -> nn.Module:
+        from lightning_asr.models import backbone_of
+
+        super().attach(model, for_training)  # freezes everything the strategy does not own
+        patterns = resolve_targets(list(self.config.target_modules), model)
+        excluded = backbone_of(model).output_layer
         targets = [
             name
             for name, module in model.named_modules()
             if isinstance(module, nn.Linear)
-            and not name.startswith("proj_out")
+            and not name.startswith(excluded)
             and any(re.search(p, name) for p in patterns)
         ]
         if not targets:
+            presets = ", ".join(backbone_of(model).target_presets)
             raise ValueError(
                 f"adapter.target_modules {list(self.config.target_modules)} match no linear layer of "
-                f"{model.__class__.__name__} — fix: use a preset ({', '.join(TARGET_PRESETS)}) or a "
-                "pattern such as 'self_attn\\.q_proj$'"
+                f"{model.__class__.__name__} — fix: use a preset ({presets}) or a pattern such as "
+                "'self_attn\\.q_proj$'"
             )
         for name in targets:
             parent_name, _, child = name.rpartition(".")
@@ -124,11 +136,33 @@ class LoRA(AdapterStrategy):
     def layers(self) -> dict[str, LoRALinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
 
-    def factor_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+    def settings_mismatch(self, saved: dict) -> list[str]:
+        # alpha / rank scales every update; the targets decide which layers the tensors belong to
+        differ = super().settings_mismatch(saved)
+        return differ + (["alpha"] if "alpha" in saved and saved["alpha"] != self.config.alpha else [])
+
+    def peft_adapter_config(self) -> dict:
+        """PEFT's LoraConfig keys only: targets as one regular expression that fullmatches the exact modules."""
+        c = self.config
         return {
-            name: {k: v for k, v in layer.factors().items() if not k.endswith("rho")}
-            for name, layer in self.layers().items()
+            "peft_type": "LORA",
+            "task_type": None,
+            "r": c.rank,
+            "lora_alpha": c.alpha,
+            "lora_dropout": c.dropout,
+            "target_modules": "^(" + "|".join(n.replace(".", r"\.") for n in self.target_names) + ")$",
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+            "modules_to_save": None,
+            "use_rslora": False,
+            "use_dora": False,
+            "base_model_name_or_path": getattr(self.model.config, "name_or_path", None),
         }
+
+    def factor_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: layer.factors() for name, layer in self.layers().items()}
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         return {name: layer.delta_weight().detach() for name, layer in self.layers().items()}
@@ -140,3 +174,9 @@ class LoRA(AdapterStrategy):
     def unmerge(self) -> None:
         for layer in self.layers().values():
             layer.unmerge()
+
+    def is_merged(self) -> bool:
+        return any(layer.merged for layer in self.layers().values())
+
+    def merge_targets(self) -> list[torch.Tensor]:
+        return [layer.base_layer.weight for layer in self.layers().values()]

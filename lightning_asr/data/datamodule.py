@@ -1,8 +1,5 @@
-"""From manifests to batches: audio -> Whisper log-mel (padded to the model's window) and prefixed labels.
-
-Labels are ``<|startoftranscript|><|lang|><|transcribe|><|notimestamps|> text <|endoftext|>`` with each
-utterance's own (matrix) language, padded with -100; the leading ``<|startoftranscript|>`` is dropped
-because the model prepends it when it shifts labels into decoder inputs.
+"""From manifests to batches: utterances checked line by line, bucketed by duration, and collated by the
+model's backbone (Whisper: log-mel windows and prefixed labels; wav2vec2: waveforms and CTC targets).
 """
 
 from __future__ import annotations
@@ -10,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_asr.audio import read_audio
 from lightning_asr.data.manifest import ManifestError, Utterance, read_manifest
+from lightning_asr.models.backbone import IGNORE_INDEX, Backbone
 from lightning_asr.tokenizer import WHISPER_LANGUAGES
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "BucketBatchSampler", "ManifestDataModule", "ShardSampler", "UtteranceDataset"]
 
 
 def set_name(manifest: str | Path) -> str:
@@ -119,117 +116,39 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-@dataclass
-class Collator:
-    """Batches utterances into log-mel features and labels. SpecAugment only when ``augment``."""
-
-    feature_extractor: object
-    tokenizer: object
-    augment: torch.nn.Module | None = None
-
-    def label_ids(self, utterance: Utterance) -> list[int]:
-        tokenizer = self.tokenizer
-        prefix = tokenizer.convert_tokens_to_ids(
-            ["<|startoftranscript|>", f"<|{utterance.language}|>", "<|transcribe|>", "<|notimestamps|>"]
-        )
-        return prefix[1:] + tokenizer.encode(utterance.text, add_special_tokens=False) + [tokenizer.eos_token_id]
-
-    def __call__(self, items: list[tuple[Utterance, np.ndarray]]) -> dict:
-        utterances = [u for u, _ in items]
-        features = self.feature_extractor(
-            [a for _, a in items], sampling_rate=16000, return_tensors="pt"
-        ).input_features
-        if self.augment is not None:
-            features = torch.stack([self.augment(f) for f in features])
-        labels = [self.label_ids(u) for u in utterances]
-        padded = torch.full((len(labels), max(map(len, labels))), IGNORE_INDEX, dtype=torch.long)
-        for row, ids in enumerate(labels):
-            padded[row, : len(ids)] = torch.tensor(ids)
-        return {
-            "input_features": features,
-            "labels": padded,
-            "texts": [u.text for u in utterances],
-            "langs": [u.lang for u in utterances],
-            "speakers": [u.speaker for u in utterances],
-            "lines": [u.line for u in utterances],
-        }
-
-
 def spec_augment(freq_masks: int, freq_mask_param: int, time_masks: int, time_mask_param: int) -> torch.nn.Module:
     masks = [torchaudio.transforms.FrequencyMasking(freq_mask_param) for _ in range(freq_masks)]
     masks += [torchaudio.transforms.TimeMasking(time_mask_param) for _ in range(time_masks)]
     return torch.nn.Sequential(*masks)
 
 
-@dataclass
-class CTCCollator:
-    """Batches utterances into normalised waveforms with an attention mask, and CTC targets (the scoring
-    normaliser's text; Korean as jamo when the vocabulary is jamo). SpecAugment-style masking for wav2vec2
-    lives in the model (``mask_time_prob``), not here."""
-
-    feature_extractor: object
-    tokenizer: object
-
-    def __post_init__(self):
-        from lightning_asr.models.wav2vec2 import uses_jamo
-
-        self.jamo = uses_jamo(self.tokenizer)
-
-    def __call__(self, items: list[tuple[Utterance, np.ndarray]]) -> dict:
-        from lightning_asr.models.wav2vec2 import ctc_target
-
-        utterances = [u for u, _ in items]
-        inputs = self.feature_extractor(
-            [a for _, a in items], sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt"
-        )
-        labels = [self.tokenizer(ctc_target(u.text, u.lang, self.jamo)).input_ids for u in utterances]
-        padded = torch.full((len(labels), max(1, max(map(len, labels)))), IGNORE_INDEX, dtype=torch.long)
-        for row, ids in enumerate(labels):
-            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return {
-            "input_values": inputs.input_values,
-            "attention_mask": inputs.attention_mask,
-            "labels": padded,
-            "texts": [u.text for u in utterances],
-            "langs": [u.lang for u in utterances],
-            "speakers": [u.speaker for u in utterances],
-            "lines": [u.line for u in utterances],
-        }
-
-
 class ManifestDataModule(L.LightningDataModule):
     """Train/val/test manifests -> DataLoaders. Every manifest line is checked when the module is set up;
     utterances longer than the model's input window are errors (cropping would cut words off the audio)."""
 
-    def __init__(
-        self,
-        processor,
-        train_manifests=(),
-        val_manifests=(),
-        test_manifests=(),
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 0,
-        bucket_size: int = 64,
-        skip_bad_lines: bool = False,
-        spec_augment_config: dict | None = None,
-        seed: int = 0,
-    ):
+    def __init__(self, processor, backbone: Backbone, data, seed: int = 0):
+        """``data``: the ``data`` section of a run config (``DataConfig``), or a dict of its keys."""
         super().__init__()
-        self.processor = processor
-        self.manifests = {"train": list(train_manifests), "val": list(val_manifests), "test": list(test_manifests)}
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.bucket_size, self.skip_bad_lines, self.seed = bucket_size, skip_bad_lines, seed
-        augment = dict(spec_augment_config or {})
+        from lightning_asr.config import DataConfig, structured
+
+        data = structured(DataConfig, data)
+        self.processor, self.backbone, self.data, self.seed = processor, backbone, data, seed
+        self.manifests = {
+            "train": list(data.train_manifests),
+            "val": list(data.val_manifests),
+            "test": list(data.test_manifests),
+        }
+        augment = data.spec_augment
         self.augment = (
-            spec_augment(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.get("enabled") else None
+            spec_augment(augment.freq_masks, augment.freq_mask_param, augment.time_masks, augment.time_mask_param)
+            if augment.enabled
+            else None
         )
         self.sets: dict[str, dict[str, list[Utterance]]] = {}
-        # Whisper's encoder sees a fixed window; a CTC encoder takes any length
-        self.window_seconds = getattr(processor.feature_extractor, "chunk_length", None)
+        self.window_seconds = backbone.window_seconds(processor)  # None: the encoder takes any length
 
     def read(self, manifest: str | Path) -> list[Utterance]:
-        utterances = read_manifest(manifest, self.skip_bad_lines, known_languages=set(WHISPER_LANGUAGES))
+        utterances = read_manifest(manifest, self.data.skip_bad_lines, known_languages=set(WHISPER_LANGUAGES))
         if self.window_seconds is None:
             return utterances
         too_long = [u for u in utterances if u.duration > self.window_seconds + 1e-3]
@@ -239,7 +158,7 @@ class ManifestDataModule(L.LightningDataModule):
                 "input window — fix: segment the recording, or use a model with a longer window"
                 for u in too_long
             ]
-            if not self.skip_bad_lines:
+            if not self.data.skip_bad_lines:
                 raise ManifestError(problems)
             utterances = [u for u in utterances if u.duration <= self.window_seconds + 1e-3]
         return utterances
@@ -249,24 +168,27 @@ class ManifestDataModule(L.LightningDataModule):
             if split not in self.sets:
                 self.sets[split] = {set_name(m): self.read(m) for m in manifests}
 
-    def _collator(self, augment: bool) -> Collator | CTCCollator:
-        if self.window_seconds is None:
-            return CTCCollator(self.processor.feature_extractor, self.processor.tokenizer)
-        return Collator(self.processor.feature_extractor, self.processor.tokenizer, self.augment if augment else None)
+    def _collator(self, augment: bool):
+        return self.backbone.collator(self.processor, self.augment if augment else None)
 
     def train_dataloader(self) -> DataLoader:
         utterances = [u for us in self.sets["train"].values() for u in us]
         if not utterances:
             raise ManifestError(["no training manifest given — fix: set data.train_manifests"])
         sampler = BucketBatchSampler(
-            [u.duration for u in utterances], self.batch_size, self.bucket_size, True, self.seed, *self.replicas()
+            [u.duration for u in utterances],
+            self.data.batch_size,
+            self.data.bucket_size,
+            True,
+            self.seed,
+            *self.replicas(),
         )
         return DataLoader(
             UtteranceDataset(utterances),
             batch_sampler=sampler,
             collate_fn=self._collator(True),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
         )
 
     def replicas(self) -> tuple[int, int]:
@@ -278,10 +200,10 @@ class ManifestDataModule(L.LightningDataModule):
         return [
             DataLoader(
                 UtteranceDataset(us),
-                batch_size=self.eval_batch_size,
+                batch_size=self.data.eval_batch_size,
                 sampler=ShardSampler(len(us), *self.replicas()),
                 collate_fn=self._collator(False),
-                num_workers=self.num_workers,
+                num_workers=self.data.num_workers,
             )
             for us in self.sets[split].values()
         ]

@@ -26,10 +26,14 @@ import json
 import os
 import tempfile
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
+from lightning_asr.models.backbone import IGNORE_INDEX, Backbone
 from lightning_asr.text import TextNormalizer, map_compatibility_jamo
 
 PAD, UNK, WORD_DELIMITER = "<pad>", "<unk>", "|"
@@ -103,17 +107,6 @@ def ctc_feature_extractor():
     )
 
 
-def is_ctc_spec(spec: str | os.PathLike) -> bool:
-    """A CTC preset, or a local directory whose ``config.json`` names a CTC model type."""
-    spec = str(spec)
-    if spec in CTC_PRESETS:
-        return True
-    config = Path(spec) / "config.json"
-    if config.exists():
-        return json.loads(config.read_text()).get("model_type") in CTC_MODEL_TYPES
-    return "wav2vec2" in spec.lower()  # hub ids such as facebook/wav2vec2-base-960h
-
-
 def load_ctc_model_processor(spec: str | os.PathLike, tokens: list[str] | None, seed: int = 0):
     """Model, processor, and whether the output layer is new (no vocabulary of its own came with it)."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
@@ -148,3 +141,113 @@ def load_ctc_model_processor(spec: str | os.PathLike, tokens: list[str] | None, 
     # token-mean loss like the Whisper path (the library default sums over the batch); no inf on short audio
     model.config.ctc_loss_reduction, model.config.ctc_zero_infinity = "mean", True
     return model, processor, not own_vocabulary
+
+
+OUTPUT_LAYER = r"^lm_head\."  # the CTC output layer, new when the vocabulary is built from manifests
+
+
+@dataclass
+class CTCCollator:
+    """Batches utterances into normalised waveforms with an attention mask, and CTC targets (the scoring
+    normaliser's text; Korean as jamo when the vocabulary is jamo). SpecAugment-style masking for wav2vec2
+    lives in the model (``mask_time_prob``), not here."""
+
+    feature_extractor: object
+    tokenizer: object
+
+    def __post_init__(self):
+        self.jamo = uses_jamo(self.tokenizer)
+
+    def __call__(self, items: list[tuple[object, np.ndarray]]) -> dict:
+        utterances = [u for u, _ in items]
+        inputs = self.feature_extractor(
+            [a for _, a in items], sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt"
+        )
+        labels = [self.tokenizer(ctc_target(u.text, u.lang, self.jamo)).input_ids for u in utterances]
+        padded = torch.full((len(labels), max(1, max(map(len, labels)))), IGNORE_INDEX, dtype=torch.long)
+        for row, ids in enumerate(labels):
+            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return {
+            "input_values": inputs.input_values,
+            "attention_mask": inputs.attention_mask,
+            "labels": padded,
+            "texts": [u.text for u in utterances],
+            "langs": [u.lang for u in utterances],
+            "speakers": [u.speaker for u in utterances],
+            "lines": [u.line for u in utterances],
+        }
+
+
+_ATTENTION = r"(q_proj|k_proj|v_proj|out_proj)$"
+
+
+class Wav2Vec2Backbone(Backbone):
+    name = "wav2vec2"
+    # wav2vec2 names its self-attention blocks attention, its feed-forward layers
+    # feed_forward.intermediate_dense/output_dense; it has no cross-attention
+    target_presets = {
+        "default": [r"\.attention\.(q_proj|v_proj)$"],
+        "self_attn": [r"\.attention\." + _ATTENTION],
+        "attn": [r"\.attention\." + _ATTENTION],
+        "all-linear": [r"\.attention\." + _ATTENTION, r"\.feed_forward\.(intermediate_dense|output_dense)$"],
+    }
+    output_layer = "lm_head"
+
+    def handles_spec(self, spec) -> bool:
+        """A CTC preset, or a local directory whose ``config.json`` names a CTC model type."""
+        spec = str(spec)
+        if spec in CTC_PRESETS:
+            return True
+        config = Path(spec) / "config.json"
+        if config.exists():
+            return json.loads(config.read_text()).get("model_type") in CTC_MODEL_TYPES
+        return "wav2vec2" in spec.lower()  # hub ids such as facebook/wav2vec2-base-960h
+
+    def handles_model(self, model: nn.Module) -> bool:
+        return getattr(model.config, "model_type", None) in CTC_MODEL_TYPES
+
+    def derive_from_data(self, config, utterances) -> dict:
+        """Without a vocabulary of its own, one is built from the training (and validation) manifests and kept
+        in the config, so checkpoints rebuild it; the new output layer then trains under every strategy."""
+        model = config.model
+        if model.ctc_tokens or Path(model.spec, "vocab.json").exists():
+            return {}
+        tokens = build_ctc_tokens([(u.text, u.lang) for u in utterances.train + utterances.val], model.ctc_unit)
+        to_save = list(config.adapter.modules_to_save)
+        return {
+            "model.ctc_tokens": tokens,
+            "adapter.modules_to_save": to_save + ([OUTPUT_LAYER] if OUTPUT_LAYER not in to_save else []),
+        }
+
+    def output_units(self, model_config, utterances: list) -> set[str]:
+        return set(build_ctc_tokens([(u.text, u.lang) for u in utterances], model_config.ctc_unit))
+
+    def load(self, model_config):
+        model, processor, _ = load_ctc_model_processor(
+            model_config.spec, list(model_config.ctc_tokens or []), model_config.init_seed
+        )
+        return model, processor
+
+    def collator(self, processor, augment=None) -> CTCCollator:
+        return CTCCollator(processor.feature_extractor, processor.tokenizer)
+
+    def audio_inputs(self, processor, samples: list) -> dict[str, torch.Tensor]:
+        inputs = processor.feature_extractor(
+            samples, sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt"
+        )
+        return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask}
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        labels = batch["labels"]
+        out = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
+        return out.loss, int((labels != IGNORE_INDEX).sum())
+
+    def decode(self, model, tokenizer, inputs, languages, decode_config) -> tuple[list[str], int]:
+        """Greedy CTC decoding: the best unit per frame, repeats merged, blanks dropped; jamo recomposed. It
+        never hits a cap, and has no language control."""
+        logits = model(input_values=inputs["input_values"], attention_mask=inputs["attention_mask"]).logits
+        texts = tokenizer.batch_decode(logits.argmax(dim=-1))
+        return [unicodedata.normalize("NFC", text) for text in texts], 0
+
+    def checkpointing_entries(self, model) -> list[nn.Module]:
+        return [model.wav2vec2.feature_extractor]

@@ -1,0 +1,711 @@
+"""The forgetting benchmark: which adaptation strategy learns the target domain and keeps the source domains?
+
+Stages, each cached or skipped when its result exists:
+  0. data and base model: build the synthetic corpus; pretrain the preset base on the source training sets
+     (cached under ``base.cache_dir`` by a hash of its config, the corpus checksum and the recipe version);
+     a hub id or a local directory skips pretraining.
+  1. evaluate the base model on every source and target test set;
+  2. adapt: every (strategy, seed) cell trains on the target training set with the same budget, schedule and
+     batch; the best checkpoint by target dev loss is kept;
+  3. evaluate each adapted model on all test sets;
+  4. compare: forgetting, adaptation gain, backward gain and forward loss against the reference strategy
+     (``study/forgetting.py`` has the formulas), with intervals.
+Everything is logged to MLflow: a parent run per invocation, a child run per cell. A rerun reuses finished
+cells (found by their tags: the cell's name and the hash of what makes its result, ``cell_hash``) and
+resumes an interrupted cell from its last checkpoint, in the same MLflow run; ``force`` trains every cell
+again in new runs (old runs stay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import lightning_asr
+from lightning_asr.config import (
+    ConfigError,
+    ScoringConfig,
+    TrainConfig,
+    check_keys,
+    flatten,
+    load_config,
+    structured,
+    to_dict,
+)
+from lightning_asr.data.datamodule import set_language, set_name
+from lightning_asr.metrics import METRIC_NAMES, score_texts
+from lightning_asr.models import backbone_for, is_preset
+from lightning_asr.study import figures, tracking
+from lightning_asr.study.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
+from lightning_asr.study.report import markdown_table
+from lightning_asr.text import TextNormalizer, primary_unit
+
+ROOT = Path(lightning_asr.__file__).resolve().parents[1]  # a source checkout: configs/ and git
+PRETRAIN_RECIPE_VERSION = 1  # bump when the pretraining code path changes what a cached base would be
+RESULTS_VERSION = 3  # bump when a default or a code path changes what a finished cell would be
+
+
+@dataclass
+class CorpusSection:
+    build: bool = True  # false: use manifests already under ``root`` (<root>/<set>/<split>.jsonl)
+    root: str = "data_manifests/synth"
+    seed: int = 0
+    train: int = 800
+    dev: int = 50
+    test: int = 50
+    target_train: int = 400
+
+
+@dataclass
+class BaseSection:
+    spec: str = "whisper-toy"  # preset, local directory or hub id
+    pretrain: bool = True  # pretrain a preset on the source training sets (ignored for directories and hub ids)
+    train: dict = field(default_factory=dict)  # run-config overrides for pretraining
+    require_vocabulary_coverage: bool = True  # stop if a target token never occurs in the source training text
+    cache_dir: str = ".cache/bases"
+
+
+@dataclass
+class BenchConfig:
+    name: str = "forgetting-embedded"  # the MLflow experiment
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    base: BaseSection = field(default_factory=BaseSection)
+    source_sets: list[str] = field(default_factory=lambda: ["en", "ko", "zh"])
+    target_set: str = "ko-en"
+    # where a set's manifests are, when not <corpus.root>/<set>/<split>.jsonl: {set: {train|dev|test: path}}
+    # (importers name splits after the corpus: LibriSpeech's test-clean.jsonl, ASCEND's validation.jsonl)
+    manifests: dict = field(default_factory=dict)
+    strategies: list[Any] = field(default_factory=list)  # [{label, adapter: {...}, optim: {...}, ...}]
+    reference: str = ""  # the label of the strategy the others are compared with (required)
+    seeds: list[int] = field(default_factory=lambda: [1])
+    adapt: dict = field(default_factory=dict)  # run-config overrides shared by every cell
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    output_dir: str = "runs/bench"
+    bootstrap: int = 1000
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_identity(config) -> dict:
+    """What identifies a run's result: its config without ``output_dir`` and without values equal to the
+    schema's defaults (the adapter's: its strategy's defaults), so adding an option (at a default that changes
+    nothing) keeps cached bases and finished cells valid. Changing a default's value is a code change: bump
+    ``RESULTS_VERSION``."""
+    from lightning_asr.adapters import StrategyConfig
+
+    config = to_dict(config) if isinstance(config, DictConfig) else config
+    name = config.get("adapter", {}).get("name", StrategyConfig.name)
+    defaults = to_dict(structured(TrainConfig, {"adapter": {"name": name}}))
+    # the strategy's name always counts, as it did when every strategy shared one adapter schema (full_ft's
+    # default): identities computed then stay valid
+    defaults["adapter"]["name"] = StrategyConfig.name
+
+    def differing(values: dict, reference: dict) -> dict:
+        kept = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(reference.get(key), dict):
+                nested = differing(value, reference[key])
+                if nested:
+                    kept[key] = nested
+            elif key not in reference or reference[key] != value:
+                kept[key] = value
+        return kept
+
+    return {
+        "results_version": RESULTS_VERSION,
+        **differing({k: v for k, v in config.items() if k != "output_dir"}, defaults),
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_bench_config(profile: str, overrides: list[str] | None = None):
+    """A benchmark profile by name (``configs/bench/<name>.yaml``) or path, with ``key=value`` overrides."""
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / "bench" / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path}: no such benchmark profile — fix: use embedded, smoke or a YAML path")
+    bench = load_config(path, overrides, schema=BenchConfig)
+    if any("label" not in entry for entry in bench.strategies):
+        raise ConfigError(f"{path}: every entry of 'strategies' needs a 'label'")
+    return bench, path
+
+
+class Benchmark:
+    """One benchmark profile (a ``BenchConfig``) run for some seeds: ``run(seeds)`` goes through the stages and
+    returns the comparison rows; ``check(seeds)`` validates every cell without running any."""
+
+    def __init__(self, bench, config_path: Path, force: bool = False, parent_tags: dict | None = None):
+        self.bench, self.config_path, self.force = bench, config_path, force
+        # extra tags of the parent run (its name, a run to nest under): a caller that groups benchmark runs
+        self.parent_tags = dict(parent_tags or {})
+        self.parent_id: str | None = None
+        self.cell_runs: dict[tuple[str, int], str] = {}  # (label, seed) -> run id of each finished cell
+        self.root = Path(bench.corpus.root)
+        self.out = Path(bench.output_dir) / bench.name
+        unknown = sorted(set(bench.manifests) - {*bench.source_sets, bench.target_set})
+        if unknown:
+            raise ConfigError(f"{config_path}: manifests for {unknown}, which are neither source_sets nor target_set")
+        self.source_tests = [self.manifest(s, "test") for s in bench.source_sets]
+        self.target = {split: self.manifest(bench.target_set, split) for split in ("train", "dev", "test")}
+        self.test_manifests = self.source_tests + [self.target["test"]]
+        self.source_names = [set_name(m) for m in self.source_tests]
+        self.target_name = set_name(self.target["test"])
+        if len(set(self.source_names + [self.target_name])) != len(self.test_manifests):
+            raise ConfigError(
+                f"{config_path}: two test manifests share the name <folder>/<file> "
+                f"({self.source_names + [self.target_name]}) — fix: keep each set in its own folder"
+            )
+        self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
+        check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
+        labels = [entry["label"] for entry in bench.strategies]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{config_path}: strategy labels must be unique, got {labels}")
+        if bench.reference not in labels:
+            raise ConfigError(f"{config_path}: reference {bench.reference!r} is not among the strategies {labels}")
+
+    # ---- stage 0 ----------------------------------------------------------------------------------------------
+    def prepare_data(self) -> str:
+        started = time.perf_counter()
+        c = self.bench.corpus
+        if c.build:
+            from lightning_asr.data.synth import CorpusSpec, build_corpus
+
+            say(f"stage 0: synthetic corpus {self.root}")
+            build_corpus(
+                CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root
+            )  # every set: one corpus serves both target profiles
+        checksum = hashlib.sha256()
+        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+            if not Path(manifest).exists():
+                raise ConfigError(
+                    f"{manifest} does not exist — fix: build the corpus (corpus.build: true) or correct corpus.root"
+                )
+            checksum.update(Path(manifest).read_bytes())
+        say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
+        return checksum.hexdigest()
+
+    def manifest(self, set_name_: str, split: str) -> str:
+        entry = self.bench.manifests.get(set_name_, {})
+        unknown = sorted(set(entry) - {"train", "dev", "test"})
+        if unknown:
+            raise ConfigError(
+                f"{self.config_path}: manifests.{set_name_} has {unknown}; splits are train, dev and test"
+            )
+        return str(entry.get(split) or self.root / set_name_ / f"{split}.jsonl")
+
+    @property
+    def pretrains(self) -> bool:
+        return self.bench.base.pretrain and is_preset(self.bench.base.spec)
+
+    def source_train_manifests(self) -> list[str]:
+        return [self.manifest(s, "train") for s in self.bench.source_sets] if self.pretrains else []
+
+    def check_vocabulary_coverage(self, model_config) -> None:
+        """A base pretrained here has trained embeddings (output units) only for what its source data holds;
+        adapters that cannot touch embeddings cannot learn target units it never saw. Stop before wasting
+        the run."""
+        from lightning_asr.data.manifest import read_manifest
+
+        backbone = backbone_for(model_config.spec)
+
+        def units(manifests):
+            return backbone.output_units(model_config, [u for m in manifests for u in read_manifest(m)])
+
+        source, target = units(self.source_train_manifests()), units([self.target["train"], self.target["test"]])
+        unseen = sorted(target - source)
+        if unseen:
+            raise ConfigError(
+                f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
+                f"({unseen[:10]}...) — fix: extend the source text pools so "
+                "the pretrained base has trained embeddings for every target token"
+            )
+
+    def prepare_base(self, corpus_checksum: str) -> str:
+        base = self.bench.base
+        if not self.pretrains:
+            say(f"stage 0: base model {base.spec} (no pretraining)")
+            return base.spec
+        overrides = OmegaConf.to_container(base.train, resolve=True)
+        check_keys(overrides, TrainConfig, f"{self.config_path}: base.train")
+        config = to_dict(
+            OmegaConf.merge(
+                OmegaConf.structured(TrainConfig),
+                overrides,
+                {
+                    "model": {"spec": base.spec},
+                    "data": {
+                        "train_manifests": self.source_train_manifests(),
+                        "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets],
+                    },
+                },
+            )
+        )
+        key = digest(
+            {
+                "config": config_identity(config),
+                "corpus": corpus_checksum,
+                "recipe": PRETRAIN_RECIPE_VERSION,
+                "version": lightning_asr.__version__,
+            }
+        )[:12]
+        target = Path(base.cache_dir) / f"{base.spec}-{key}"
+        if (target / "config.json").exists():
+            say(f"stage 0: reusing pretrained base {target}")
+            return str(target)
+        config["output_dir"] = str(self.out / "pretrain" / key)
+        config = structured(TrainConfig, config, lenient_adapter=False)
+        if base.require_vocabulary_coverage:
+            self.check_vocabulary_coverage(config.model)
+        resume = (Path(config.output_dir) / "checkpoints" / "last.ckpt").exists()
+        say(
+            f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config.trainer.max_steps} "
+            f"steps{' (resuming)' if resume else ''}"
+        )
+        started = time.perf_counter()
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import train
+
+        result = train(config, resume=resume, force=not resume)
+        module = ASRModule.from_checkpoint(result.best_checkpoint)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            staging.chmod(0o755)
+            module.model.save_pretrained(staging)
+            module.processor.save_pretrained(staging)
+            (staging / "pretraining.json").write_text(
+                json.dumps({"validation": result.validation, "config": to_dict(config)}, indent=2)
+            )
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        say(
+            f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: "
+            + ", ".join(
+                f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")
+            )
+        )
+        return str(target)
+
+    # ---- stages 1-3 -------------------------------------------------------------------------------------------
+    def cell_config(self, entry: dict, seed: int, base_spec: str) -> DictConfig:
+        """The typed run config of one (strategy entry, seed) cell on ``base_spec``."""
+        entry = dict(entry)
+        label = entry.pop("label")
+        check_keys(entry, TrainConfig, f"{self.config_path}: strategy {label}")
+        merged = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            self.bench.adapt,
+            entry,
+            {
+                "seed": seed,
+                "model": {"spec": base_spec},
+                "data": {
+                    "train_manifests": [self.target["train"]],
+                    "val_manifests": [self.target["dev"]],
+                    "test_manifests": [],
+                },
+            },
+        )
+        try:
+            config = structured(TrainConfig, merged)
+        except ConfigError as err:
+            raise ConfigError(f"{self.config_path}: strategy {label}: {err}") from None
+        config.output_dir = str(self.out / "cells" / f"{label}-seed{seed}-{self.cell_hash(config)[:8]}")
+        return config
+
+    def cell_hash(self, config) -> str:
+        """What makes a cell's result: its config and the content of the data (not only the paths)."""
+        return digest({"config": config_identity(config), "data": self.corpus_checksum})
+
+    def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import evaluate
+
+        config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
+        cache = (
+            self.out
+            / f"base-eval-{digest([base_spec, self.test_manifests, to_dict(config.decode), self.corpus_checksum])[:12]}.json"
+        )
+        if cache.exists() and not self.force:
+            say(f"stage 1: reusing the base evaluation {cache}")
+            rows = json.loads(cache.read_text())
+        else:
+            started = time.perf_counter()
+            say(f"stage 1: evaluating the base model on {len(self.test_manifests)} test sets")
+            module = ASRModule(config)
+            results = evaluate(module, self.test_manifests)
+            rows = module.predictions
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_suffix(".partial")
+            partial.write_text(json.dumps(rows, ensure_ascii=False))
+            partial.replace(cache)
+            say(
+                f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: "
+                + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
+            )
+        self.target_rows["base"] = [rows[self.target_name]]
+        return {name: Scores.from_rows(r) for name, r in rows.items()}
+
+    def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
+        query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
+        runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"])
+        finished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) == "finished"]
+        unfinished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) != "finished"]
+        return finished, unfinished
+
+    def run_cell(
+        self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str
+    ) -> tuple[str, dict[str, Scores]]:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        from lightning_asr.module import ASRModule
+        from lightning_asr.train import evaluate, train
+
+        label = entry["label"]
+        config = self.cell_config(entry, seed, base_spec)
+        config_hash = self.cell_hash(config)
+        cell = f"{label}-seed{seed}"
+        finished, unfinished = self.find_cell_runs(client, experiment, cell, config_hash)
+        if finished and not self.force:
+            run = finished[0]
+            say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
+            client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
+            self.target_rows.setdefault(label, []).append(rows[self.target_name])
+            return run.info.run_id, {name: Scores.from_rows(r) for name, r in rows.items()}
+        output = Path(config.output_dir)
+        resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
+        if resume:
+            run_id = unfinished[0].info.run_id
+            say(f"cell {cell}: resuming run {run_id} from {output / 'checkpoints' / 'last.ckpt'}")
+            client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+        else:
+            if output.exists():
+                shutil.rmtree(output)
+            tags = {
+                "mlflow.parentRunId": parent_id,
+                "mlflow.runName": cell,
+                tracking.TAG_BENCH: self.bench.name,
+                tracking.TAG_CELL: cell,
+                tracking.TAG_CONFIG: config_hash,
+                tracking.TAG_STATUS: "running",
+                "strategy": config.adapter.name,
+                "label": label,
+                "seed": str(seed),
+                "base_model": base_spec,
+                "dataset": self.bench.target_set,
+                "git_commit": git_commit(),
+            }
+            run_id = client.create_run(experiment, tags=tags).info.run_id
+            for key, value in flatten(to_dict(config)).items():
+                client.log_param(run_id, key, str(value)[:500])
+            say(f"cell {cell}: adapting ({config.adapter.name}, {config.trainer.max_steps} steps) in run {run_id}")
+        started = time.perf_counter()
+        timer = StepTimer()
+        logger = MLFlowLogger(tracking_uri=self.bench.tracking_uri, run_id=run_id)
+        result = train(config, resume=resume, force=not resume, logger=logger, extra_callbacks=[timer])
+        train_seconds = time.perf_counter() - started
+        module = ASRModule.from_checkpoint(result.best_checkpoint)
+        say(
+            f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})"
+        )
+        test_metrics = evaluate(module, self.test_manifests)
+        self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds)
+        client.set_tag(run_id, tracking.TAG_STATUS, "finished")
+        client.set_terminated(run_id, "FINISHED")
+        say(
+            f"cell {cell}: done in {time.perf_counter() - started:.0f} s: "
+            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error"))
+        )
+        self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
+        return run_id, {name: Scores.from_rows(rows) for name, rows in module.predictions.items()}
+
+    def log_cell(
+        self, client, run_id: str, module, config: DictConfig, test_metrics: dict, timer, train_seconds: float
+    ) -> None:
+        from lightning_asr.adapters.sparsity import scalar_metrics
+
+        strategy = module.strategy
+        report = strategy.sparsity_stats()
+        counts = strategy.parameter_counts()
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter_dir = strategy.save_adapter(Path(tmp) / "adapter")
+            adapter_bytes = sum(f.stat().st_size for f in adapter_dir.iterdir())
+            client.log_artifacts(run_id, str(adapter_dir), "adapter")
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(config))
+            client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
+            (Path(tmp) / "predictions.json").write_text(json.dumps(module.predictions, ensure_ascii=False))
+            client.log_artifact(run_id, str(Path(tmp) / "predictions.json"))
+        metrics = {
+            **test_metrics,
+            **scalar_metrics(report),
+            "params/trainable": counts["trainable"],
+            "params/total": counts["total"],
+            "adapter/bytes": adapter_bytes,
+            "train/step_time_s": timer.median(),
+            "train/seconds": train_seconds,
+        }
+        for key, value in tracking.finite_metrics(metrics).items():
+            client.log_metric(run_id, key, value)
+        for name, normalizer_id in module.normalizer_ids.items():
+            client.log_param(run_id, f"normalizer/{name}", normalizer_id)
+        if report["overall"]["delta_w"]["count"]:
+            figure = figures.cell_sparsity_figure(report, f"{config.adapter.name}: |delta W|")
+            client.log_figure(run_id, figure, "sparsity/histogram.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+            client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
+            client.log_dict(run_id, report, "sparsity/report.json")  # histogram counts, for side-by-side plots
+
+    def check(self, seeds: list[int]) -> list[str]:
+        """Resolve and validate everything a run would use, without data, models or training: every cell's
+        run config and strategy, and where each manifest is expected (missing ones are listed, not errors)."""
+        from lightning_asr.adapters import build_strategy
+
+        lines = [
+            f"profile {self.config_path}: base {self.bench.base.spec} "
+            f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"
+        ]
+        self.corpus_checksum = "unchecked"
+        for entry in self.bench.strategies:
+            entry = OmegaConf.to_container(entry, resolve=True)
+            for seed in seeds:
+                config = self.cell_config(entry, seed, self.bench.base.spec)
+                strategy = build_strategy(config.adapter)
+                backbone_for(config.model.spec).check_decode(config.decode)
+                lines.append(
+                    f"cell {entry['label']}-seed{seed}: {strategy.name}, {config.trainer.max_steps} steps, "
+                    f"lr {config.optim.lr}, precision {config.trainer.precision}"
+                )
+        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+            lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
+        return lines
+
+    # ---- stage 4 ----------------------------------------------------------------------------------------------
+    def run(self, seeds: list[int]) -> list[dict]:
+        started = time.perf_counter()
+        bench = self.bench
+        self.corpus_checksum = self.prepare_data()
+        base_spec = self.prepare_base(self.corpus_checksum)
+        client = tracking.client_for(bench.tracking_uri)
+        experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
+        parent = client.create_run(
+            experiment,
+            tags={
+                "mlflow.runName": f"{bench.name} {time.strftime('%Y-%m-%d %H:%M')}",
+                tracking.TAG_BENCH: bench.name,
+                "git_commit": git_commit(),
+                "base_model": base_spec,
+                "dataset": bench.target_set,
+                **self.parent_tags,
+            },
+        )
+        parent_id = self.parent_id = parent.info.run_id
+        say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
+        try:
+            base_scores = self.evaluate_base(base_spec)
+            for name, value in errors(base_scores).items():
+                client.log_metric(parent_id, f"base/{name}/error", value)
+            cells: dict[str, dict[int, dict[str, Scores]]] = {}
+            cell_runs = self.cell_runs = {}
+            for entry in bench.strategies:
+                entry = OmegaConf.to_container(entry, resolve=True)
+                for seed in seeds:
+                    run_id, scores = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
+                    cells.setdefault(entry["label"], {})[seed] = scores
+                    cell_runs[(entry["label"], seed)] = run_id
+            rows, reasons = compare(
+                base_scores,
+                cells,
+                bench.reference,
+                self.source_names,
+                self.target_name,
+                bench.bootstrap if len(seeds) == 1 else 0,
+            )
+            for (label, seed), run_id in cell_runs.items():
+                values, _ = derived_metrics(
+                    errors(base_scores),
+                    errors(cells[bench.reference][seed]),
+                    errors(cells[label][seed]),
+                    self.source_names,
+                    self.target_name,
+                )
+                for key, value in tracking.finite_metrics(values).items():
+                    client.log_metric(run_id, f"cl/{key}", value)
+            self.log_comparison(client, parent_id, rows, reasons, base_scores, seeds)
+            client.set_terminated(parent_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
+        return rows
+
+    def log_comparison(self, client, parent_id: str, rows: list[dict], reasons: dict, base_scores, seeds) -> None:
+        import pandas as pd
+
+        interval = "95 % t-interval over seeds" if len(seeds) > 1 else "95 % paired bootstrap over utterances"
+        columns = [
+            "strategy",
+            "target_error",
+            "adaptation_gain",
+            "source_error",
+            "forgetting",
+            "backward_gain",
+            "relative_source_gain",
+            "forward_loss",
+        ]
+        base_errors = errors(base_scores)
+        table_rows = [
+            [
+                "base",
+                base_errors[self.target_name],
+                0.0,
+                sum(base_errors[s] for s in self.source_names) / len(self.source_names),
+                0.0,
+                math.nan,
+                math.nan,
+                math.nan,
+            ]
+        ]
+        table_rows += [[row["strategy"]] + [row[c] for c in columns[1:]] for row in rows]
+        frame = pd.DataFrame(table_rows, columns=columns)
+        lows = {c: [math.nan] + [row.get(f"{c}_low", math.nan) for row in rows] for c in columns[1:]}
+        highs = {c: [math.nan] + [row.get(f"{c}_high", math.nan) for row in rows] for c in columns[1:]}
+        detailed = frame.copy()
+        for column in columns[1:]:
+            detailed[f"{column}_low"], detailed[f"{column}_high"] = lows[column], highs[column]
+        for name in self.source_names:
+            detailed[f"forgetting/{name}"] = [0.0] + [row[f"forgetting/{name}"] for row in rows]
+        printable = [
+            [r[0]] + [self.with_interval(r[i], lows[c][j], highs[c][j]) for i, c in enumerate(columns[1:], 1)]
+            for j, r in enumerate(table_rows)
+        ]
+        markdown = markdown_table(columns, printable)
+        notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
+        breakdown_columns, breakdown = self.target_breakdown()
+        breakdown_markdown = markdown_table(
+            ["strategy"] + breakdown_columns,
+            [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            detailed.to_csv(Path(tmp) / "comparison.csv", index=False)
+            summary = (
+                f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
+                f"(WER for en, CER for ko/zh); target = {self.target_name} ({METRIC_NAMES[primary_unit(self.target_lang)].upper()}). "
+                f"Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
+                + (f"\nUndefined values:\n{notes}\n" if notes else "")
+                + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
+                f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
+                f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
+            )
+            (Path(tmp) / "comparison.md").write_text(summary)
+            (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
+            (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
+            client.log_artifacts(parent_id, tmp)
+        client.log_table(
+            parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json"
+        )
+        figure = figures.benchmark_tradeoff_figure(
+            rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})"
+        )
+        client.log_figure(parent_id, figure, "tradeoff.png")
+        for label, values in breakdown.items():
+            for key, value in values.items():
+                if math.isfinite(value):
+                    client.log_metric(parent_id, f"{label}/target_{key}", value)
+        for row in rows:
+            for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error"):
+                if isinstance(row[key], float) and math.isfinite(row[key]):
+                    client.log_metric(parent_id, f"{row['strategy']}/{key}", row[key])
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "comparison.md").write_text(summary)
+        print("\n" + summary)
+
+    @property
+    def target_lang(self) -> str:
+        return set_language(row["lang"] for row in self.target_rows["base"][0])
+
+    @property
+    def target_metric(self) -> str:
+        return METRIC_NAMES[primary_unit(self.target_lang)]
+
+    @property
+    def scoring(self):
+        return structured(ScoringConfig, OmegaConf.to_container(self.bench.adapt).get("scoring", {}))
+
+    def normalizer(self) -> TextNormalizer:
+        return TextNormalizer.from_scoring(self.target_lang, self.scoring)
+
+    def target_breakdown(self) -> tuple[list[str], dict[str, dict[str, float]]]:
+        """MER, JER, CER, WER, the per-language split and PIER of the target set for the base and each
+        strategy (mean over seeds), recomputed from the logged predictions."""
+        breakdown = {}
+        lang, normalizer, average = self.target_lang, self.normalizer(), self.scoring.average
+        for label, per_seed in self.target_rows.items():
+            scores = [
+                score_texts([r["prediction"] for r in rows], [r["reference"] for r in rows], lang, normalizer, average)
+                for rows in per_seed
+            ]
+            breakdown[label] = {key: float(np.mean([s.get(key, math.nan) for s in scores])) for key in scores[0]}
+        columns = [
+            c
+            for c in ("mer", "jer", "cer", "wer", "err_ko", "err_zh", "err_en", "err_other", "pier")
+            if any(c in values for values in breakdown.values())
+        ]
+        return columns, {label: {c: values.get(c, math.nan) for c in columns} for label, values in breakdown.items()}
+
+    @staticmethod
+    def with_interval(value, low, high) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isnan(low) or math.isnan(high):
+            return f"{value:.3f}"
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step (forward, backward, optimiser), for the ``train/step_time_s`` metric."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._started)
+
+    def median(self) -> float:
+        return sorted(self.times)[len(self.times) // 2] if self.times else math.nan

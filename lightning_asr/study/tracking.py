@@ -1,0 +1,66 @@
+"""MLflow helpers of the study: experiments on a sqlite store, the tags that find runs, metrics and tables.
+
+MLflow has no histogram-over-time API, so sparsity histograms are logged as figures (``log_figure``), tables
+(``log_table``) and scalar summaries (``sparsity/frac_below_1e-3``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lightning_asr.adapters.sparsity import fractions
+
+TAG_BENCH, TAG_CELL, TAG_CONFIG, TAG_STATUS = (
+    "lightning_asr.bench",
+    "lightning_asr.cell",
+    "lightning_asr.config_hash",
+    "lightning_asr.status",
+)
+# the named experiments of the reproduction: the profile, the experiment, and that its cells are listed
+TAG_REPRODUCE, TAG_EXPERIMENT, TAG_CELLS = (
+    "lightning_asr.reproduce",
+    "lightning_asr.reproduce.experiment",
+    "lightning_asr.reproduce.cells",
+)
+
+
+def client_for(tracking_uri: str):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri and not tracking_uri.startswith("sqlite"):
+        raise ValueError(
+            f"tracking URI {tracking_uri!r}: use a database store such as sqlite:///mlflow.db (MLflow's file store is deprecated)"
+        )
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client, name: str, artifact_root: str | Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage != "deleted":
+        return experiment.experiment_id
+    location = (Path(artifact_root) / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def finite_metrics(values: dict) -> dict[str, float]:
+    """MLflow rejects NaN in some stores: log only finite numbers (undefined values are explained elsewhere)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+
+
+def sparsity_table(report: dict) -> dict[str, list]:
+    """Column-oriented table for ``log_table``: one row per module and kind, fraction below each threshold."""
+    columns: dict[str, list] = {"module": [], "kind": [], "entries": []}
+    for threshold in report["thresholds"]:
+        columns[f"below_{threshold}"] = []
+    rows = [(name, kind, summary) for name, entry in report["modules"].items() for kind, summary in entry.items()]
+    rows += [("overall", kind, summary) for kind, summary in report["overall"].items() if summary["count"]]
+    for name, kind, summary in rows:
+        columns["module"].append(name)
+        columns["kind"].append(kind)
+        columns["entries"].append(summary["count"])
+        for threshold, value in fractions(summary).items():
+            columns[f"below_{threshold}"].append(value)
+    return columns
