@@ -95,7 +95,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"  # ddp: one process per device; see README "Scale-out"
+    strategy: str = "auto"  # ddp: one process per device; see docs/scale-out.md
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
 

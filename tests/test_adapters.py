@@ -266,13 +266,13 @@ def test_sparsity_stats(name):
         assert report["snr"]["median"] > 0
 
 
-def test_readme_glora_table_matches_the_canonical_docstring():
+def test_docs_glora_table_matches_the_canonical_docstring():
     import re
     from pathlib import Path
 
     from lightning_asr.adapters import glora
 
-    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    readme = Path(__file__).resolve().parents[1].joinpath("docs", "strategies.md").read_text()
     rows = [line.split("  ") for line in glora.__doc__.splitlines() if re.match(r"^[1-4]\s{2,}", line)]
     assert len(rows) == 4
     for row in rows:

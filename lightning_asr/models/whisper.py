@@ -10,7 +10,7 @@ once trained, decodes with the same tokenizer and generation code as openai/whis
     The embedded default's architecture, pretrained by the framework on synthetic source-domain speech:
     d_model 192, 3+3 layers, 4 heads, FFN 768 (13.3 M parameters, 10 M of them the tied token embedding).
     A first guess of d_model 256 with 4+4 layers ran at 1.65 s per batch-16 step on two CPU cores, too slow
-    to pretrain within minutes; this size runs at ~1 step/s and reaches 4 % English WER after 1500 steps.
+    to pretrain within minutes; this size runs at ~1 step/s (docs/benchmark.md has what it reaches).
 
 Both presets set ``max_source_positions`` to 300, so the encoder sees 6 s windows (600 mel frames) rather
 than Whisper's 30 s: the synthetic clips are all shorter than 6 s and the encoder cost falls five-fold.
