@@ -24,6 +24,7 @@ __all__ = [
     "adapter_config",
     "build_strategy",
     "inference_settings",
+    "matches_any",
     "register",
     "strategy_class",
     "training_only",
