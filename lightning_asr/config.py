@@ -215,12 +215,20 @@ def load_config(
     if overrides:
         sources.append(("command line", _parse_overrides(overrides)))
     plain = []
+    containers = []
     for origin, values in sources:
         try:
-            container = OmegaConf.to_container(values, resolve=False)
+            containers.append((origin, OmegaConf.to_container(values, resolve=False)))
         except Exception as err:
             raise ConfigError(f"{origin}: {_first_line(err)}") from err
+    typed_adapter = any(f.name == "adapter" for f in fields(schema))
+    # the adapter section is checked against the strategy the sources choose in the end, source by source,
+    # so that the first bad setting reported is the first one read
+    strategy = _chosen_strategy(containers) if typed_adapter else None
+    for (origin, container), (_, values) in zip(containers, sources):
         check_keys(container, schema, origin)
+        if typed_adapter and isinstance(container, dict) and "adapter" in container:
+            _check_adapter_source(container["adapter"], strategy, origin)
         plain.append((origin, container))
         try:
             config = OmegaConf.merge(config, values)
@@ -238,10 +246,33 @@ def load_config(
             f"{_origin_of(str(key), plain)}: cannot resolve '{key}' ({_first_line(err)}) — fix: "
             "correct the ${...} interpolation or write the value itself"
         ) from err
-    if any(f.name == "adapter" for f in fields(schema)):
+    if typed_adapter:
         config.adapter = _typed_adapter(config, plain)
     OmegaConf.set_readonly(config, False)
     return config
+
+
+def _chosen_strategy(containers: list[tuple[str, Any]]):
+    """``adapter.name`` as the last source that sets it has it (the default strategy's where none does)."""
+    name = None
+    for _, container in containers:
+        adapter = container.get("adapter") if isinstance(container, dict) else None
+        if isinstance(adapter, dict) and "name" in adapter:
+            name = adapter["name"]
+    return name
+
+
+def _check_adapter_source(values: Any, strategy, origin: str) -> None:
+    """One source's ``adapter`` keys and values against the config class of the strategy chosen in the end."""
+    from lightning_asr.adapters import adapter_config
+
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{origin}: 'adapter' is a section, not a value (got {values!r:.40}) — fix: set its keys, "
+            "e.g. adapter.name=lora"
+        )
+    unresolved = {k: v for k, v in values.items() if not (isinstance(v, str) and "${" in v)}  # checked once resolved
+    adapter_config({**unresolved, **({"name": strategy} if strategy is not None else {})}, origin)
 
 
 def _typed_adapter(config: DictConfig, sources: list[tuple[str, Any]]) -> DictConfig:

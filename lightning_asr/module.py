@@ -4,6 +4,7 @@ engineering."""
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import cached_property
 from pathlib import Path
@@ -94,11 +95,12 @@ class ASRModule(L.LightningModule):
         self.config = config = with_data_settings(config, self.backbone)
         self.model, self.processor = self.backbone.load(config.model)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds at fit start
-        self.tokenizer = self.processor.tokenizer
         self.strategy = build_strategy(config.adapter)
         self.strategy.attach(self.model)
-        if config.adapter.new_tokens:
-            add_new_tokens(self.model, self.tokenizer, list(config.adapter.new_tokens))
+        if config.adapter.new_tokens:  # the loaded tokenizer may be shared (lightning_asr.tokenizer): extend a copy
+            self.processor.tokenizer = copy.deepcopy(self.processor.tokenizer)
+            add_new_tokens(self.model, self.processor.tokenizer, list(config.adapter.new_tokens))
+        self.tokenizer = self.processor.tokenizer
         if config.model.gradient_checkpointing:
             self.enable_gradient_checkpointing()
         self.backbone.check_decode(config.decode)

@@ -204,11 +204,19 @@ def validate_tokenizer(tokenizer, origin: str) -> None:
         raise TokenizerError(f"tokenizer from {origin} maps 'hello' to id 0: it has no BPE vocabulary")
 
 
+_BUILT_IN: dict[Path, WhisperTokenizer] = {}  # the built-in tokenizer, read once per process and cache folder
+
+
 def load_tokenizer(spec: str | os.PathLike | None = None) -> WhisperTokenizer:
     """Whisper's tokenizer: ``None``/``"builtin"`` builds it from the official BPE ranks (cached after the
-    first build); a directory or hub id loads it with ``from_pretrained``. Always validated."""
+    first build); a directory or hub id loads it with ``from_pretrained``. Always validated.
+
+    The built-in tokenizer is read once per process and shared by every caller (reading it costs ~0.6 s):
+    code that changes a tokenizer (new tokens, prefix tokens) changes a ``copy.deepcopy`` of it."""
     if spec is None or str(spec) == "builtin":
         built = cache_dir() / "whisper-tokenizer"
+        if built in _BUILT_IN:
+            return _BUILT_IN[built]
         if not (built / "tokenizer_config.json").exists():
             tokenizer = build_tokenizer_from_ranks(fetch_bpe_ranks())
             validate_tokenizer(tokenizer, "the built-in BPE ranks")
@@ -219,7 +227,9 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> WhisperTokenizer:
                 os.replace(staging, built)  # atomic: a concurrent build leaves one complete copy
             except OSError:
                 shutil.rmtree(staging, ignore_errors=True)
-        spec = built
+        tokenizer = WhisperTokenizer.from_pretrained(str(built))
+        validate_tokenizer(tokenizer, str(built))
+        return _BUILT_IN.setdefault(built, tokenizer)
     tokenizer = WhisperTokenizer.from_pretrained(str(spec))
     validate_tokenizer(tokenizer, str(spec))
     return tokenizer

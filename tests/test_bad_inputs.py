@@ -353,9 +353,13 @@ def test_manifest_that_is_a_folder_or_not_utf8_is_a_manifest_error(tmp_path):
 
 def schema_fields(schema=TrainConfig, prefix=""):
     """Every leaf field as (dotted key, type annotation, default) and every section as its dotted prefix."""
+    from lightning_asr.adapters import StrategyConfig, strategy_class
+
     leaves, sections = [], [prefix]
     for f in fields(schema):
         factory = f.default_factory
+        if schema is TrainConfig and f.name == "adapter":  # typed by its strategy: the default one's keys
+            factory = strategy_class(StrategyConfig.name).config_class
         if factory is not MISSING and is_dataclass(factory):
             sub_leaves, sub_sections = schema_fields(factory, f"{prefix}{f.name}.")
             leaves += sub_leaves
@@ -383,8 +387,8 @@ def wrong_value(annotation: str):
         return st.nothing()
     if annotation.startswith("list"):
         return st.one_of(st.dictionaries(word, st.integers(), min_size=1, max_size=2), word)
-    optional = annotation.startswith("Optional")
-    base = annotation.removeprefix("Optional[").rstrip("]")
+    optional = annotation.startswith("Optional") or annotation.endswith("| None")
+    base = annotation.removeprefix("Optional[").rstrip("]").removesuffix(" | None")
     if base == "str":  # OmegaConf turns any scalar into a string
         return composite
     choices = [composite, word]

@@ -117,6 +117,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the UI server starts in ~15 s on 2 cores: not one of the main jobs, so `make test-all`
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "mlflow").exists(), reason="needs make setup")
 def test_mlflow_ui_target_answers_on_loopback_and_stops():
     port = free_port()

@@ -101,6 +101,8 @@ def test_ctc_train_evaluate_and_checkpoint_reload(corpus, tmp_path):
     assert all(isinstance(row["prediction"], str) for row in module.predictions["ko-en/test"])
 
 
+# the benchmark's smoke path runs on Whisper in make test; its CTC profile here
+@pytest.mark.slow
 def test_ctc_smoke_benchmark(corpus, tmp_path):
     from lightning_asr.study.cli import forgetting_main as main
 

@@ -25,6 +25,8 @@ def scores(out: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"^(test/\S+|val/\S+): ([-\d.naninf]+)$", out, flags=re.M)}
 
 
+# two gloo processes (~80 s on 2 cores): the scale-out path, not a main job; `make test-all` runs it
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"""

@@ -456,6 +456,8 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert f"- rank-sweep / glora-1 / seed 1: run {glora.info.run_id} deleted" in text
 
 
+# the reproduce smoke path is test_tiny_profile_end_to_end; this one checks --experiments
+@pytest.mark.slow
 def test_tiny_profile_one_experiment(tmp_path):
     """`--experiments` runs a subset: one experiment trained (LoRA and GLoRA type 1 on the smoke benchmark), the
     report written for every claim, the cells of the experiments not run listed as missing."""

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 from transformers import WhisperTokenizer
 
@@ -5,8 +7,8 @@ from lightning_asr.tokenizer import TokenizerError, load_tokenizer, validate_tok
 
 
 def test_builtin_tokenizer_has_whisper_ids_and_round_trips():
-    tokenizer = load_tokenizer()
-    assert len(tokenizer) == 51865
+    tokenizer = copy.deepcopy(load_tokenizer())  # the built-in one is shared: change a copy
+    assert len(tokenizer) == 51865 and load_tokenizer() is load_tokenizer()
     tokenizer.set_prefix_tokens(language="korean", task="transcribe")
     ids = tokenizer("안녕하세요 hello 你好").input_ids
     assert ids == [50258, 50264, 50359, 50363, 49200, 12831, 15377, 7751, 10930, 2131, 50257]

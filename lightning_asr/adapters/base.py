@@ -85,6 +85,11 @@ def adapter_config(values, origin: str = "config", lenient: bool = False) -> Dic
         values = OmegaConf.to_container(values, resolve=True)
     values = dict(values or {})
     name = values.get("name", StrategyConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{origin}: 'adapter.name' is {name!r:.40}, not a strategy name — fix: name one of "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
     try:
         config_class = strategy_class(name).config_class
     except ConfigError as err:
@@ -105,11 +110,21 @@ def adapter_config(values, origin: str = "config", lenient: bool = False) -> Dic
     try:
         return OmegaConf.merge(OmegaConf.structured(config_class), values)
     except Exception as err:  # type errors: rank=abc
-        key = getattr(err, "full_key", None) or "?"
+        key = getattr(err, "full_key", None) or _failing_key(config_class, values)
         raise ConfigError(
             f"{origin}: invalid value for 'adapter.{key}': {str(err).splitlines()[0]} — fix: give it "
             f"a value of the type {config_class.__name__} declares"
         ) from err
+
+
+def _failing_key(config_class: type, values: dict) -> str:
+    """The first key of ``values`` whose value alone does not fit ``config_class``."""
+    for key, value in values.items():
+        try:
+            OmegaConf.merge(OmegaConf.structured(config_class), {key: value})
+        except Exception:
+            return key
+    return "?"
 
 
 def build_strategy(values) -> AdapterStrategy:

@@ -426,8 +426,7 @@ class Benchmark:
                 "git_commit": git_commit(),
             }
             run_id = client.create_run(experiment, tags=tags).info.run_id
-            for key, value in flatten(to_dict(config)).items():
-                client.log_param(run_id, key, str(value)[:500])
+            tracking.log_values(client, run_id, params=flatten(to_dict(config)))
             say(f"cell {cell}: adapting ({config.adapter.name}, {config.trainer.max_steps} steps) in run {run_id}")
         started = time.perf_counter()
         timer = StepTimer()
@@ -474,10 +473,8 @@ class Benchmark:
             "train/step_time_s": timer.median(),
             "train/seconds": train_seconds,
         }
-        for key, value in tracking.finite_metrics(metrics).items():
-            client.log_metric(run_id, key, value)
-        for name, normalizer_id in module.normalizer_ids.items():
-            client.log_param(run_id, f"normalizer/{name}", normalizer_id)
+        normalizers = {f"normalizer/{name}": normalizer_id for name, normalizer_id in module.normalizer_ids.items()}
+        tracking.log_values(client, run_id, metrics, normalizers)
         if report["overall"]["delta_w"]["count"]:
             figure = figures.cell_sparsity_figure(report, f"{config.adapter.name}: |delta W|")
             client.log_figure(run_id, figure, "sparsity/histogram.png")
@@ -534,8 +531,7 @@ class Benchmark:
         say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
         try:
             base_scores = self.evaluate_base(base_spec)
-            for name, value in errors(base_scores).items():
-                client.log_metric(parent_id, f"base/{name}/error", value)
+            tracking.log_values(client, parent_id, {f"base/{name}/error": v for name, v in errors(base_scores).items()})
             cells: dict[str, dict[int, dict[str, Scores]]] = {}
             cell_runs = self.cell_runs = {}
             for entry in bench.strategies:
@@ -560,8 +556,7 @@ class Benchmark:
                     self.source_names,
                     self.target_name,
                 )
-                for key, value in tracking.finite_metrics(values).items():
-                    client.log_metric(run_id, f"cl/{key}", value)
+                tracking.log_values(client, run_id, {f"cl/{key}": value for key, value in values.items()})
             self.log_comparison(client, parent_id, rows, reasons, base_scores, seeds)
             client.set_terminated(parent_id, "FINISHED")
         except BaseException:
@@ -639,14 +634,17 @@ class Benchmark:
             rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})"
         )
         client.log_figure(parent_id, figure, "tradeoff.png")
-        for label, values in breakdown.items():
-            for key, value in values.items():
-                if math.isfinite(value):
-                    client.log_metric(parent_id, f"{label}/target_{key}", value)
-        for row in rows:
-            for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error"):
-                if isinstance(row[key], float) and math.isfinite(row[key]):
-                    client.log_metric(parent_id, f"{row['strategy']}/{key}", row[key])
+        summary_metrics = {
+            f"{label}/target_{key}": v for label, values in breakdown.items() for key, v in values.items()
+        }
+        summary_metrics.update(
+            {
+                f"{row['strategy']}/{key}": row[key]
+                for row in rows
+                for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error")
+            }
+        )
+        tracking.log_values(client, parent_id, summary_metrics)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "comparison.md").write_text(summary)
         print("\n" + summary)

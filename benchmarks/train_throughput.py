@@ -1,0 +1,175 @@
+"""Training throughput: the project's training step against a plain PyTorch loop, on the same batches.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--rounds 2] [--phases pretrain,lora]
+
+For each phase (``pretrain``: whisper-toy, every weight trains, the embedded profile's pretraining settings;
+``lora``: LoRA on whisper-toy with the profile's adaptation settings), in one process:
+
+- **project**: ``lightning_asr.train.train`` as the benchmark runs it (the data module reading the manifests,
+  the Trainer, its callbacks and loggers), timed by a callback;
+- **plain**: the same model, loss, optimiser, schedule and clipping in a hand-written loop over the same
+  batches, collated in memory before the clock starts (the plain loop's data time is a list lookup).
+
+Both run ``--rounds`` times, alternating, after ``--warmup`` untimed steps each time; the figures are medians
+over every timed step. Printed: steps/s, the ratio project / plain, and per step the time in data (from the
+end of one step to the start of the next), forward, backward, optimiser (clipping, step, zero_grad,
+schedule) and everything else. The corpus is the embedded profile's (built first where it is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+PHASES = ("data", "forward", "backward", "optimizer", "other")
+
+
+class PhaseTimer(L.Callback):
+    """Per training step: data (end of the previous step to this one's start), forward, backward, optimiser."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.rows, self.last_end, self.marks = warmup, [], None, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.marks = {"start": time.perf_counter()}
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.marks["forward"] = time.perf_counter()
+
+    def on_after_backward(self, trainer, pl_module):
+        self.marks["backward"] = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        end, m = time.perf_counter(), self.marks
+        if self.last_end is not None and trainer.global_step > self.warmup:
+            row = {"data": m["start"] - self.last_end, "forward": m["forward"] - m["start"],
+                   "backward": m["backward"] - m["forward"], "optimizer": end - m["backward"], "total": end - self.last_end}
+            row["other"] = row["total"] - sum(row[k] for k in PHASES[:-1])
+            self.rows.append(row)
+        self.last_end = end
+
+
+def phase_config(phase: str, corpus: Path, steps: int, output: Path):
+    from lightning_asr.config import TrainConfig, structured
+    from lightning_asr.study.benchmark import load_bench_config
+
+    bench, _ = load_bench_config("embedded")
+    if phase == "pretrain":
+        values = OmegaConf.merge(OmegaConf.structured(TrainConfig), bench.base.train, {
+            "model": {"spec": bench.base.spec},
+            "data": {"train_manifests": [str(corpus / s / "train.jsonl") for s in bench.source_sets]}})
+    else:
+        entry = next(OmegaConf.to_container(e) for e in bench.strategies if e.adapter.name == "lora")
+        entry.pop("label")
+        values = OmegaConf.merge(OmegaConf.structured(TrainConfig), bench.adapt, entry, {
+            "model": {"spec": bench.base.spec},
+            "data": {"train_manifests": [str(corpus / bench.target_set / "train.jsonl")]}})
+    values = OmegaConf.merge(values, {
+        "output_dir": str(output), "data": {"val_manifests": []},
+        "trainer": {"max_steps": steps, "val_check_interval": None, "enable_progress_bar": False}})
+    return structured(TrainConfig, values)
+
+
+def project_steps(config, warmup: int) -> list[dict]:
+    from lightning_asr.train import train
+
+    timer = PhaseTimer(warmup)
+    train(config, force=True, extra_callbacks=[timer])
+    return timer.rows
+
+
+def plain_steps(config, warmup: int) -> list[dict]:
+    """The same model, batches, loss, optimiser and schedule as ``ASRModule`` and the Trainer, by hand."""
+    from lightning_asr.module import ASRModule
+    from lightning_asr.train import make_datamodule
+
+    L.seed_everything(config.seed, verbose=False)
+    module = ASRModule(config)
+    datamodule = make_datamodule(config, module)
+    datamodule.setup()
+    batches = []
+    for batch in datamodule.train_dataloader():
+        batches.append(batch)
+        if len(batches) == config.trainer.max_steps:
+            break
+    optim = config.optim
+    optimizer = torch.optim.AdamW(module.strategy.optimizer_groups(optim.weight_decay), lr=optim.lr,
+                                  betas=tuple(optim.betas))
+    total, warm, floor = config.trainer.max_steps, optim.warmup_steps, optim.min_lr_ratio
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warm if step < warm else floor + (
+        1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
+    module.train()
+    parameters = [p for _, p in module.strategy.trainable_parameters()]
+    rows, last_end = [], None
+    for step in range(len(batches)):
+        start = time.perf_counter()
+        batch = batches[step]
+        fetched = time.perf_counter()
+        loss = module.forward_loss(batch)[0] + module.strategy.regularizer()
+        forward = time.perf_counter()
+        loss.backward()
+        backward = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(parameters, config.trainer.gradient_clip_val)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        end = time.perf_counter()
+        if last_end is not None and step >= warmup:
+            row = {"data": fetched - start + (start - last_end), "forward": forward - fetched,
+                   "backward": backward - forward, "optimizer": end - backward, "total": end - last_end}
+            row["other"] = row["total"] - sum(row[k] for k in PHASES[:-1])
+            rows.append(row)
+        last_end = end
+    return rows
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(row[key] for row in rows) if rows else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--phases", default="pretrain,lora")
+    parser.add_argument("--corpus", default="data_manifests/synth", help="the embedded profile's corpus")
+    args = parser.parse_args(argv)
+    from lightning_asr.console import quiet
+    from lightning_asr.data.synth import CorpusSpec, build_corpus
+    from lightning_asr.study.benchmark import load_bench_config
+
+    quiet()
+    corpus = Path(args.corpus)
+    c = load_bench_config("embedded")[0].corpus
+    build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
+          f"steps after {args.warmup} warm-up steps; medians in ms per step")
+    header = f"{'phase':<9} {'loop':<8} {'steps/s':>8} {'ratio':>6} " + " ".join(f"{k:>9}" for k in PHASES)
+    print(header)
+    for phase in args.phases.split(","):
+        rows = {"plain": [], "project": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            config = phase_config(phase, corpus, args.warmup + args.steps + 1, Path(tmp) / "run")
+            for _ in range(args.rounds):
+                rows["plain"] += plain_steps(config, args.warmup)
+                rows["project"] += project_steps(config, args.warmup)
+        rates = {loop: 1 / median(r, "total") for loop, r in rows.items()}
+        for loop in ("plain", "project"):
+            ratio = rates[loop] / rates["plain"]
+            print(f"{phase:<9} {loop:<8} {rates[loop]:>8.3f} {ratio:>6.3f} " +
+                  " ".join(f"{1000 * median(rows[loop], k):>9.1f}" for k in PHASES), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
