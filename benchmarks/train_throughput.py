@@ -51,8 +51,13 @@ class PhaseTimer(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         end, m = time.perf_counter(), self.marks
         if self.last_end is not None and trainer.global_step > self.warmup:
-            row = {"data": m["start"] - self.last_end, "forward": m["forward"] - m["start"],
-                   "backward": m["backward"] - m["forward"], "optimizer": end - m["backward"], "total": end - self.last_end}
+            row = {
+                "data": m["start"] - self.last_end,
+                "forward": m["forward"] - m["start"],
+                "backward": m["backward"] - m["forward"],
+                "optimizer": end - m["backward"],
+                "total": end - self.last_end,
+            }
             row["other"] = row["total"] - sum(row[k] for k in PHASES[:-1])
             self.rows.append(row)
         self.last_end = end
@@ -64,18 +69,34 @@ def phase_config(phase: str, corpus: Path, steps: int, output: Path):
 
     bench, _ = load_bench_config("embedded")
     if phase == "pretrain":
-        values = OmegaConf.merge(OmegaConf.structured(TrainConfig), bench.base.train, {
-            "model": {"spec": bench.base.spec},
-            "data": {"train_manifests": [str(corpus / s / "train.jsonl") for s in bench.source_sets]}})
+        values = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            bench.base.train,
+            {
+                "model": {"spec": bench.base.spec},
+                "data": {"train_manifests": [str(corpus / s / "train.jsonl") for s in bench.source_sets]},
+            },
+        )
     else:
         entry = next(OmegaConf.to_container(e) for e in bench.strategies if e.adapter.name == "lora")
         entry.pop("label")
-        values = OmegaConf.merge(OmegaConf.structured(TrainConfig), bench.adapt, entry, {
-            "model": {"spec": bench.base.spec},
-            "data": {"train_manifests": [str(corpus / bench.target_set / "train.jsonl")]}})
-    values = OmegaConf.merge(values, {
-        "output_dir": str(output), "data": {"val_manifests": []},
-        "trainer": {"max_steps": steps, "val_check_interval": None, "enable_progress_bar": False}})
+        values = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            bench.adapt,
+            entry,
+            {
+                "model": {"spec": bench.base.spec},
+                "data": {"train_manifests": [str(corpus / bench.target_set / "train.jsonl")]},
+            },
+        )
+    values = OmegaConf.merge(
+        values,
+        {
+            "output_dir": str(output),
+            "data": {"val_manifests": []},
+            "trainer": {"max_steps": steps, "val_check_interval": None, "enable_progress_bar": False},
+        },
+    )
     return structured(TrainConfig, values)
 
 
@@ -102,11 +123,18 @@ def plain_steps(config, warmup: int) -> list[dict]:
         if len(batches) == config.trainer.max_steps:
             break
     optim = config.optim
-    optimizer = torch.optim.AdamW(module.strategy.optimizer_groups(optim.weight_decay), lr=optim.lr,
-                                  betas=tuple(optim.betas))
+    optimizer = torch.optim.AdamW(
+        module.strategy.optimizer_groups(optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+    )
     total, warm, floor = config.trainer.max_steps, optim.warmup_steps, optim.min_lr_ratio
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warm if step < warm else floor + (
-        1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            (step + 1) / warm
+            if step < warm
+            else floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        ),
+    )
     module.train()
     parameters = [p for _, p in module.strategy.trainable_parameters()]
     rows, last_end = [], None
@@ -124,8 +152,13 @@ def plain_steps(config, warmup: int) -> list[dict]:
         scheduler.step()
         end = time.perf_counter()
         if last_end is not None and step >= warmup:
-            row = {"data": fetched - start + (start - last_end), "forward": forward - fetched,
-                   "backward": backward - forward, "optimizer": end - backward, "total": end - last_end}
+            row = {
+                "data": fetched - start + (start - last_end),
+                "forward": forward - fetched,
+                "backward": backward - forward,
+                "optimizer": end - backward,
+                "total": end - last_end,
+            }
             row["other"] = row["total"] - sum(row[k] for k in PHASES[:-1])
             rows.append(row)
         last_end = end
@@ -152,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Path(args.corpus)
     c = load_bench_config("embedded")[0].corpus
     build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
-          f"steps after {args.warmup} warm-up steps; medians in ms per step")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
+        f"steps after {args.warmup} warm-up steps; medians in ms per step"
+    )
     header = f"{'phase':<9} {'loop':<8} {'steps/s':>8} {'ratio':>6} " + " ".join(f"{k:>9}" for k in PHASES)
     print(header)
     for phase in args.phases.split(","):
@@ -166,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         rates = {loop: 1 / median(r, "total") for loop, r in rows.items()}
         for loop in ("plain", "project"):
             ratio = rates[loop] / rates["plain"]
-            print(f"{phase:<9} {loop:<8} {rates[loop]:>8.3f} {ratio:>6.3f} " +
-                  " ".join(f"{1000 * median(rows[loop], k):>9.1f}" for k in PHASES), flush=True)
+            print(
+                f"{phase:<9} {loop:<8} {rates[loop]:>8.3f} {ratio:>6.3f} "
+                + " ".join(f"{1000 * median(rows[loop], k):>9.1f}" for k in PHASES),
+                flush=True,
+            )
     return 0
 
 
