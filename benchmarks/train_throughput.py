@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--phases", default="pretrain,lora")
     parser.add_argument("--corpus", default="data_manifests/synth", help="the embedded profile's corpus")
+    parser.add_argument("--verbose", action="store_true", help="print each round's median")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
     from lightning_asr.data.synth import CorpusSpec, build_corpus
@@ -195,9 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = {"plain": [], "project": []}
         with tempfile.TemporaryDirectory() as tmp:
             config = phase_config(phase, corpus, args.warmup + args.steps + 1, Path(tmp) / "run")
-            for _ in range(args.rounds):
-                rows["plain"] += plain_steps(config, args.warmup)
-                rows["project"] += project_steps(config, args.warmup)
+            for index in range(args.rounds):
+                for loop, run in (("plain", plain_steps), ("project", project_steps)):
+                    timed = run(config, args.warmup)
+                    rows[loop] += timed
+                    if args.verbose:
+                        print(
+                            f"  round {index + 1} {loop}: {1000 * median(timed, 'total'):.1f} ms per step, "
+                            f"{torch.get_num_threads()} threads",
+                            flush=True,
+                        )
         rates = {loop: 1 / median(r, "total") for loop, r in rows.items()}
         for loop in ("plain", "project"):
             ratio = rates[loop] / rates["plain"]

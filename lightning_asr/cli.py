@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mode",
         choices=("merged", "unmerged"),
         default="unmerged",
-        help="merged: fold LoRA/BLoRA into the base weights for each decode (restored exactly after)",
+        help="merged: fold mergeable adapters (LoRA, BLoRA) into the base weights for each decode (restored exactly after)",
     )
     serve.add_argument("--cache-size", type=int, default=8, help="adapters kept ready in memory (LRU)")
     serve.add_argument("--max-upload-mb", type=float, default=25.0, help="larger request bodies get HTTP 413")

@@ -23,12 +23,14 @@ class ModelConfig:
     spec: str = "whisper-tiny-random"  # preset, local HF directory or hub id
     tokenizer: str | None = None  # None: the model directory's own, else the built-in one
     init_seed: int = 0  # random weights of presets
-    ctc_unit: str = (
-        "chars"  # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
-    )
-    ctc_tokens: list[str] = field(
-        default_factory=list
-    )  # wav2vec2-CTC: the vocabulary; built from the manifests when empty
+    # wav2vec2-CTC: chars, or jamo (Korean as conjoining jamo; lightning_asr/models/wav2vec2.py)
+    ctc_unit: str = "chars"
+    # wav2vec2-CTC: the vocabulary; built from the manifests when empty
+    ctc_tokens: list[str] = field(default_factory=list)
+    # Whisper: weight of an auxiliary CTC loss on the encoder output (hybrid CTC/attention training,
+    # lightning_asr/models/encoder_ctc.py); its characters are read from the training manifests when empty
+    encoder_ctc_weight: float = 0.0
+    encoder_ctc_units: list[str] = field(default_factory=list)
     # recompute activations in the backward pass (less memory, ~30 % more time); adapters in checkpointed
     # layers still get gradients (lightning_asr/module.py, enable_gradient_checkpointing)
     gradient_checkpointing: bool = False
@@ -53,6 +55,9 @@ class DataConfig:
     num_workers: int = 0
     bucket_size: int = 64  # batches are drawn from buckets of this many similar-length utterances
     skip_bad_lines: bool = False
+    # keep each manifest's model inputs (Whisper's log-mel windows) beside it, computed once
+    # (lightning_asr/data/features.py); SpecAugment still applies
+    feature_cache: bool = True
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
 
@@ -84,8 +89,19 @@ class ScoringConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop before ``trainer.max_steps`` on the first validation set's loss (``val/loss``): once it is at or
+    below ``stop_below``, or after ``patience`` validations that do not lower it by ``min_delta`` (0: never).
+    The checkpoint kept is the best one either way."""
+
+    stop_below: float | None = None
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainerConfig:
-    max_steps: int = 100
+    max_steps: int = 100  # the cap: early_stopping may end the run sooner
     val_check_interval: int | None = None  # steps between validations; None: once per epoch
     check_val_every_n_epoch: int | None = 1
     limit_val_batches: float | None = None
@@ -98,6 +114,7 @@ class TrainerConfig:
     strategy: str = "auto"  # ddp: one process per device; see docs/scale-out.md
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -168,7 +185,7 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _failing_key(config: DictConfig, values: dict) -> str:
+def failing_key(config: DictConfig, values: dict) -> str:
     """The first dotted key of ``values`` that does not merge into ``config`` on its own."""
     for key, value in flatten(values).items():
         single: Any = value
@@ -193,13 +210,15 @@ def _origin_of(key: str, sources: list[tuple[str, Any]]) -> str:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, schema: type = TrainConfig
+    path: str | Path | list | None = None, overrides: list[str] | None = None, schema: type = TrainConfig
 ) -> DictConfig:
-    """Merge the schema's defaults, a YAML file and ``key=value`` overrides; unknown keys are errors."""
+    """Merge the schema's defaults, YAML files (a path or a list, merged in order) and ``key=value`` overrides;
+    unknown keys are errors."""
     config = OmegaConf.structured(schema)
     sources = []
-    if path is not None:
-        path = Path(path)
+    files = [] if path is None else list(path) if isinstance(path, list) else [path]
+    for file in files:  # merged in order
+        path = Path(file)
         if not path.is_file():
             raise ConfigError(f"{path}: config file does not exist" + (" (it is a folder)" if path.exists() else ""))
         try:
@@ -233,7 +252,7 @@ def load_config(
         try:
             config = OmegaConf.merge(config, values)
         except Exception as err:  # type errors: "max_steps=abc"
-            key = getattr(err, "full_key", None) or _failing_key(config, container)
+            key = getattr(err, "full_key", None) or failing_key(config, container)
             raise ConfigError(
                 f"{origin}: invalid value for '{key}': {_first_line(err)} — fix: give it a value of "
                 "the type lightning_asr/config.py declares"

@@ -97,6 +97,7 @@ class ASRModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds at fit start
         self.strategy = build_strategy(config.adapter)
         self.strategy.attach(self.model)
+        self.auxiliary = self.backbone.auxiliary_loss(self.model, config.model)  # trains beside the model
         if config.adapter.new_tokens:  # the loaded tokenizer may be shared (lightning_asr.tokenizer): extend a copy
             self.processor.tokenizer = copy.deepcopy(self.processor.tokenizer)
             add_new_tokens(self.model, self.processor.tokenizer, list(config.adapter.new_tokens))
@@ -125,12 +126,14 @@ class ASRModule(L.LightningModule):
         return self.backbone.loss(self.model, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        cross_entropy, _ = self.forward_loss(batch)
+        cross_entropy, _ = self.backbone.loss(self.model, batch, self.auxiliary)
         regularizer = self.strategy.regularizer()
         loss = cross_entropy + regularizer
         size = len(batch["texts"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/cross_entropy", cross_entropy, batch_size=size)
+        self.log(
+            "train/cross_entropy" if self.auxiliary is None else "train/hybrid_loss", cross_entropy, batch_size=size
+        )
         if regularizer.requires_grad:
             self.log("train/regularizer", regularizer, batch_size=size)
         return loss
@@ -254,6 +257,8 @@ class ASRModule(L.LightningModule):
         if not self.strategy.trainable_parameters():
             raise ValueError(f"adapter strategy {self.strategy.name!r} leaves nothing to train")
         groups = self.strategy.optimizer_groups(optim.weight_decay)
+        if self.auxiliary is not None:
+            groups.append({"params": list(self.auxiliary.parameters()), "weight_decay": optim.weight_decay})
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         warmup, floor = optim.warmup_steps, optim.min_lr_ratio

@@ -9,18 +9,19 @@ Design:
 - **Structures over shared weights.** Each distinct adapter structure (strategy plus the config keys that
   shape its modules) gets one *slot*: a copy of the base's module tree, made with ``copy.deepcopy`` whose
   memo maps every base parameter to itself, so the copy's base weights are the very same tensors; the
-  strategy then injects its modules into that copy. Base weights are never duplicated or reloaded.
-  Full fine-tuning is the exception: its "adapter" is every trained weight, so its slot owns those
-  (only ``frozen_modules`` stay shared).
+  strategy then injects its modules into that copy. Base weights are never duplicated or reloaded, except
+  those the strategy owns (``owns_base_parameter``: what it trains and so overwrites with each user's
+  tensors, e.g. every weight of full fine-tuning, or ``modules_to_save``): those are the slot's own copies.
 - **Hot swap.** An LRU of ``cache_size`` users keeps adapter tensors read from disk (CPU); a swap copies
   them into the slot's adapter parameters (``load_adapter_state_dict``). A slot remembers which adapter
   it holds, so consecutive requests of one user copy nothing.
-- **Merged mode** folds LoRA/BLoRA into the shared base weights for the decode and then copies back the
-  original target weights it kept, so the base is restored bit for bit (no subtract-after-add drift).
-  GLoRA's gates depend on the input and cannot be folded: it is served unmerged, and the response says so.
+- **Merged mode** folds a mergeable strategy (``mergeable``) into the shared base weights for the decode and
+  then copies back the original weights it kept (``merge_targets``), so the base is restored bit for bit
+  (no subtract-after-add drift). A strategy that cannot be folded (input-dependent gates) is served
+  unmerged, and the response says why (``not_mergeable_reason``).
 - **One lock around the model.** The base and the slots are one mutable object; requests are serialised
   around swap + decode (audio decoding and feature extraction run outside it). Throughput on this design
-  comes from batching (long audio is decoded as one batch of windows) and a faster device, not from
+  comes from batching (long audio is decoded in batches of windows) and a faster device, not from
   concurrent requests.
 """
 
@@ -241,11 +242,17 @@ class AdapterServer:
             )
         return code
 
-    def features(self, audio: bytes) -> tuple[list, float]:
-        """The audio cut into encoder windows (one piece where the encoder takes any length), and its length."""
+    def features(self, audio: bytes) -> tuple[list[dict], float]:
+        """Model inputs of the audio cut into encoder windows (one piece where the encoder takes any length),
+        in batches of at most ``WINDOWS_PER_BATCH`` windows, and the audio's length in seconds."""
         samples = decode_audio_bytes(audio)
         step = self.window_samples or len(samples)
-        return [samples[i : i + step] for i in range(0, len(samples), step)], len(samples) / SAMPLE_RATE
+        windows = [samples[i : i + step] for i in range(0, len(samples), step)]
+        batches = [
+            self.backbone.audio_inputs(self.processor, windows[start : start + WINDOWS_PER_BATCH])
+            for start in range(0, len(windows), WINDOWS_PER_BATCH)
+        ]
+        return batches, len(samples) / SAMPLE_RATE
 
     def transcribe(
         self,
@@ -483,17 +490,17 @@ class AdapterServer:
                     target.copy_(weight)
             state["ms"] += (time.perf_counter() - restore) * 1000
 
-    def _decode(self, slot: Slot, windows: list, language: str | None) -> tuple[list[str], str | None, int]:
+    def _decode(self, slot: Slot, batches: list[dict], language: str | None) -> tuple[list[str], str | None, int]:
         """Decoding through the backbone, as ``ASRModule.transcribe`` does it; ``auto`` detects the language
         of the first window and forces it on every window."""
         texts, cap_hits = [], 0
         with torch.no_grad():
-            for start in range(0, len(windows), WINDOWS_PER_BATCH):
-                chunk = windows[start : start + WINDOWS_PER_BATCH]
-                inputs = {k: v.to(self.device) for k, v in self.backbone.audio_inputs(self.processor, chunk).items()}
-                if language is None and start == 0:
+            for index, batch in enumerate(batches):
+                inputs = {k: v.to(self.device) for k, v in batch.items()}
+                if language is None and index == 0:
                     language = self.backbone.detect_language(slot.model, inputs)
-                languages = None if language is None else [language] * len(chunk)
+                rows = next(iter(inputs.values())).shape[0]
+                languages = None if language is None else [language] * rows
                 batch_texts, hits = self.backbone.decode(
                     slot.model, slot.tokenizer, inputs, languages, self.decode_config
                 )

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_asr.config import TrainConfig, structured, to_dict
+from lightning_asr.config import ConfigError, TrainConfig, structured, to_dict
 from lightning_asr.data.datamodule import ManifestDataModule
 from lightning_asr.data.resumable import ResumableDataModule, batch_seed
 from lightning_asr.module import ASRModule
@@ -70,6 +70,7 @@ class TrainResult:
     best_checkpoint: str
     last_checkpoint: str
     validation: dict[str, float]
+    stopped_at_step: int = 0  # the step training ended at: trainer.max_steps, or sooner by early stopping
 
 
 def make_datamodule(config, module: ASRModule, resumable: bool = False) -> ManifestDataModule:
@@ -93,6 +94,7 @@ class SeedEachBatch(Callback):
 
 def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
     trainer = to_dict(config.trainer)
+    trainer.pop("early_stopping")  # a callback, added by train()
     val_check_interval = trainer.pop("val_check_interval")
     # the data module shards batches itself (same global batches under any number of processes)
     kwargs = dict(
@@ -112,10 +114,17 @@ def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
 
 
 def _comparable(config: dict) -> dict:
-    """A run config without what may differ between a run and its resumption."""
-    config = {k: v for k, v in config.items() if k != "output_dir"}
-    config["adapter"] = {k: v for k, v in config.get("adapter", {}).items() if k != "num_train_examples"}
-    return config
+    """A run config as the schema types it (options added since it was written at their defaults), without
+    what may differ between a run and its resumption."""
+    typed = to_dict(structured(TrainConfig, config, lenient_adapter=True))
+    return {k: v for k, v in typed.items() if k != "output_dir"}
+
+
+def _same_run(saved: dict, config: dict) -> bool:
+    try:
+        return _comparable(saved) == _comparable(config)
+    except ConfigError:  # a config.json this schema cannot read is another run's
+        return False
 
 
 def train(config, resume: bool = False, force: bool = False, logger=None, extra_callbacks=()) -> TrainResult:
@@ -143,7 +152,7 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
                 f"{saved} is not readable JSON ({err}) — fix: --force to start over, or restore the "
                 "file from a copy of the run"
             ) from err
-        if not isinstance(saved_config, dict) or _comparable(saved_config) != _comparable(to_dict(config)):
+        if not isinstance(saved_config, dict) or not _same_run(saved_config, to_dict(config)):
             raise OutputExistsError(
                 f"{output} was trained with another config ({saved}) — fix: resume with that "
                 "config, or --force to start over"
@@ -153,7 +162,9 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     output.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = ASRModule(config)  # fills in what the run derives from its data (the checkpoints keep it)
+    # the module fills in what the run derives from its data (a CTC vocabulary, ELBO's example count): its
+    # checkpoints keep that; config.json and the loggers keep the config as given
+    module = ASRModule(config)
     datamodule = make_datamodule(config, module, resumable=True)
     datamodule.setup()
     partial = saved.with_name(saved.name + ".partial")  # renamed into place: a kill never leaves half a file
@@ -170,6 +181,18 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         save_top_k=1,
     )
     callbacks = [checkpoint, SeedEachBatch(config.seed), *extra_callbacks]
+    stopping = config.trainer.early_stopping
+    if has_val and (stopping.stop_below is not None or stopping.patience > 0):
+        callbacks.append(
+            EarlyStopping(
+                "val/loss",
+                min_delta=stopping.min_delta,
+                mode="min",
+                patience=stopping.patience or 2**31,
+                stopping_threshold=stopping.stop_below,
+                check_on_train_epoch_end=False,
+            )
+        )
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = make_trainer(
@@ -178,7 +201,7 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = checkpoint.best_model_path or str(last)
-    return TrainResult(module, best, str(last), validation)
+    return TrainResult(module, best, str(last), validation, trainer.global_step)
 
 
 def evaluate(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,11 +50,19 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.csv", "comparison.md", "metrics.md", "comparison_table.json", "tradeoff.png"} <= parent_files
+    assert {
+        "comparison.csv",
+        "comparison.md",
+        "metrics.md",
+        "comparison_table.json",
+        "tradeoff.png",
+        "curves.png",
+    } <= parent_files
     assert "forward loss" in Path(client.download_artifacts(parent.info.run_id, "metrics.md", str(tmp))).read_text()
     comparison = Path(client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp))).read_text()
     assert "| strategy | mer | jer | cer | wer | err_ko | err_en | pier |" in comparison and "| base |" in comparison
     assert {"full_ft/target_pier", "lora/target_err_ko", "base/target_mer"} <= set(parent.data.metrics)
+    assert "## At matched target error" in comparison and "lora/matched_source_error" in parent.data.metrics
     for child in children:
         data = child.data
         assert (
@@ -78,6 +87,10 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         ):
             assert metric in data.metrics, metric
         assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics
+        curve = client.get_metric_history(child.info.run_id, "curve/target_error")
+        assert [m.step for m in curve] == [0, 2, 4]  # the profile's three points: step 0, the middle, the end
+        assert {m.step for m in client.get_metric_history(child.info.run_id, "curve/en/dev/error")} == {0, 2, 4}
+        assert data.metrics["train/stopped_step"] == 4
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"adapter", "config.yaml", "predictions.json", "sparsity"} <= files
         assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {
@@ -160,3 +173,25 @@ def test_interrupted_cell_resumes_in_its_own_run(smoke_run, capsys):
     client, runs = runs_of(tmp)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2 and client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"
+
+
+def test_a_base_above_its_bounds_stops_the_benchmark_and_is_not_cached(tmp_path, capsys):
+    from lightning_asr.study.cli import forgetting_main as main
+
+    args = [
+        "--profile",
+        "smoke",
+        f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"artifact_root={tmp_path}/artifacts",
+        f"output_dir={tmp_path}/runs",
+        f"corpus.root={tmp_path}/corpus",
+        f"base.cache_dir={tmp_path}/bases",
+        "base.max_dev_error={en: 0.0, zh: 0.0}",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the pretrained base reached en/dev" in err and "fix: give pretraining" in err
+    assert re.search(r"en/dev \d+\.\d{3} > 0; zh/dev \d+\.\d{3} > 0", err), err
+    kept = list((tmp_path / "bases").iterdir())
+    assert len(kept) == 1 and kept[0].name.endswith(".rejected") and (kept[0] / "pretraining.json").exists()
+    assert main(args) == 2  # refused again, never taken from the cache

@@ -61,3 +61,31 @@ def test_utterance_longer_than_window_is_an_error(tmp_path, processor):
     )
     with pytest.raises(ManifestError, match="longer than the model's 6 s"):
         datamodule(processor, [tmp_path / "m.jsonl"]).setup()
+
+
+def test_feature_cache_gives_the_computed_batches_and_follows_the_manifest(corpus, processor, tmp_path):
+    """Cached log-mel windows (float16, beside the manifest) give the batches computed from the audio to
+    within float16 rounding; an edited manifest gets a new cache file, never the old one's rows."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(corpus / "ko-en", tmp_path / "ko-en", ignore=shutil.ignore_patterns(".features"))
+    manifest = tmp_path / "ko-en" / "train.jsonl"
+    plain = {"batch_size": 4, "spec_augment": {"enabled": False}}
+    computed = datamodule(processor, [manifest], feature_cache=False, **plain)
+    cached = datamodule(processor, [manifest], **plain)
+    computed.setup(), cached.setup()
+    files = list((manifest.parent / ".features").glob("train.*.npy"))
+    assert len(files) == 1 and cached.inputs["ko-en/train"].shape[1:] == (80, 600)
+    for a, b in zip(computed.train_dataloader(), cached.train_dataloader()):
+        assert a["texts"] == b["texts"]
+        assert torch.allclose(a["input_features"], b["input_features"], atol=1e-3)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(reversed(lines)) + "\n")  # same utterances, another order
+    again = datamodule(processor, [manifest], batch_size=4)
+    again.setup()
+    assert len(list((manifest.parent / ".features").glob("train.*.npy"))) == 2
+    first = again.sets["train"]["ko-en/train"][0]
+    index = next(i for i, u in enumerate(cached.sets["train"]["ko-en/train"]) if u.text == first.text)
+    assert (again.inputs["ko-en/train"][0] == cached.inputs["ko-en/train"][index]).all()

@@ -71,3 +71,22 @@ def test_mean_interval_and_missing_reference():
     )
     with pytest.raises(ValueError, match="reference"):
         compare({}, {"full_ft": {}}, "lora", [], "t")
+
+
+def test_strategies_compared_at_matched_target_error():
+    """At the target error the reference ends at, each strategy's source error is read off its own curve
+    (linear between points); one that never gets that low is NaN, not extrapolated."""
+    from lightning_asr.study.curves import curve_steps, interpolate_source, matched
+
+    assert curve_steps(150, 5) == [0, 38, 75, 112, 150] and curve_steps(4, 3) == [0, 2, 4]
+    lora = [(0, 0.5, 0.2), (50, 0.3, 0.3), (100, 0.2, 0.35)]
+    gentle = [(0, 0.5, 0.2), (50, 0.25, 0.22), (100, 0.15, 0.25)]
+    slow = [(0, 0.5, 0.2), (100, 0.4, 0.21)]
+    assert interpolate_source(lora, 0.25) == pytest.approx(0.325) and math.isnan(interpolate_source(slow, 0.2))
+    level, rows = matched({"lora": lora, "gentle": gentle, "slow": slow}, "lora")
+    by = {row["strategy"]: row for row in rows}
+    assert level == 0.2 and by["lora"]["backward_gain"] == 0.0
+    assert by["gentle"]["source_error"] == pytest.approx(0.235) and by["gentle"]["forgetting"] == pytest.approx(0.035)
+    assert by["gentle"]["backward_gain"] == pytest.approx((0.15 - 0.035) / 0.15)
+    assert by["gentle"]["relative_source_gain"] == pytest.approx((0.35 - 0.235) / 0.35)
+    assert math.isnan(by["slow"]["source_error"]) and math.isnan(by["slow"]["backward_gain"])

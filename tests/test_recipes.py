@@ -81,3 +81,15 @@ def test_every_planned_cell_keeps_the_identity_its_finished_runs_are_found_by():
                     config = benchmark.cell_config(dict(variant.entry), seed, "BASE")
                     got[f"{profile}/{variant.arm}/{variant.label}-seed{seed}"] = benchmark.cell_hash(config)
     assert got == expected
+
+
+def test_a_profile_based_on_another_takes_its_settings_and_changes_its_own():
+    """``based_on``: the calibration profile is the embedded one (same base, same cached pretraining) with its
+    own strategies, name and test splits (the dev sets)."""
+    embedded, _ = load_bench_config("embedded")
+    calibration, path = load_bench_config("calibration")
+    assert calibration.base == embedded.base and calibration.adapt == embedded.adapt
+    assert calibration.name != embedded.name and calibration.reference == "lora-qv-1e-3"
+    benchmark = Benchmark(calibration, path)
+    assert all(m.endswith("/dev.jsonl") for m in benchmark.test_manifests)
+    assert len(benchmark.check([1])) > len(calibration.strategies)

@@ -388,7 +388,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     from lightning_asr.study.cli import reproduce_main as main
 
     bench = (
-        f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
+        f"bench_overrides=[curves.points=0,tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
         f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]"
     )
     args = ["--profile", "tiny", bench, f"report_dir={tmp_path}/reports"]
@@ -464,7 +464,7 @@ def test_tiny_profile_one_experiment(tmp_path):
     from lightning_asr.study.cli import reproduce_main as main
 
     bench = (
-        f"bench_overrides=[tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
+        f"bench_overrides=[curves.points=0,tracking_uri=sqlite:///{tmp_path}/mlflow.db,artifact_root={tmp_path}/artifacts,"
         f"output_dir={tmp_path}/runs,corpus.root={tmp_path}/corpus,base.cache_dir={tmp_path}/bases]"
     )
     assert main(["--profile", "tiny", bench, f"report_dir={tmp_path}/reports", "--experiments", "glora-types"]) == 0

@@ -145,3 +145,59 @@ def test_cap_hits_count_only_rows_that_reach_max_new_tokens(corpus, tmp_path, fi
     assert count_cap_hits(finished_early, eos, max_new_tokens=5) == 0
     at_cap = torch.tensor([[1, 2, 3, 4, 5], [1, 2, eos, eos, eos]])
     assert count_cap_hits(at_cap, eos, max_new_tokens=5) == 1
+
+
+def test_hybrid_ctc_attention_training_keeps_the_head_out_of_the_exported_base(corpus, tmp_path):
+    """``model.encoder_ctc_weight``: the encoder's CTC head takes its characters from the training data,
+    its loss mixes into training, it rides in the checkpoints, and it is not part of the saved base."""
+    from conftest import first_batch
+
+    from lightning_asr.train import train
+
+    config = config_dict(
+        corpus,
+        tmp_path,
+        **{
+            "model.encoder_ctc_weight": 0.5,
+            "trainer.max_steps": 3,
+            "trainer.val_check_interval": 3,
+            "trainer.enable_progress_bar": False,
+            "decode.max_new_tokens": 4,
+        },
+    )
+    result = train(config)
+    module = result.module.eval()
+    assert {"어", "e", "m"} <= set(module.config.model.encoder_ctc_units) and module.auxiliary is not None
+    batch = first_batch(module.processor, corpus / "ko-en/train.jsonl", 2)
+    with torch.no_grad():
+        cross_entropy = module.forward_loss(batch)[0]
+        hybrid = module.backbone.loss(module.model, batch, module.auxiliary)[0]
+        encoded = module.model.model.encoder(batch["input_features"]).last_hidden_state
+        ctc = module.auxiliary(encoded, batch["texts"], batch["langs"])
+    assert torch.allclose(hybrid, 0.5 * cross_entropy + 0.5 * ctc, atol=1e-5) and ctc > 0
+    reloaded = ASRModule.from_checkpoint(result.last_checkpoint)
+    assert torch.equal(reloaded.auxiliary.head.weight, module.auxiliary.head.weight)
+    module.model.save_pretrained(tmp_path / "base")
+    saved = ASRModule({"model": {"spec": str(tmp_path / "base")}, "adapter": {"name": "lora", "rank": 2}})
+    assert saved.auxiliary is None and set(saved.model.state_dict()) <= set(module.model.state_dict()) | {
+        k for k in saved.model.state_dict() if "lora_" in k or "base_layer" in k
+    }
+
+
+def test_early_stopping_ends_the_run_below_its_bound_and_says_where(corpus, tmp_path):
+    from lightning_asr.train import train
+
+    settings = {
+        "trainer.max_steps": 12,
+        "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": False,
+        "decode.in_validation": False,
+    }
+    stopped = train(config_dict(corpus, tmp_path / "a", **settings, **{"trainer.early_stopping.stop_below": 1e3}))
+    assert stopped.stopped_at_step == 2  # the first validation's loss is below the bound
+    patient = train(
+        config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.patience": 1, "optim.lr": 0.0})
+    )
+    assert patient.stopped_at_step == 4  # no improvement at all: one more validation, then stop
+    full = train(config_dict(corpus, tmp_path / "c", **settings))
+    assert full.stopped_at_step == 12

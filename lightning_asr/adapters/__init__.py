@@ -15,6 +15,7 @@ from lightning_asr.adapters.base import (
     register,
     strategy_class,
     training_only,
+    unadapted_strategy,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "register",
     "strategy_class",
     "training_only",
+    "unadapted_strategy",
 ]

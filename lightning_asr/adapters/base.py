@@ -31,7 +31,7 @@ from torch import nn
 
 from lightning_asr.adapters.export import base_fingerprint, read_adapter_tensors, save_adapter
 from lightning_asr.adapters.sparsity import sparsity_report
-from lightning_asr.config import ConfigError, check_keys
+from lightning_asr.config import ConfigError, check_keys, failing_key
 
 
 def training_only(default=None, default_factory=None):
@@ -110,27 +110,22 @@ def adapter_config(values, origin: str = "config", lenient: bool = False) -> Dic
     try:
         return OmegaConf.merge(OmegaConf.structured(config_class), values)
     except Exception as err:  # type errors: rank=abc
-        key = getattr(err, "full_key", None) or _failing_key(config_class, values)
+        key = getattr(err, "full_key", None) or failing_key(OmegaConf.structured(config_class), values)
         raise ConfigError(
             f"{origin}: invalid value for 'adapter.{key}': {str(err).splitlines()[0]} — fix: give it "
             f"a value of the type {config_class.__name__} declares"
         ) from err
 
 
-def _failing_key(config_class: type, values: dict) -> str:
-    """The first key of ``values`` whose value alone does not fit ``config_class``."""
-    for key, value in values.items():
-        try:
-            OmegaConf.merge(OmegaConf.structured(config_class), {key: value})
-        except Exception:
-            return key
-    return "?"
-
-
 def build_strategy(values) -> AdapterStrategy:
     """The strategy named by ``values["name"]`` (``adapter`` of a run config: a dict or a typed config)."""
     config = adapter_config(values)
     return STRATEGIES[config.name](config)
+
+
+def unadapted_strategy() -> str:
+    """The name of the strategy that evaluates the base model itself (it trains nothing)."""
+    return next(name for name, cls in STRATEGIES.items() if cls.unadapted)
 
 
 def inference_settings(config) -> dict:
@@ -156,9 +151,11 @@ class AdapterStrategy:
     peft_exports_factors = False  # the tensors alone reproduce the adapted model as a PEFT LoRA
     imports_plain_peft = False  # a directory PEFT wrote (no side file) holds everything this strategy needs
     target_names: list[str] | None = None  # the base modules this strategy wraps, when it wraps some
+    unadapted = False  # trains nothing: evaluating it evaluates the base model itself
 
     def __init__(self, config):
-        self.config = adapter_config(config) if not isinstance(config, DictConfig) else config
+        typed = isinstance(config, DictConfig) and OmegaConf.get_type(config) is self.config_class
+        self.config = config if typed else adapter_config(config)
         self.model: nn.Module | None = None
 
     @classmethod
@@ -219,6 +216,10 @@ class AdapterStrategy:
             for name, tensor in state.items():
                 if name in own:
                     own[name].copy_(tensor)
+
+    def is_peft_tensor(self, name: str) -> bool:
+        """Whether PEFT's files carry this adapter tensor (where ``peft_exports_factors``)."""
+        return False
 
     def settings_mismatch(self, saved: dict) -> list[str]:
         """Keys of an exported adapter's config (``saved``) that must equal this strategy's for its tensors to

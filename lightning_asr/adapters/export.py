@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 SIDE_JSON, SIDE_TENSORS = "lightning_asr_adapter.json", "lightning_asr_adapter.safetensors"
 PEFT_CONFIG, PEFT_TENSORS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-PEFT_FACTORS = (".lora_A.weight", ".lora_B.weight")
+# readable in a mismatch message (Whisper's names); the shapes and weights hashes decide for every family
 ARCHITECTURE_KEYS = (
     "model_type",
     "d_model",
@@ -83,7 +83,7 @@ def save_adapter(strategy, directory: str | Path, overwrite: bool = False) -> Pa
     tensors = {name: t.detach().cpu().contiguous() for name, t in strategy.adapter_state_dict().items()}
     peft_tensors = {}
     if strategy.peft_exports_factors:
-        peft_tensors = {PEFT_PREFIX + n: tensors.pop(n) for n in list(tensors) if n.endswith(PEFT_FACTORS)}
+        peft_tensors = {PEFT_PREFIX + n: tensors.pop(n) for n in list(tensors) if strategy.is_peft_tensor(n)}
     config = (
         OmegaConf.to_container(strategy.config, resolve=True)
         if not isinstance(strategy.config, dict)

@@ -50,3 +50,5 @@ class FullFineTuning(AdapterStrategy):
 class Frozen(AdapterStrategy):
     """Nothing of the base trains (``modules_to_save`` aside): evaluates the base model through the same code
     path as every strategy."""
+
+    unadapted = True

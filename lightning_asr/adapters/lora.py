@@ -141,6 +141,9 @@ class LoRA(AdapterStrategy):
         differ = super().settings_mismatch(saved)
         return differ + (["alpha"] if "alpha" in saved and saved["alpha"] != self.config.alpha else [])
 
+    def is_peft_tensor(self, name: str) -> bool:
+        return name.endswith((".lora_A.weight", ".lora_B.weight"))
+
     def peft_adapter_config(self) -> dict:
         """PEFT's LoraConfig keys only: targets as one regular expression that fullmatches the exact modules."""
         c = self.config

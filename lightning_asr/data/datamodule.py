@@ -13,9 +13,9 @@ import lightning as L
 import numpy as np
 import torch
 import torchaudio
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from lightning_asr.audio import read_audio
+from lightning_asr.data.features import cached_inputs
 from lightning_asr.data.manifest import ManifestError, Utterance, read_manifest
 from lightning_asr.models.backbone import IGNORE_INDEX, Backbone
 from lightning_asr.tokenizer import WHISPER_LANGUAGES
@@ -30,17 +30,19 @@ def set_name(manifest: str | Path) -> str:
 
 
 class UtteranceDataset(Dataset):
-    def __init__(self, utterances: list[Utterance]):
-        self.utterances = utterances
+    """(utterance, samples) pairs; or (utterance, cached model input) where ``inputs`` holds one row each."""
+
+    def __init__(self, utterances: list[Utterance], inputs: np.ndarray | None = None):
+        self.utterances, self.inputs = utterances, inputs
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> tuple[Utterance, np.ndarray]:
         utterance = self.utterances[index]
-        return utterance, read_audio(
-            utterance.audio_filepath, utterance.offset, utterance.duration if utterance.offset else None
-        )
+        if self.inputs is not None:
+            return utterance, np.asarray(self.inputs[index])
+        return utterance, utterance.samples()
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -145,6 +147,7 @@ class ManifestDataModule(L.LightningDataModule):
             else None
         )
         self.sets: dict[str, dict[str, list[Utterance]]] = {}
+        self.inputs: dict[str, np.ndarray | None] = {}  # set name -> cached model inputs (data.feature_cache)
         self.window_seconds = backbone.window_seconds(processor)  # None: the encoder takes any length
 
     def read(self, manifest: str | Path) -> list[Utterance]:
@@ -166,7 +169,28 @@ class ManifestDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, manifests in self.manifests.items():
             if split not in self.sets:
+                clashing = sorted(
+                    name
+                    for name, count in Counter(set_name(m) for m in dict.fromkeys(map(str, manifests))).items()
+                    if count > 1
+                )
+                if clashing:
+                    raise ManifestError(
+                        [
+                            f"{split} manifests {clashing} come from different files with the same "
+                            "<folder>/<file> name — fix: keep each set in its own folder"
+                        ]
+                    )
                 self.sets[split] = {set_name(m): self.read(m) for m in manifests}
+                if self.data.feature_cache:
+                    for manifest in manifests:
+                        name = set_name(manifest)
+                        self.inputs[name] = cached_inputs(
+                            manifest, self.sets[split][name], self.backbone, self.processor
+                        )
+
+    def dataset(self, name: str, utterances: list[Utterance]) -> UtteranceDataset:
+        return UtteranceDataset(utterances, self.inputs.get(name))
 
     def _collator(self, augment: bool):
         return self.backbone.collator(self.processor, self.augment if augment else None)
@@ -175,6 +199,7 @@ class ManifestDataModule(L.LightningDataModule):
         utterances = [u for us in self.sets["train"].values() for u in us]
         if not utterances:
             raise ManifestError(["no training manifest given — fix: set data.train_manifests"])
+        dataset = ConcatDataset([self.dataset(name, us) for name, us in self.sets["train"].items()])
         sampler = BucketBatchSampler(
             [u.duration for u in utterances],
             self.data.batch_size,
@@ -184,7 +209,7 @@ class ManifestDataModule(L.LightningDataModule):
             *self.replicas(),
         )
         return DataLoader(
-            UtteranceDataset(utterances),
+            dataset,
             batch_sampler=sampler,
             collate_fn=self._collator(True),
             num_workers=self.data.num_workers,
@@ -199,13 +224,13 @@ class ManifestDataModule(L.LightningDataModule):
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
             DataLoader(
-                UtteranceDataset(us),
+                self.dataset(name, us),
                 batch_size=self.data.eval_batch_size,
                 sampler=ShardSampler(len(us), *self.replicas()),
                 collate_fn=self._collator(False),
                 num_workers=self.data.num_workers,
             )
-            for us in self.sets[split].values()
+            for name, us in self.sets[split].items()
         ]
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -49,6 +49,12 @@ class Utterance:
         """The matrix language: the decoder's language token for ``ko-en`` is ``ko``."""
         return self.lang.split("-")[0]
 
+    def samples(self):
+        """The utterance's audio: mono float32 at 16 kHz, the segment alone where it has an offset."""
+        from lightning_asr.audio import read_audio
+
+        return read_audio(self.audio_filepath, self.offset, self.duration if self.offset else None)
+
     def to_json(self, relative_to: Path | None = None) -> str:
         record = asdict(self)
         del record["manifest"], record["line"]

@@ -28,6 +28,7 @@ class Backbone:
     # target-module presets of the low-rank strategies: name -> regular expressions over module names
     target_presets: dict[str, list[str]] = {}
     output_layer = ""  # the output projection's module name: never wrapped by an adapter
+    cached_input: str | None = None  # the fixed-shape model input a corpus's features can be cached as
 
     def handles_spec(self, spec: str | os.PathLike) -> bool:
         """Whether a ``model.spec`` (preset, local directory or hub id) names a model of this family."""
@@ -60,12 +61,20 @@ class Backbone:
         """A callable that batches ``(Utterance, samples)`` pairs into model inputs, labels and metadata."""
         raise NotImplementedError
 
+    def input_signature(self, processor) -> dict:
+        """The settings that decide ``cached_input`` (a cache made under other settings is not read)."""
+        return {}
+
     def audio_inputs(self, processor, samples: list) -> dict[str, torch.Tensor]:
         """Model inputs for 16 kHz mono float arrays, each no longer than the window."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
-        """Mean loss per target unit, and the number of target units."""
+    def auxiliary_loss(self, model: nn.Module, model_config) -> nn.Module | None:
+        """A module whose loss training adds (Whisper: the encoder's CTC head), or None."""
+        return None
+
+    def loss(self, model: nn.Module, batch: dict, auxiliary: nn.Module | None = None) -> tuple[torch.Tensor, int]:
+        """Mean loss per target unit (mixed with ``auxiliary``'s where given), and the number of target units."""
         raise NotImplementedError
 
     def decode(

@@ -210,14 +210,17 @@ class Wav2Vec2Backbone(Backbone):
         """Without a vocabulary of its own, one is built from the training (and validation) manifests and kept
         in the config, so checkpoints rebuild it; the new output layer then trains under every strategy."""
         model = config.model
-        if model.ctc_tokens or Path(model.spec, "vocab.json").exists():
+        if Path(model.spec, "vocab.json").exists():
             return {}
-        tokens = build_ctc_tokens([(u.text, u.lang) for u in utterances.train + utterances.val], model.ctc_unit)
+        updates = {}
+        if not model.ctc_tokens:
+            updates["model.ctc_tokens"] = build_ctc_tokens(
+                [(u.text, u.lang) for u in utterances.train + utterances.val], model.ctc_unit
+            )
         to_save = list(config.adapter.modules_to_save)
-        return {
-            "model.ctc_tokens": tokens,
-            "adapter.modules_to_save": to_save + ([OUTPUT_LAYER] if OUTPUT_LAYER not in to_save else []),
-        }
+        if OUTPUT_LAYER not in to_save:  # the output layer is new: it trains under every strategy
+            updates["adapter.modules_to_save"] = to_save + [OUTPUT_LAYER]
+        return updates
 
     def output_units(self, model_config, utterances: list) -> set[str]:
         return set(build_ctc_tokens([(u.text, u.lang) for u in utterances], model_config.ctc_unit))
@@ -237,7 +240,7 @@ class Wav2Vec2Backbone(Backbone):
         )
         return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask}
 
-    def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+    def loss(self, model, batch: dict, auxiliary=None) -> tuple[torch.Tensor, int]:
         labels = batch["labels"]
         out = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
         return out.loss, int((labels != IGNORE_INDEX).sum())

@@ -177,10 +177,14 @@ class WhisperCollator:
         return prefix[1:] + tokenizer.encode(utterance.text, add_special_tokens=False) + [tokenizer.eos_token_id]
 
     def __call__(self, items: list[tuple[object, np.ndarray]]) -> dict:
+        """``items``: (utterance, samples) pairs, or (utterance, log-mel window) pairs from the feature cache."""
         utterances = [u for u, _ in items]
-        features = self.feature_extractor(
-            [a for _, a in items], sampling_rate=16000, return_tensors="pt"
-        ).input_features
+        if items[0][1].ndim == 2:  # cached log-mel windows (lightning_asr/data/features.py)
+            features = torch.from_numpy(np.stack([f for _, f in items]).astype(np.float32))
+        else:
+            features = self.feature_extractor(
+                [a for _, a in items], sampling_rate=16000, return_tensors="pt"
+            ).input_features
         if self.augment is not None:
             features = torch.stack([self.augment(f) for f in features])
         labels = [self.label_ids(u) for u in utterances]
@@ -210,14 +214,37 @@ class WhisperBackbone(Backbone):
         "cross_attn": [r"encoder_attn\." + _ATTENTION],  # q, k, v, out of decoder cross-attention
         "attn": [r"(self_attn|encoder_attn)\." + _ATTENTION],
         "all-linear": [r"(self_attn|encoder_attn)\." + _ATTENTION, r"\.(fc1|fc2)$"],
+        # the decoder alone: the encoder stays the base's, and training never backpropagates into it
+        "decoder_attn": [r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\." + _ATTENTION],
+        "decoder": [
+            r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\." + _ATTENTION,
+            r"decoder\.layers\.\d+\.(fc1|fc2)$",
+        ],
     }
     output_layer = "proj_out"
+    cached_input = "input_features"
 
     def handles_spec(self, spec) -> bool:
         return True  # every spec another family does not claim
 
     def handles_model(self, model: nn.Module) -> bool:
         return isinstance(model, WhisperForConditionalGeneration)
+
+    def derive_from_data(self, config, utterances) -> dict:
+        """The characters of the encoder's auxiliary CTC loss, where it is on and has none yet."""
+        if config.model.encoder_ctc_weight > 0 and not config.model.encoder_ctc_units:
+            from lightning_asr.models.encoder_ctc import encoder_ctc_units
+
+            return {"model.encoder_ctc_units": encoder_ctc_units(utterances.train)}
+        return {}
+
+    def auxiliary_loss(self, model, model_config):
+        """The encoder's CTC head where ``model.encoder_ctc_weight`` turns it on (trains with the run)."""
+        if model_config.encoder_ctc_weight <= 0:
+            return None
+        from lightning_asr.models.encoder_ctc import EncoderCTC
+
+        return EncoderCTC(model.config.d_model, list(model_config.encoder_ctc_units), model_config.encoder_ctc_weight)
 
     def output_units(self, model_config, utterances: list) -> set[str]:
         tokenizer = load_processor(model_config.tokenizer).tokenizer
@@ -242,25 +269,35 @@ class WhisperBackbone(Backbone):
     def collator(self, processor, augment=None) -> WhisperCollator:
         return WhisperCollator(processor.feature_extractor, processor.tokenizer, augment)
 
+    def input_signature(self, processor) -> dict:
+        extractor = processor.feature_extractor
+        keys = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "padding_value", "dither")
+        return {key: getattr(extractor, key, None) for key in keys}
+
     def audio_inputs(self, processor, samples: list) -> dict[str, torch.Tensor]:
         features = processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt").input_features
         return {"input_features": features}
 
-    def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+    def loss(self, model, batch: dict, auxiliary=None) -> tuple[torch.Tensor, int]:
         """Token-mean cross-entropy. The output projection (51,865 wide) runs only at label positions, not
-        at padding: that saves about a third of a training step on small models."""
+        at padding: that saves about a third of a training step on small models. With ``auxiliary`` (an
+        ``EncoderCTC``), the loss is its weight's mix of cross-entropy and the encoder's CTC loss."""
         labels, config = batch["labels"], model.config
         decoder_input_ids = shift_tokens_right(
             labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
             config.pad_token_id,
             config.decoder_start_token_id,
         )
-        hidden = model.model(
+        outputs = model.model(
             input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
-        ).last_hidden_state
+        )
         mask = labels != IGNORE_INDEX
-        logits = model.proj_out(hidden[mask])
-        return F.cross_entropy(logits.float(), labels[mask]), int(mask.sum())
+        logits = model.proj_out(outputs.last_hidden_state[mask])
+        loss = F.cross_entropy(logits.float(), labels[mask])
+        if auxiliary is not None:
+            ctc = auxiliary(outputs.encoder_last_hidden_state, batch["texts"], batch["langs"])
+            loss = (1 - auxiliary.weight) * loss + auxiliary.weight * ctc
+        return loss, int(mask.sum())
 
     def decode(self, model, tokenizer, inputs, languages, decode_config) -> tuple[list[str], int]:
         """Greedy or beam decoding with the language token forced per row (or for every row, or detected)."""

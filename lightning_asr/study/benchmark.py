@@ -49,13 +49,17 @@ from lightning_asr.data.datamodule import set_language, set_name
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study import figures, tracking
+from lightning_asr.study.curves import LearningCurve
 from lightning_asr.study.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
 from lightning_asr.study.report import markdown_table
 from lightning_asr.text import TextNormalizer, primary_unit
 
 ROOT = Path(lightning_asr.__file__).resolve().parents[1]  # a source checkout: configs/ and git
-PRETRAIN_RECIPE_VERSION = 1  # bump when the pretraining code path changes what a cached base would be
-RESULTS_VERSION = 3  # bump when a default or a code path changes what a finished cell would be
+# bump when the pretraining code path changes what a cached base would be (2: cached float16 log-mel inputs,
+# the base keyed on the manifests pretraining reads)
+PRETRAIN_RECIPE_VERSION = 2
+# bump when a default or a code path changes what a finished cell would be (4: cached float16 log-mel inputs)
+RESULTS_VERSION = 4
 
 
 @dataclass
@@ -76,11 +80,21 @@ class BaseSection:
     train: dict = field(default_factory=dict)  # run-config overrides for pretraining
     require_vocabulary_coverage: bool = True  # stop if a target token never occurs in the source training text
     cache_dir: str = ".cache/bases"
+    # the gate: a pretrained base whose error on a source set's dev split is above its bound ({set: bound},
+    # e.g. {en: 0.05}) stops the benchmark and is not cached as good (it is kept beside, as <name>.rejected)
+    max_dev_error: dict = field(default_factory=dict)
+
+
+@dataclass
+class CurvesSection:
+    points: int = 5  # evaluations along each cell's training, step 0 and the last step included (0: none)
+    subset: int = 24  # utterances of each source and target dev set, the first ones of each manifest
 
 
 @dataclass
 class BenchConfig:
     name: str = "forgetting-embedded"  # the MLflow experiment
+    based_on: str | None = None  # a profile whose settings this one starts from
     corpus: CorpusSection = field(default_factory=CorpusSection)
     base: BaseSection = field(default_factory=BaseSection)
     source_sets: list[str] = field(default_factory=lambda: ["en", "ko", "zh"])
@@ -96,10 +110,28 @@ class BenchConfig:
     artifact_root: str = "mlartifacts"
     output_dir: str = "runs/bench"
     bootstrap: int = 1000
+    curves: CurvesSection = field(default_factory=CurvesSection)
+
+
+class BaseGateError(ConfigError):
+    """The pretrained base did not reach the profile's bounds on the source dev sets; ``path`` is where it
+    was kept."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
 
 
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
+
+
+def checksum(manifests) -> str:
+    """A hash of the manifests' content (their audio paths included)."""
+    digest = hashlib.sha256()
+    for manifest in sorted(manifests):
+        digest.update(Path(manifest).read_bytes())
+    return digest.hexdigest()
 
 
 def digest(value: Any) -> str:
@@ -146,12 +178,20 @@ def git_commit() -> str:
         return "unknown"
 
 
-def load_bench_config(profile: str, overrides: list[str] | None = None):
-    """A benchmark profile by name (``configs/bench/<name>.yaml``) or path, with ``key=value`` overrides."""
-    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / "bench" / f"{profile}.yaml"
+def profile_path(profile: str, kind: str = "bench", names: str = "embedded, smoke") -> Path:
+    """A profile by name (``configs/<kind>/<name>.yaml``) or path."""
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / kind / f"{profile}.yaml"
     if not path.exists():
-        raise ConfigError(f"{path}: no such benchmark profile — fix: use embedded, smoke or a YAML path")
-    bench = load_config(path, overrides, schema=BenchConfig)
+        raise ConfigError(f"{path}: no such {kind} profile — fix: use {names} or a YAML under configs/{kind}/")
+    return path
+
+
+def load_bench_config(profile: str, overrides: list[str] | None = None):
+    """A benchmark profile by name (``configs/bench/<name>.yaml``) or path, with ``key=value`` overrides. A
+    profile whose ``based_on`` names another starts from that one's settings (one level)."""
+    path = profile_path(profile)
+    parent = (OmegaConf.load(path) or {}).get("based_on")
+    bench = load_config([profile_path(parent), path] if parent else path, overrides, schema=BenchConfig)
     if any("label" not in entry for entry in bench.strategies):
         raise ConfigError(f"{path}: every entry of 'strategies' needs a 'label'")
     return bench, path
@@ -183,10 +223,13 @@ class Benchmark:
                 f"({self.source_names + [self.target_name]}) — fix: keep each set in its own folder"
             )
         self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
+        self.curves: dict[str, dict[int, list[tuple]]] = {}  # label -> seed -> (step, target error, source error)
+        self.stopped: dict[str, dict[int, float]] = {}  # label -> seed -> the step training stopped at
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
         labels = [entry["label"] for entry in bench.strategies]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{config_path}: strategy labels must be unique, got {labels}")
+        self.dev_bounds()  # a bound for a set that is not a source set is an error now, not after pretraining
         if bench.reference not in labels:
             raise ConfigError(f"{config_path}: reference {bench.reference!r} is not among the strategies {labels}")
 
@@ -201,15 +244,18 @@ class Benchmark:
             build_corpus(
                 CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root
             )  # every set: one corpus serves both target profiles
-        checksum = hashlib.sha256()
-        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+        manifests = sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()})
+        for manifest in manifests:
             if not Path(manifest).exists():
                 raise ConfigError(
                     f"{manifest} does not exist — fix: build the corpus (corpus.build: true) or correct corpus.root"
                 )
-            checksum.update(Path(manifest).read_bytes())
         say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
-        return checksum.hexdigest()
+        return checksum(manifests)
+
+    def pretraining_manifests(self) -> list[str]:
+        """What pretraining reads: the source training sets, and their dev sets for validation and the gate."""
+        return self.source_train_manifests() + [self.manifest(s, "dev") for s in self.bench.source_sets]
 
     def manifest(self, set_name_: str, split: str) -> str:
         entry = self.bench.manifests.get(set_name_, {})
@@ -247,7 +293,7 @@ class Benchmark:
                 "the pretrained base has trained embeddings for every target token"
             )
 
-    def prepare_base(self, corpus_checksum: str) -> str:
+    def prepare_base(self) -> str:
         base = self.bench.base
         if not self.pretrains:
             say(f"stage 0: base model {base.spec} (no pretraining)")
@@ -270,13 +316,21 @@ class Benchmark:
         key = digest(
             {
                 "config": config_identity(config),
-                "corpus": corpus_checksum,
+                "corpus": checksum(self.pretraining_manifests()),
                 "recipe": PRETRAIN_RECIPE_VERSION,
                 "version": lightning_asr.__version__,
             }
         )[:12]
         target = Path(base.cache_dir) / f"{base.spec}-{key}"
         if (target / "config.json").exists():
+            record = json.loads((target / "pretraining.json").read_text())
+            problem = self.above_bounds(record.get("dev_errors", {}))
+            if problem:  # cached under looser bounds than the profile's now
+                raise BaseGateError(
+                    f"the cached base {target} reached {problem} — fix: relax base.max_dev_error, or "
+                    f"remove {target} and give pretraining more steps (base.train)",
+                    target,
+                )
             say(f"stage 0: reusing pretrained base {target}")
             return str(target)
         config["output_dir"] = str(self.out / "pretrain" / key)
@@ -293,26 +347,74 @@ class Benchmark:
         from lightning_asr.train import train
 
         result = train(config, resume=resume, force=not resume)
+        train_seconds = time.perf_counter() - started
         module = ASRModule.from_checkpoint(result.best_checkpoint)
+        dev = self.base_dev_errors(module, config)
+        reached = ", ".join(f"{name} {error:.3f}" for name, error in dev.items())
+        too_high = self.above_bounds(dev)
+        record = {
+            "validation": result.validation,
+            "dev_errors": dev,
+            "stopped_at_step": result.stopped_at_step,
+            "train_seconds": round(train_seconds, 1),
+            "config": to_dict(config),
+        }
+        saved = self.save_base(module, target.with_name(target.name + ".rejected") if too_high else target, record)
+        if too_high:
+            raise BaseGateError(
+                f"the pretrained base reached {reached} on the source dev sets after {result.stopped_at_step} steps "
+                f"({train_seconds:.0f} s): {too_high}. It is kept at {saved} and not used — fix: give pretraining more "
+                f"steps or another schedule (base.train in {self.config_path}), or relax base.max_dev_error",
+                saved,
+            )
+        say(
+            f"stage 0: pretrained base saved to {target} after {result.stopped_at_step} steps in {train_seconds:.0f} s; "
+            f"dev error {reached}"
+        )
+        return str(target)
+
+    def above_bounds(self, dev: dict[str, float]) -> str:
+        """The source dev sets whose error is above the gate's bound ("en/dev 0.083 > 0.05; ..."), or ""."""
+        return "; ".join(
+            f"{name} {dev[name]:.3f} > {bound:g}"
+            for name, bound in self.dev_bounds().items()
+            if name in dev and not dev[name] <= bound
+        )
+
+    def dev_bounds(self) -> dict[str, float]:
+        bounds = OmegaConf.to_container(self.bench.base.max_dev_error)
+        unknown = sorted(set(bounds) - set(self.bench.source_sets))
+        if unknown:
+            raise ConfigError(f"{self.config_path}: base.max_dev_error names {unknown}, which are not source_sets")
+        return {set_name(self.manifest(s, "dev")): float(bound) for s, bound in bounds.items()}
+
+    def base_dev_errors(self, module, config) -> dict[str, float]:
+        """The pretrained base's primary error on each source dev set (decoded as the cells' evaluation is)."""
+        from lightning_asr.train import evaluate
+
+        decode = to_dict(OmegaConf.merge(config.decode, OmegaConf.to_container(self.bench.adapt).get("decode", {})))
+        results = evaluate(module, [self.manifest(s, "dev") for s in self.bench.source_sets], {"decode": decode})
+        return {
+            key.split("/", 1)[1].rsplit("/", 1)[0]: value
+            for key, value in sorted(results.items())
+            if key.endswith("/error")
+        }
+
+    @staticmethod
+    def save_base(module, target: Path, record: dict) -> Path:
+        """The model and processor as a model directory, written next to ``target`` and renamed into place."""
         target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             staging.chmod(0o755)
             module.model.save_pretrained(staging)
             module.processor.save_pretrained(staging)
-            (staging / "pretraining.json").write_text(
-                json.dumps({"validation": result.validation, "config": to_dict(config)}, indent=2)
-            )
+            (staging / "pretraining.json").write_text(json.dumps(record, indent=2))
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        say(
-            f"stage 0: pretrained base saved to {target} in {time.perf_counter() - started:.0f} s: "
-            + ", ".join(
-                f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(result.validation.items()) if k.endswith("/error")
-            )
-        )
-        return str(target)
+        return target
 
     # ---- stages 1-3 -------------------------------------------------------------------------------------------
     def cell_config(self, entry: dict, seed: int, base_spec: str) -> DictConfig:
@@ -346,10 +448,11 @@ class Benchmark:
         return digest({"config": config_identity(config), "data": self.corpus_checksum})
 
     def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
+        from lightning_asr.adapters import unadapted_strategy
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate
 
-        config = self.cell_config({"label": "base", "adapter": {"name": "frozen"}}, 0, base_spec)
+        config = self.cell_config({"label": "base", "adapter": {"name": unadapted_strategy()}}, 0, base_spec)
         cache = (
             self.out
             / f"base-eval-{digest([base_spec, self.test_manifests, to_dict(config.decode), self.corpus_checksum])[:12]}.json"
@@ -430,9 +533,22 @@ class Benchmark:
             say(f"cell {cell}: adapting ({config.adapter.name}, {config.trainer.max_steps} steps) in run {run_id}")
         started = time.perf_counter()
         timer = StepTimer()
+        callbacks = [timer]
+        curves = self.bench.curves
+        if curves.points > 0:
+            callbacks.append(
+                LearningCurve(
+                    [self.manifest(s, "dev") for s in self.bench.source_sets],
+                    self.target["dev"],
+                    curves.subset,
+                    curves.points,
+                    config.trainer.max_steps,
+                )
+            )
         logger = MLFlowLogger(tracking_uri=self.bench.tracking_uri, run_id=run_id)
-        result = train(config, resume=resume, force=not resume, logger=logger, extra_callbacks=[timer])
+        result = train(config, resume=resume, force=not resume, logger=logger, extra_callbacks=callbacks)
         train_seconds = time.perf_counter() - started
+        tracking.log_values(client, run_id, {"train/stopped_step": result.stopped_at_step})
         module = ASRModule.from_checkpoint(result.best_checkpoint)
         say(
             f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})"
@@ -513,7 +629,7 @@ class Benchmark:
         started = time.perf_counter()
         bench = self.bench
         self.corpus_checksum = self.prepare_data()
-        base_spec = self.prepare_base(self.corpus_checksum)
+        base_spec = self.prepare_base()
         client = tracking.client_for(bench.tracking_uri)
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
         parent = client.create_run(
@@ -540,6 +656,8 @@ class Benchmark:
                     run_id, scores = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
                     cells.setdefault(entry["label"], {})[seed] = scores
                     cell_runs[(entry["label"], seed)] = run_id
+                    self.curves.setdefault(entry["label"], {})[seed] = self.cell_curve(client, run_id)
+                    self.stopped.setdefault(entry["label"], {})[seed] = self.cell_stopped_step(client, run_id)
             rows, reasons = compare(
                 base_scores,
                 cells,
@@ -564,6 +682,77 @@ class Benchmark:
             raise
         say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
         return rows
+
+    @staticmethod
+    def cell_curve(client, run_id: str) -> list[tuple[int, float, float]]:
+        """A cell's (step, target error, source error) points, from its logged curve metrics."""
+        from lightning_asr.study.curves import SOURCE, TARGET
+
+        target = {m.step: m.value for m in client.get_metric_history(run_id, TARGET)}
+        source = {m.step: m.value for m in client.get_metric_history(run_id, SOURCE)}
+        return [(step, target[step], source[step]) for step in sorted(set(target) & set(source))]
+
+    @staticmethod
+    def cell_stopped_step(client, run_id: str) -> float:
+        history = client.get_metric_history(run_id, "train/stopped_step")
+        return history[-1].value if history else math.nan
+
+    def matched_section(self) -> tuple[str, dict[str, float]]:
+        """The strategies compared at the target error the reference reaches (mean over seeds), as markdown, and
+        the parent run's metrics of it."""
+        from lightning_asr.study.curves import matched
+
+        per_label: dict[str, list[dict]] = {}
+        levels = []
+        for seed in sorted({s for by_seed in self.curves.values() for s in by_seed}):
+            level, rows = matched(
+                {label: c[seed] for label, c in self.curves.items() if c.get(seed)}, self.bench.reference
+            )
+            levels.append(level)
+            for row in rows:
+                per_label.setdefault(row["strategy"], []).append(row)
+        if not per_label:
+            return "", {}
+        keys = ("source_error", "forgetting", "backward_gain", "relative_source_gain")
+        table, metrics = [], {}
+        for label, rows in per_label.items():
+            means = {
+                k: float(np.nanmean([r[k] for r in rows])) if any(not math.isnan(r[k]) for r in rows) else math.nan
+                for k in keys
+            }
+            table.append([label] + [means[k] for k in keys])
+            metrics.update({f"{label}/matched_{k}": v for k, v in means.items()})
+        text = (
+            f"\n## At matched target error\n\nEach strategy's source error where its curve (dev subsets of "
+            f"{self.bench.curves.subset} utterances per set, {self.bench.curves.points} points) reaches the target "
+            f"error {self.bench.reference} ends at ({float(np.nanmean(levels)):.3f}, mean over seeds), linear between "
+            "points; nan: the strategy never got that low. Forgetting = that source error minus the curve's step-0 "
+            "source error; backward gain = share of the reference's forgetting avoided; relative source gain = "
+            "(E_src(ref) - E_src(k)) / E_src(ref), both at matched target error.\n\n"
+            + markdown_table(["strategy", *keys], table)
+            + "\n"
+        )
+        return text, metrics
+
+    def closing_lines(self, rows: list[dict], base_errors: dict, breakdown: dict) -> list[str]:
+        """One line per strategy: what it learned on the target set and what it forgot of the source sets."""
+        unit = METRIC_NAMES[primary_unit(self.target_lang)].upper()
+        base_source = sum(base_errors[s] for s in self.source_names) / len(self.source_names)
+        lines = []
+        for row in rows:
+            label = row["strategy"]
+            pier = breakdown.get(label, {}).get("pier", math.nan)
+            cap = self.bench.adapt.get("trainer", {}).get("max_steps")
+            stopped = [
+                v for v in self.stopped.get(label, {}).values() if not math.isnan(v) and (cap is None or v < cap)
+            ]
+            lines.append(
+                f"{label:<10} learned {row['adaptation_gain']:+.3f} {unit} ({base_errors[self.target_name]:.3f} -> "
+                f"{row['target_error']:.3f}, PIER {breakdown.get('base', {}).get('pier', math.nan):.2f} -> {pier:.2f}); "
+                f"forgot {row['forgetting']:+.3f} source error ({base_source:.3f} -> {row['source_error']:.3f})"
+                + (f"; stopped at step {', '.join(str(int(v)) for v in stopped)}" if stopped else "")
+            )
+        return lines
 
     def log_comparison(self, client, parent_id: str, rows: list[dict], reasons: dict, base_scores, seeds) -> None:
         import pandas as pd
@@ -608,6 +797,7 @@ class Benchmark:
         markdown = markdown_table(columns, printable)
         notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
         breakdown_columns, breakdown = self.target_breakdown()
+        matched_text, matched_metrics = self.matched_section()
         breakdown_markdown = markdown_table(
             ["strategy"] + breakdown_columns,
             [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()],
@@ -622,6 +812,7 @@ class Benchmark:
                 + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
                 f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
                 f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
+                + matched_text
             )
             (Path(tmp) / "comparison.md").write_text(summary)
             (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
@@ -634,6 +825,9 @@ class Benchmark:
             rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})"
         )
         client.log_figure(parent_id, figure, "tradeoff.png")
+        if any(c for by_seed in self.curves.values() for c in by_seed.values()):
+            curves = figures.curves_figure(self.curves, f"{self.bench.name}: forgetting along training (dev subsets)")
+            client.log_figure(parent_id, curves, "curves.png")
         summary_metrics = {
             f"{label}/target_{key}": v for label, values in breakdown.items() for key, v in values.items()
         }
@@ -644,10 +838,11 @@ class Benchmark:
                 for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error")
             }
         )
-        tracking.log_values(client, parent_id, summary_metrics)
+        tracking.log_values(client, parent_id, {**summary_metrics, **matched_metrics})
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "comparison.md").write_text(summary)
         print("\n" + summary)
+        print("In one line per strategy:\n" + "\n".join(self.closing_lines(rows, base_errors, breakdown)))
 
     @property
     def target_lang(self) -> str:

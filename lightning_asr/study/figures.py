@@ -250,3 +250,31 @@ def sweep_figure(rows: list[dict], setting: str, group_of, title: str):
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def curves_figure(curves: dict[str, dict[int, list[tuple]]], title: str):
+    """Forgetting (source error minus its step-0 value) against target error along training, one line per
+    strategy and seed (seeds share their strategy's colour); each line starts at the base (forgetting 0)."""
+    figure, axis = pyplot().subplots(figsize=(7, 5))
+    colours = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, by_seed) in enumerate(curves.items()):
+        drawn = [curve for _, curve in sorted(by_seed.items()) if curve]
+        for number, curve in enumerate(drawn):
+            x = [target for _, target, _ in curve]
+            y = [source - curve[0][2] for _, _, source in curve]
+            axis.plot(
+                x,
+                y,
+                marker="o",
+                markersize=3,
+                color=colours[index % len(colours)],
+                label=label if number == 0 else None,
+            )
+    axis.axhline(0, color="grey", lw=0.8)
+    axis.invert_xaxis()  # training moves right: the target error falls
+    axis.set_xlabel("target error (dev subset; lower is better)")
+    axis.set_ylabel("forgetting: source error - its step-0 value (dev subsets)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

@@ -1,8 +1,8 @@
 """Continual-learning metrics over error rates (lower is better, so mind the signs).
 
 E is a set's primary error rate (WER for English, CER for Chinese/Korean, MER for code-switched), pooled at
-corpus level. ``base`` is the unadapted model, ``ref`` the reference strategy (LoRA by default), ``k`` the
-strategy being judged.
+corpus level. ``base`` is the unadapted model, ``ref`` the reference strategy (the profile's ``reference``:
+LoRA in the shipped ones), ``k`` the strategy being judged.
 
 - forgetting          F_k  = E_src(k) - E_src(base)                  (> 0: forgot; absolute points)
 - relative forgetting      = F_k / E_src(base)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from lightning_asr.config import ConfigError, load_config, to_dict
 from lightning_asr.models import backbone_for, is_preset
-from lightning_asr.study.benchmark import ROOT, Benchmark, digest, git_commit, load_bench_config
+from lightning_asr.study.benchmark import ROOT, Benchmark, digest, git_commit, load_bench_config, profile_path
 from lightning_asr.study.cells import load_cells, logged_histogram
 from lightning_asr.study.claims import EXPERIMENTS
 from lightning_asr.study.plan import Experiment, Variant, benchmark_groups, build_plan, reproduce_schema
@@ -35,11 +35,7 @@ def say(message: str) -> None:
 
 def load_reproduce_config(profile: str, overrides: list[str] | None = None):
     """A reproduce profile by name (``configs/reproduce/<name>.yaml``) or path, with ``key=value`` overrides."""
-    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / "reproduce" / f"{profile}.yaml"
-    if not path.exists():
-        raise ConfigError(
-            f"{path}: no such reproduce profile — fix: use embedded, tiny or a YAML under configs/reproduce/"
-        )
+    path = profile_path(profile, "reproduce", "embedded, tiny")
     if "strategies" in (OmegaConf.load(path) or {}):
         raise ConfigError(
             f"{path} is a forgetting-benchmark profile — fix: name a reproduce profile "
