@@ -47,8 +47,9 @@ class TrainingUtterances:
     """The training (and validation) utterances of a run config, read on first use only: most runs derive
     nothing from the data, and those that do read the manifests once."""
 
-    def __init__(self, data):
+    def __init__(self, data, label_counter=None):
         self.data = data
+        self.label_counter = label_counter  # utterances -> their number of target units (the backbone's)
 
     def _read(self, manifests) -> list:
         from lightning_asr.data.manifest import read_manifest
@@ -63,11 +64,15 @@ class TrainingUtterances:
     def val(self) -> list:
         return self._read(self.data.val_manifests)
 
+    def label_count(self) -> int:
+        """The target units (tokens for Whisper) of the training utterances: the loss's denominator over an epoch."""
+        return self.label_counter(self.train)
+
 
 def with_data_settings(config: DictConfig, backbone) -> DictConfig:
     """``config`` with the settings its backbone and its strategy take from the training data filled in (a CTC
     vocabulary, ELBO's example count); a config that has them already comes back unchanged."""
-    utterances = TrainingUtterances(config.data)
+    utterances = TrainingUtterances(config.data, lambda train: backbone.label_count(config.model, train))
     updates = backbone.derive_from_data(config, utterances)
     updates.update(
         {

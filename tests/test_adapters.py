@@ -12,6 +12,21 @@ STRATEGY_CONFIGS = {
     "lora": {"name": "lora", "rank": 4, "alpha": 8},
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
+    # the BLoRA authors' code at paper time: B as noisy as A, their beta, decay, dropout and log-sigma epsilon
+    "blora-paper": {
+        "name": "blora",
+        "rank": 4,
+        "alpha": 8,
+        "rho_init_b": [-5.5, -4.5],
+        "kl_weight": 5.0e-5,
+        "weight_decay": 5.0e-4,
+        "decay_rho": True,
+        "dropout": 0.05,
+        "log_sigma_epsilon": 1.0e-6,
+    },
+    "glora3-open": {"name": "glora", "type": 3, "rank": 4, "alpha": 8, "gate_init": 4.0},
+    "bottleneck": {"name": "bottleneck", "bottleneck": 8},
+    "bottleneck-ffn": {"name": "bottleneck", "bottleneck": 8, "placement": ["feed_forward"], "activation": "gelu"},
 }
 
 
@@ -57,6 +72,8 @@ def test_every_strategy_equals_the_base_at_step_0(name, batch):
     model, strategy = attached(name)
     model.eval()
     assert torch.equal(logits(model, batch), logits(base, batch))
+    if name == "blora-paper":  # B's training noise is A's (sigma ~ 0.01): the posterior mean is the base
+        return
     model.train()  # BLoRA's training noise on B is ~1e-22 at the start: still the base
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -71,8 +88,9 @@ def test_only_adapter_parameters_train(name):
     if name == "full_ft":
         assert len(trainable) == len(list(model.parameters()))
         return
-    assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n for n in trainable)
-    assert all(n.split(".")[-3] in ("q_proj", "v_proj") or n.split(".")[-2] in ("q_proj", "v_proj") for n in trainable)
+    assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n or ".adapter_" in n for n in trainable)
+    wrapped = ("out_proj", "fc2") if name.startswith("bottleneck") else ("q_proj", "v_proj")
+    assert all(n.split(".")[-3] in wrapped or n.split(".")[-2] in wrapped for n in trainable)
     counts = strategy.parameter_counts()
     assert counts["trainable"] == sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
 
@@ -164,10 +182,13 @@ def test_blora_kl_matches_torch_distributions_and_shrinks_mu():
     assert layer.lora_A.weight.abs().sum() < mu_before
 
 
-def test_blora_elbo_reduction_sums_and_divides_by_the_data_size():
-    model, strategy = attached({"name": "blora", "rank": 4, "kl_reduction": "elbo", "num_train_examples": 100})
+@pytest.mark.parametrize(
+    "reduction, count", [("elbo", {"num_train_tokens": 1000}), ("elbo_per_utterance", {"num_train_examples": 100})]
+)
+def test_blora_elbo_reduction_sums_and_divides_by_the_data_size(reduction, count):
+    model, strategy = attached({"name": "blora", "rank": 4, "kl_reduction": reduction, **count})
     total = sum(f.kl_entries(0.01).sum() for layer in strategy.layers().values() for f in layer.bayesian_factors())
-    assert torch.allclose(strategy.kl(), total / 100)
+    assert torch.allclose(strategy.kl(), total / next(iter(count.values())))
 
 
 @pytest.mark.parametrize("noise", NOISE_MODES)
@@ -263,7 +284,86 @@ def test_sparsity_stats(name):
     assert below == sorted(below, reverse=True)  # fewer entries below smaller thresholds
     assert set(report["modules"]) == set(strategy.delta_weights())
     if name == "blora":
-        assert report["snr"]["median"] > 0
+        assert report["snr"]["A"]["median"] > 0 and report["snr"]["B"]["median"] > 0
+
+
+def test_blora_paper_time_rho_b_gives_b_the_noise_of_a():
+    import torch.nn.functional as F
+
+    _, noisy = attached(STRATEGY_CONFIGS["blora-paper"])
+    _, default = attached("blora")
+    low, high = F.softplus(torch.tensor(-5.5)), F.softplus(torch.tensor(-4.5))
+    for layer in noisy.layers().values():
+        sigma_b = layer.lora_B.sigma
+        assert bool(((sigma_b >= low) & (sigma_b <= high)).all()) and float(sigma_b.std()) > 0
+        assert torch.equal(layer.lora_B.weight, torch.zeros_like(layer.lora_B.weight))
+    for layer in default.layers().values():
+        assert float(layer.lora_B.sigma.max()) < 1e-20  # rho_B = -50: noiseless B
+
+
+def test_blora_rho_init_b_refuses_a_malformed_interval():
+    with pytest.raises(ValueError, match="rho_init_b"):
+        attached({"name": "blora", "rank": 4, "rho_init_b": [-4.5, -5.5, 1.0]})
+
+
+def test_blora_rho_gets_no_weight_decay_unless_asked():
+    _, strategy = attached("blora")
+    rhos = {id(f.rho) for layer in strategy.layers().values() for f in layer.bayesian_factors()}
+    groups = strategy.optimizer_groups(0.01)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert rhos and not rhos & decayed
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for _, p in strategy.trainable_parameters()}
+    _, paper = attached(STRATEGY_CONFIGS["blora-paper"])
+    rhos = {id(f.rho) for layer in paper.layers().values() for f in layer.bayesian_factors()}
+    decayed = {id(p): g["weight_decay"] for g in paper.optimizer_groups(0.01) for p in g["params"]}
+    assert all(decayed[r] == 5.0e-4 for r in rhos)  # the adapter's own weight decay, rho included
+
+
+def test_adapter_weight_decay_overrides_the_optimizer_default():
+    _, strategy = attached({"name": "lora", "rank": 4, "weight_decay": 5.0e-4})
+    matrices = [g for g in strategy.optimizer_groups(0.01) if g["params"] and g["params"][0].ndim >= 2]
+    assert [g["weight_decay"] for g in matrices] == [5.0e-4]
+
+
+def test_blora_log_sigma_epsilon_bounds_the_noiseless_factors_kl():
+    _, strategy = attached("blora")
+    factor = next(iter(strategy.layers().values())).lora_B
+    assert float(factor.kl_entries(0.01).mean()) > 40  # -log(2e-22) ~ 50
+    assert float(factor.kl_entries(0.01, 1e-6).mean()) < 15  # -log(1e-6) ~ 14
+
+
+def test_blora_snr_is_per_factor():
+    _, strategy = attached(STRATEGY_CONFIGS["blora-paper"])
+    randomize_adapter(strategy, 1e-3)
+    snr = strategy.sparsity_stats()["snr"]
+    a = torch.cat([v.flatten() for k, v in strategy.signal_to_noise().items() if k.endswith("lora_A")]).double()
+    assert set(snr) == {"A", "B"} and snr["A"]["median"] == pytest.approx(float(a.median()))
+    from lightning_asr.adapters.sparsity import scalar_metrics
+
+    metrics = scalar_metrics(strategy.sparsity_stats())
+    assert "sparsity/snr/A/median" in metrics and "sparsity/snr/B/median" in metrics
+
+
+@pytest.mark.parametrize("gate_init", [0.0, 4.0])
+def test_glora_gate_init_sets_how_open_the_gates_start(gate_init):
+    _, strategy = attached({"name": "glora", "type": 4, "rank": 4, "alpha": 8, "gate_init": gate_init})
+    layer = next(iter(strategy.layers().values()))
+    for bias in (layer.glu_gate.bias, layer.output_gate.bias):
+        assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, torch.sigmoid(torch.tensor(gate_init))))
+
+
+def test_bottleneck_counts_and_placement():
+    model, strategy = attached("bottleneck-ffn")
+    assert strategy.target_names and all(name.endswith("fc2") for name in strategy.target_names)
+    width = model.config.d_model
+    expected = len(strategy.target_names) * (2 * width * 8 + 8 + width)
+    assert strategy.parameter_counts()["trainable"] == expected
+    _, both = attached("bottleneck")
+    assert any(n.endswith("out_proj") for n in both.target_names) and any(n.endswith("fc2") for n in both.target_names)
+    with pytest.raises(NotImplementedError, match="nonlinearity"):
+        both.merge()
+    with pytest.raises(ValueError, match="placement"):
+        attached({"name": "bottleneck", "placement": ["everywhere"]})
 
 
 def test_docs_glora_table_matches_the_canonical_docstring():
@@ -278,3 +378,56 @@ def test_docs_glora_table_matches_the_canonical_docstring():
     for row in rows:
         cells = [c.strip() for c in row if c.strip()]
         assert "| " + " | ".join(cells) + " |" in readme, cells
+
+
+@pytest.mark.parametrize("reduction", ["elbo", "elbo_per_utterance"])
+def test_blora_elbo_counts_are_derived_from_the_training_data(corpus, processor, tmp_path, reduction):
+    from conftest import config_dict
+
+    from lightning_asr.config import TrainConfig, structured
+    from lightning_asr.data.manifest import read_manifest
+    from lightning_asr.models import WhisperBackbone
+    from lightning_asr.models.whisper import WhisperCollator
+    from lightning_asr.module import with_data_settings
+
+    values = config_dict(corpus, tmp_path, **{"adapter.name": "blora", "adapter.kl_reduction": reduction})
+    derived = with_data_settings(structured(TrainConfig, values), WhisperBackbone()).adapter
+    utterances = read_manifest(corpus / "ko-en/train.jsonl")
+    if reduction == "elbo":  # every label position the token-mean cross-entropy averages over
+        collator = WhisperCollator(processor.feature_extractor, processor.tokenizer)
+        assert derived.num_train_tokens == sum(len(collator.label_ids(u)) for u in utterances)
+        assert derived.num_train_examples is None
+    else:
+        assert derived.num_train_examples == len(utterances) and derived.num_train_tokens is None
+
+
+def test_sparsity_readings_against_the_base_weights():
+    from lightning_asr.adapters.sparsity import scalar_metrics
+
+    model, strategy = attached("lora")
+    layer = next(iter(strategy.layers().values()))
+    with torch.no_grad():  # one module's delta W of rank 1, with a component well above the rest
+        for other in strategy.layers().values():
+            other.lora_B.weight.zero_()
+        layer.lora_B.weight.zero_()
+        layer.lora_B.weight[:, 0] = 1.0
+    readings = strategy.sparsity_stats()["readings"]
+    name = strategy.target_names[0]
+    delta, w0 = layer.delta_weight(), layer.base_layer.weight
+    report = strategy.sparsity_stats()["modules"][name]["readings"]
+    assert report["effective_rank"] == pytest.approx(1.0, abs=1e-6)
+    assert report["weak_components"] == 3  # rank 4: three components at zero
+    assert report["delta_sq"] == pytest.approx(float(delta.double().pow(2).sum()))
+    expected = float(delta.norm()) / float(
+        torch.stack([lyr.base_layer.weight.norm() for lyr in strategy.layers().values()]).norm()
+    )
+    assert readings["relative_norm"] == pytest.approx(expected, rel=1e-5)
+    width = model.config.d_model
+    below = (delta.abs() < 1e-3 * (width / 768) ** 0.5).sum() + sum(
+        lyr.delta_weight().numel() for lyr in list(strategy.layers().values())[1:]
+    )
+    total = sum(lyr.delta_weight().numel() for lyr in strategy.layers().values())
+    assert readings["width_scaled/frac_below_1e-3"] == pytest.approx(float(below) / total)
+    rms = float(w0.pow(2).mean().sqrt())
+    assert report["below_rms_relative"] == int((delta.abs() < 1e-3 * rms).sum())
+    assert "sparsity/rms_relative/frac_below_1e-3" in scalar_metrics(strategy.sparsity_stats())

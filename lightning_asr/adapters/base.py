@@ -256,10 +256,19 @@ class AdapterStrategy:
         """The effective change of each adapted weight matrix, by module name."""
         return {}
 
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """W0 of each module in ``delta_weights``, by module name (for readings of delta W against its base)."""
+        return {}
+
     def sparsity_stats(self) -> dict:
-        """Histograms of |entries| and fractions below 1e-1 ... 1e-6, per module and overall."""
+        """Histograms of |entries| and fractions below 1e-1 ... 1e-6, per module and overall, and the readings
+        of delta W against W0 (``adapters.sparsity``)."""
+        config = self.model.config
+        width = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
         with torch.no_grad():
-            return sparsity_report(self.factor_tensors(), self.delta_weights())
+            return sparsity_report(
+                self.factor_tensors(), self.delta_weights(), self.base_weights(), width, self.config.get("rank")
+            )
 
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())

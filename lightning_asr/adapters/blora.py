@@ -1,16 +1,24 @@
 """BLoRA: Bayesian LoRA (Ugan et al. 2025, arXiv 2510.18723).
 
 Each entry of A (and, by default, B) has a Gaussian posterior N(mu, sigma^2), sigma = softplus(rho), and a
-zero-mean prior N(0, prior_std^2). The loss is ``cross-entropy + kl_weight * KL``:
+zero-mean prior N(0, prior_std^2). The loss is ``cross-entropy + kl_weight * KL``, where the cross-entropy
+is the mean over the batch's target tokens, so ``kl_weight`` (beta) is relative to one token's loss:
 
-- KL per entry in closed form, in float64: ``log(p / sigma) + (sigma^2 + mu^2) / (2 p^2) - 1/2``;
+- KL per entry in closed form, in float64: ``log(p / (sigma + eps)) + (sigma^2 + mu^2) / (2 p^2) - 1/2``
+  (``log_sigma_epsilon``: the authors add 1e-6; 0 by default);
 - ``kl_reduction: mean`` (the authors' code): each matrix's KL averaged over its entries, summed over
-  matrices; ``kl_reduction: elbo`` (the textbook ELBO per example): summed over all entries, divided by
-  the number of training examples. Lightning divides each micro-batch loss by the accumulation count, so
-  the KL weight does not change with gradient accumulation.
+  matrices. The authors divide beta by their gradient accumulation (2), an effective 5e-5;
+- ``kl_reduction: elbo``: the ELBO per target token, consistent with token-mean cross-entropy: the KL
+  summed over all entries and divided by the number of target tokens in the training data
+  (``num_train_tokens``, derived from the manifests); ``elbo_per_utterance`` divides by the number of
+  training utterances instead (``num_train_examples``). Lightning divides each micro-batch loss by the
+  accumulation count, so beta does not change with gradient accumulation.
 
-Initialisation: mu_A Kaiming-uniform, mu_B = 0, rho_A ~ U(-5.5, -4.5) (sigma 0.004-0.011), rho_B = -50
-(sigma ~ 2e-22), so B starts at zero and the adapted model equals the base at step 0.
+Initialisation: mu_A Kaiming-uniform, mu_B = 0, rho_A ~ U(rho_init) = U(-5.5, -4.5) (sigma 0.004-0.011);
+``rho_init_b`` = -50 (sigma ~ 2e-22: B starts noiseless, the authors' code after the paper) or an interval
+such as [-5.5, -4.5] (B as noisy as A, the code at paper time). mu_B = 0 either way, so the adapted model
+equals the base at step 0. rho gets no weight decay unless ``decay_rho`` (the authors decay mu and rho
+alike, at 5e-4: ``weight_decay`` of the adapter).
 Training noise: ``flipout`` (default; one weight-noise draw per forward, decorrelated across examples by
 random sign flips), ``reparam`` (one shared weight sample per forward) or ``local_reparam`` (Gaussian noise
 on each layer output, with the variance the weight noise implies). Evaluation uses the posterior mean, and
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +46,48 @@ class BLoRAConfig(LowRankConfig):
     name: str = "blora"
     prior_std: float = training_only(0.01)  # N(0, prior_std^2) prior on every entry
     kl_weight: float = training_only(1.0e-4)  # beta in CE + beta * KL
-    # mean (the authors': per-matrix mean, summed) or elbo (sum / num_train_examples)
+    # mean (the authors': per-matrix mean, summed), elbo (sum / num_train_tokens) or elbo_per_utterance
     kl_reduction: str = training_only("mean")
     noise: str = training_only("flipout")  # flipout, reparam or local_reparam
     bayesian_b: bool = True  # B Bayesian too (else only A)
     rho_init: list[float] = training_only(default_factory=lambda: [-5.5, -4.5])  # rho_A ~ U(low, high)
-    num_train_examples: int | None = training_only(None)  # elbo: derived from the training data when unset
+    # rho_B: one value (-50: noiseless B, the default) or [low, high] (U(-5.5, -4.5): the paper-time code)
+    rho_init_b: Any = training_only(-50.0)
+    log_sigma_epsilon: float = training_only(0.0)  # KL's log(sigma + eps): the authors' 1e-6
+    decay_rho: bool = training_only(False)  # weight decay on rho too (the authors': mu and rho alike)
+    num_train_tokens: int | None = training_only(None)  # elbo: derived from the training data when unset
+    num_train_examples: int | None = training_only(None)  # elbo_per_utterance: derived likewise
+
+
+KL_REDUCTIONS = ("mean", "elbo", "elbo_per_utterance")
+# The authors' code at the paper's arXiv version (before B was made noiseless): B as noisy as A, their
+# effective beta (1e-4 over a gradient accumulation of 2), weight decay 5e-4 on mu and rho alike, adapter
+# dropout 0.05 and 1e-6 inside log sigma. The reproduction's ``blora-paper`` variant.
+PAPER_TIME_SETTINGS = {
+    "rho_init_b": [-5.5, -4.5],
+    "kl_weight": 5.0e-5,
+    "weight_decay": 5.0e-4,
+    "decay_rho": True,
+    "dropout": 0.05,
+    "log_sigma_epsilon": 1.0e-6,
+}
+
+
+def rho_interval(value, key: str) -> tuple[float, float] | float:
+    """A rho initialisation: one number, or [low, high] for a uniform draw."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else None
+    if (
+        values is None
+        or len(values) != 2
+        or not all(isinstance(v, (int, float)) for v in values)
+        or values[0] > values[1]
+    ):
+        raise ValueError(
+            f"adapter.{key} is {value!r}: give one number (e.g. -50) or an interval [low, high] (e.g. [-5.5, -4.5])"
+        )
+    return float(values[0]), float(values[1])
 
 
 def random_signs(like: torch.Tensor) -> torch.Tensor:
@@ -90,10 +135,11 @@ class GaussianFactor(nn.Module):
     def draw(self) -> torch.Tensor:
         return self.weight + self.sigma * torch.randn_like(self.weight) if self.bayesian else self.weight
 
-    def kl_entries(self, prior_std: float) -> torch.Tensor:
-        """KL(N(mu, sigma^2) || N(0, prior_std^2)) per entry, in float64."""
+    def kl_entries(self, prior_std: float, log_sigma_epsilon: float = 0.0) -> torch.Tensor:
+        """KL(N(mu, sigma^2) || N(0, prior_std^2)) per entry, in float64 (``log(sigma + eps)`` in its log)."""
         mu, sigma = self.weight.double(), self.sigma.double()
-        return math.log(prior_std) - torch.log(sigma) + (sigma**2 + mu**2) / (2 * prior_std**2) - 0.5
+        log_sigma = torch.log(sigma + log_sigma_epsilon)
+        return math.log(prior_std) - log_sigma + (sigma**2 + mu**2) / (2 * prior_std**2) - 0.5
 
 
 class BayesianLoRALinear(LoRALinear):
@@ -104,11 +150,11 @@ class BayesianLoRALinear(LoRALinear):
         alpha: float,
         dropout: float = 0.0,
         bayesian_b: bool = True,
-        rho_init_a: tuple[float, float] = (-5.5, -4.5),
-        rho_init_b: float = -50.0,
+        rho_init_a: tuple[float, float] | float = (-5.5, -4.5),
+        rho_init_b: tuple[float, float] | float = -50.0,
         noise: str = "flipout",
     ):
-        self.bayesian_b, self.rho_init_a, self.rho_init_b = bayesian_b, tuple(rho_init_a), rho_init_b
+        self.bayesian_b, self.rho_init_a, self.rho_init_b = bayesian_b, rho_init_a, rho_init_b
         super().__init__(base_layer, rank, alpha, dropout)
         if noise not in NOISE_MODES:
             raise ValueError(f"unknown BLoRA noise {noise!r}; choose {', '.join(NOISE_MODES)}")
@@ -134,28 +180,52 @@ class BLoRA(LoRA):
 
     @classmethod
     def derive_from_data(cls, config, utterances) -> dict:
-        # the textbook ELBO divides the summed KL by the number of training utterances
-        if config.kl_reduction == "elbo" and not config.num_train_examples:
+        # the ELBO divides the summed KL by the size of the data its likelihood term averages over
+        if config.kl_reduction == "elbo" and not config.num_train_tokens:
+            return {"num_train_tokens": utterances.label_count()}
+        if config.kl_reduction == "elbo_per_utterance" and not config.num_train_examples:
             return {"num_train_examples": len(utterances.train)}
         return {}
 
+    def __init__(self, config):
+        super().__init__(config)
+        if self.config.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(
+                f"adapter.kl_reduction={self.config.kl_reduction!r} — fix: choose {', '.join(KL_REDUCTIONS)}"
+            )
+        self.rho_init_a = rho_interval(self.config.rho_init, "rho_init")
+        self.rho_init_b = rho_interval(self.config.rho_init_b, "rho_init_b")
+
     def make_layer(self, linear: nn.Linear) -> BayesianLoRALinear:
         c = self.config
-        return BayesianLoRALinear(linear, c.rank, c.alpha, c.dropout, c.bayesian_b, tuple(c.rho_init), -50.0, c.noise)
+        return BayesianLoRALinear(
+            linear, c.rank, c.alpha, c.dropout, c.bayesian_b, self.rho_init_a, self.rho_init_b, c.noise
+        )
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """As every low-rank strategy's, but rho (the posterior's spread) without weight decay unless
+        ``decay_rho``: decay would pull sigma towards softplus(0) = 0.69, not towards zero."""
+        groups = super().optimizer_groups(weight_decay)
+        if self.config.decay_rho:
+            return groups
+        rhos = {id(f.rho) for layer in self.layers().values() for f in layer.bayesian_factors()}
+        kept = [{**g, "params": [p for p in g["params"] if id(p) not in rhos]} for g in groups]
+        rho_group = {"params": [p for g in groups for p in g["params"] if id(p) in rhos], "weight_decay": 0.0}
+        return [g for g in kept if g["params"]] + [rho_group]
 
     def kl(self) -> torch.Tensor:
         """The KL term, reduced as ``config.kl_reduction`` says (float64)."""
-        prior_std = self.config.prior_std
+        c = self.config
         factors = [f for layer in self.layers().values() for f in layer.bayesian_factors()]
-        if self.config.kl_reduction == "mean":
-            return torch.stack([f.kl_entries(prior_std).mean() for f in factors]).sum()
-        if self.config.kl_reduction == "elbo":
-            if not self.config.num_train_examples:
-                raise ValueError(
-                    "kl_reduction 'elbo' needs adapter.num_train_examples (derived from the training data)"
-                )
-            return torch.stack([f.kl_entries(prior_std).sum() for f in factors]).sum() / self.config.num_train_examples
-        raise ValueError(f"unknown kl_reduction {self.config.kl_reduction!r}; choose mean or elbo")
+        entries = [f.kl_entries(c.prior_std, c.log_sigma_epsilon) for f in factors]
+        if c.kl_reduction == "mean":
+            return torch.stack([e.mean() for e in entries]).sum()
+        count_key = "num_train_tokens" if c.kl_reduction == "elbo" else "num_train_examples"
+        if not c[count_key]:
+            raise ValueError(
+                f"kl_reduction {c.kl_reduction!r} needs adapter.{count_key} (derived from the training data)"
+            )
+        return torch.stack([e.sum() for e in entries]).sum() / c[count_key]
 
     def regularizer(self) -> torch.Tensor:
         if not self.model.training:
@@ -163,7 +233,7 @@ class BLoRA(LoRA):
         return (self.config.kl_weight * self.kl()).float()
 
     def signal_to_noise(self) -> dict[str, torch.Tensor]:
-        """|mu| / sigma of every Bayesian factor entry, by parameter name."""
+        """|mu| / sigma of every Bayesian factor entry, by parameter name (``<module>.lora_A`` / ``.lora_B``)."""
         return {
             f"{name}.{factor_name}": (factor.weight.abs() / factor.sigma).detach()
             for name, layer in self.layers().items()
@@ -172,13 +242,21 @@ class BLoRA(LoRA):
         }
 
     def sparsity_stats(self) -> dict:
+        """Adds |mu| / sigma per factor (A and B apart: B's sigma may be ~1e-22, and pooled with A's its
+        ratios would swamp every figure)."""
         report = super().sparsity_stats()
-        snr = torch.cat([v.flatten() for v in self.signal_to_noise().values()]).double()
-        report["snr"] = {
-            "mean": float(snr.mean()),
-            "median": float(snr.median()),
-            "frac_below_1": float((snr < 1).double().mean()),
-        }
+        by_factor = {"A": [], "B": []}
+        for name, ratios in self.signal_to_noise().items():
+            by_factor[name.rsplit("_", 1)[-1]].append(ratios.flatten())
+        report["snr"] = {}
+        for factor, parts in by_factor.items():
+            if parts:
+                snr = torch.cat(parts).double()
+                report["snr"][factor] = {
+                    "mean": float(snr.mean()),
+                    "median": float(snr.median()),
+                    "frac_below_1": float((snr < 1).double().mean()),
+                }
         return report
 
     def draw_posterior_sample(self) -> None:

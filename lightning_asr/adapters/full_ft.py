@@ -45,6 +45,9 @@ class FullFineTuning(AdapterStrategy):
         current = dict(self.model.named_parameters())
         return {name.removesuffix(".weight"): current[name].detach() - w0 for name, w0 in self.initial_weights.items()}
 
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        return {name.removesuffix(".weight"): w0 for name, w0 in self.initial_weights.items()}
+
 
 @register("frozen", FrozenConfig)
 class Frozen(AdapterStrategy):

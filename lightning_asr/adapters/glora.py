@@ -15,7 +15,9 @@ type  gate on                      delta(x)                                     
 ====  ===========================  ==============================================  ===============================
 
 B starts at zero, so every type equals the base model at step 0. W_a starts as the identity, W_g, U, C and
-the biases at zero (gates open at 0.5), V Kaiming-uniform. Whether a gate sits in self- or cross-attention
+b_a at zero, V Kaiming-uniform, and the gates' biases at ``gate_init``: 0 opens every gate at
+sigmoid(0) = 0.5, so types 1-3 start as LoRA at half its scale and type 4 at a quarter; ``gate_init: 4``
+opens them at sigmoid(4) = 0.98, LoRA's scale, which separates what gating does from a smaller step. Whether a gate sits in self- or cross-attention
 is chosen by ``target_modules`` presets (``self_attn``, ``cross_attn``, ...), for any type. The gates depend
 on the input, so GLoRA cannot be folded into W0: it stays a separate module (weight separation).
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_asr.adapters.base import register
+from lightning_asr.adapters.base import register, training_only
 from lightning_asr.adapters.lora import LoRA, LoRALinear, LowRankConfig
 
 GLORA_TYPES = {
@@ -46,6 +48,7 @@ GLORA_TYPES = {
 class GLoRAConfig(LowRankConfig):
     name: str = "glora"
     type: int = 1  # 1-4: where the gate sits (GLORA_TYPES)
+    gate_init: float = training_only(0.0)  # the gates' bias at step 0: sigmoid(gate_init) is how open they start
 
 
 NOT_MERGEABLE = (
@@ -54,7 +57,15 @@ NOT_MERGEABLE = (
 
 
 class GLoRALinear(LoRALinear):
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, glora_type: int = 1):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        glora_type: int = 1,
+        gate_init: float = 0.0,
+    ):
         if glora_type not in GLORA_TYPES:
             raise ValueError(f"GLoRA type {glora_type} does not exist; choose 1, 2, 3 or 4")
         self.glora_type = glora_type
@@ -67,17 +78,17 @@ class GLoRALinear(LoRALinear):
                 self.glu_value.weight.copy_(torch.eye(r))
                 self.glu_value.bias.zero_()
                 self.glu_gate.weight.zero_()
-                self.glu_gate.bias.zero_()
+                self.glu_gate.bias.fill_(gate_init)
         if glora_type == 2:  # sigmoid(U V x + b) on the input features
             self.input_gate_down = nn.Linear(d_in, r, bias=False)  # V
             self.input_gate_up = nn.Linear(r, d_in)  # U, b
             nn.init.kaiming_uniform_(self.input_gate_down.weight, a=math.sqrt(5))
             nn.init.zeros_(self.input_gate_up.weight)
-            nn.init.zeros_(self.input_gate_up.bias)
+            nn.init.constant_(self.input_gate_up.bias, gate_init)
         if glora_type in (3, 4):  # sigmoid(C z + c) on the output features
             self.output_gate = nn.Linear(r, d_out)
             nn.init.zeros_(self.output_gate.weight)
-            nn.init.zeros_(self.output_gate.bias)
+            nn.init.constant_(self.output_gate.bias, gate_init)
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lora_dropout(x)
@@ -109,7 +120,8 @@ class GLoRA(LoRA):
     imports_plain_peft = False
 
     def make_layer(self, linear: nn.Linear) -> GLoRALinear:
-        return GLoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout, self.config.type)
+        c = self.config
+        return GLoRALinear(linear, c.rank, c.alpha, c.dropout, c.type, c.gate_init)
 
     def merge(self) -> None:
         raise NotImplementedError(self.not_mergeable_reason)

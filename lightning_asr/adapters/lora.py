@@ -26,7 +26,9 @@ class LowRankConfig(StrategyConfig):
 
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = training_only(0.0)
+    dropout: float = training_only(0.0)  # on the adapter's input (the BLoRA authors': 0.05)
+    # the adapter matrices' weight decay (the BLoRA authors': 5e-4); unset: optim.weight_decay
+    weight_decay: float | None = training_only(None)
     # presets of the backbone (default, self_attn, cross_attn, attn, all-linear) or regular expressions
     target_modules: list[str] = field(default_factory=lambda: ["default"])
 
@@ -45,6 +47,31 @@ def resolve_targets(patterns: list[str], model: nn.Module) -> list[str]:
     for pattern in patterns:
         resolved += presets.get(pattern, [pattern])
     return resolved
+
+
+def wrap_linear_layers(model: nn.Module, patterns: list[str], make_layer, key: str = "target_modules") -> list[str]:
+    """Replace every ``nn.Linear`` whose name matches ``patterns`` (presets of the backbone or regular
+    expressions; never the output layer) with ``make_layer(linear)``; return the wrapped names."""
+    from lightning_asr.models import backbone_of
+
+    resolved = resolve_targets(patterns, model)
+    excluded = backbone_of(model).output_layer
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not name.startswith(excluded) and any(re.search(p, name) for p in resolved)
+    ]
+    if not targets:
+        presets = ", ".join(backbone_of(model).target_presets)
+        raise ValueError(
+            f"adapter.{key} {patterns} match no linear layer of {model.__class__.__name__} — fix: use a preset "
+            f"({presets}) or a pattern such as 'self_attn\\.q_proj$'"
+        )
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, make_layer(getattr(parent, child)))
+    return targets
 
 
 class LoRALinear(nn.Module):
@@ -107,31 +134,13 @@ class LoRA(AdapterStrategy):
         return LoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout)
 
     def attach(self, model: nn.Module, for_training: bool = True) -> nn.Module:
-        from lightning_asr.models import backbone_of
-
         super().attach(model, for_training)  # freezes everything the strategy does not own
-        patterns = resolve_targets(list(self.config.target_modules), model)
-        excluded = backbone_of(model).output_layer
-        targets = [
-            name
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear)
-            and not name.startswith(excluded)
-            and any(re.search(p, name) for p in patterns)
-        ]
-        if not targets:
-            presets = ", ".join(backbone_of(model).target_presets)
-            raise ValueError(
-                f"adapter.target_modules {list(self.config.target_modules)} match no linear layer of "
-                f"{model.__class__.__name__} — fix: use a preset ({presets}) or a pattern such as "
-                "'self_attn\\.q_proj$'"
-            )
-        for name in targets:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, child, self.make_layer(getattr(parent, child)))
-        self.target_names = targets
+        self.target_names = wrap_linear_layers(model, list(self.config.target_modules), self.make_layer)
         return model
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        own = self.config.weight_decay
+        return super().optimizer_groups(weight_decay if own is None else own)
 
     def layers(self) -> dict[str, LoRALinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
@@ -169,6 +178,10 @@ class LoRA(AdapterStrategy):
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         return {name: layer.delta_weight().detach() for name, layer in self.layers().items()}
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        # unmerged, the wrapped layer's weight is W0 itself
+        return {name: layer.base_layer.weight.detach() for name, layer in self.layers().items() if not layer.merged}
 
     def merge(self) -> None:
         for layer in self.layers().values():

@@ -46,6 +46,10 @@ class Backbone:
         """The output units (tokens, characters) the utterances' transcripts are made of."""
         raise NotImplementedError
 
+    def label_count(self, model_config, utterances: list) -> int:
+        """The number of target units (what the loss averages over) of these utterances' labels."""
+        raise NotImplementedError
+
     def load(self, model_config) -> tuple[nn.Module, object]:
         """The model and its processor for ``model_config`` (``TrainConfig.model``)."""
         raise NotImplementedError

@@ -190,6 +190,8 @@ class Wav2Vec2Backbone(Backbone):
         "self_attn": [r"\.attention\." + _ATTENTION],
         "attn": [r"\.attention\." + _ATTENTION],
         "all-linear": [r"\.attention\." + _ATTENTION, r"\.feed_forward\.(intermediate_dense|output_dense)$"],
+        "attention_output": [r"\.attention\.out_proj$"],
+        "feed_forward_output": [r"\.feed_forward\.output_dense$"],
     }
     output_layer = "lm_head"
 
@@ -224,6 +226,11 @@ class Wav2Vec2Backbone(Backbone):
 
     def output_units(self, model_config, utterances: list) -> set[str]:
         return set(build_ctc_tokens([(u.text, u.lang) for u in utterances], model_config.ctc_unit))
+
+    def label_count(self, model_config, utterances: list) -> int:
+        # one unit per character (or jamo), the word delimiter included
+        jamo = model_config.ctc_unit == "jamo"
+        return sum(len(ctc_target(u.text, u.lang, jamo)) for u in utterances)
 
     def load(self, model_config):
         model, processor, _ = load_ctc_model_processor(

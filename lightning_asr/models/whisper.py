@@ -220,6 +220,9 @@ class WhisperBackbone(Backbone):
             r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\." + _ATTENTION,
             r"decoder\.layers\.\d+\.(fc1|fc2)$",
         ],
+        # the last projection of each sub-block (where a serial bottleneck adapter sits)
+        "attention_output": [r"(self_attn|encoder_attn)\.out_proj$"],
+        "feed_forward_output": [r"\.fc2$"],
     }
     output_layer = "proj_out"
     cached_input = "input_features"
@@ -250,6 +253,11 @@ class WhisperBackbone(Backbone):
         tokenizer = load_processor(model_config.tokenizer).tokenizer
         ids = {t for u in utterances for t in tokenizer.encode(u.text, add_special_tokens=False)}
         return {tokenizer.decode([t]) for t in ids}
+
+    def label_count(self, model_config, utterances: list) -> int:
+        # each label is 3 prompt tokens, the text's tokens and end-of-text; the loss averages over all of them
+        tokenizer = load_processor(model_config.tokenizer).tokenizer
+        return sum(len(tokenizer.encode(u.text, add_special_tokens=False)) + 4 for u in utterances)
 
     def load(self, model_config):
         return load_model_processor(model_config.spec, model_config.tokenizer, model_config.init_seed)

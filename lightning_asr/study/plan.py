@@ -7,7 +7,7 @@ experiment that names the same variant: equal configs get equal labels, so their
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
 from functools import cache
 
 from lightning_asr.config import ConfigError
@@ -84,7 +84,8 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
     plan = []
     for name, experiment in EXPERIMENTS.items():
         if name in config["experiments"]:
-            section = config.get(experiment.key, {}) if experiment.section else {}
+            # the section's defaults for keys the profile leaves out
+            section = {**asdict(experiment.section()), **config.get(experiment.key, {})} if experiment.section else {}
             plan.append(Experiment(name, experiment.variants(section, templates, strategies, sweep_seeds), seeds))
     return plan
 

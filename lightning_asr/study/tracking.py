@@ -67,16 +67,36 @@ def log_values(client, run_id: str, metrics: dict | None = None, params: dict | 
 
 
 def sparsity_table(report: dict) -> dict[str, list]:
-    """Column-oriented table for ``log_table``: one row per module and kind, fraction below each threshold."""
+    """Column-oriented table for ``log_table``: one row per module and kind, fraction below each threshold, and
+    for delta W the readings against W0 (share below 1e-3 * RMS(W0), ||delta W|| / ||W0||, effective rank)."""
     columns: dict[str, list] = {"module": [], "kind": [], "entries": []}
     for threshold in report["thresholds"]:
         columns[f"below_{threshold}"] = []
-    rows = [(name, kind, summary) for name, entry in report["modules"].items() for kind, summary in entry.items()]
-    rows += [("overall", kind, summary) for kind, summary in report["overall"].items() if summary["count"]]
-    for name, kind, summary in rows:
+    readings = ("below_1e-3_rms_relative", "relative_norm", "effective_rank")
+    for key in readings:
+        columns[key] = []
+    rows = [
+        (name, kind, summary, entry.get("readings") if kind == "delta_w" else None)
+        for name, entry in report["modules"].items()
+        for kind, summary in entry.items()
+        if kind != "readings"
+    ]
+    rows += [("overall", kind, summary, None) for kind, summary in report["overall"].items() if summary["count"]]
+    for name, kind, summary, reading in rows:
         columns["module"].append(name)
         columns["kind"].append(kind)
         columns["entries"].append(summary["count"])
         for threshold, value in fractions(summary).items():
             columns[f"below_{threshold}"].append(value)
+        values = (
+            (
+                reading["below_rms_relative"] / max(reading["count"], 1),
+                (reading["delta_sq"] / max(reading["base_sq"], 1e-300)) ** 0.5,
+                reading["effective_rank"],
+            )
+            if reading
+            else (None, None, None)
+        )
+        for key, value in zip(readings, values):
+            columns[key].append(value)
     return columns

@@ -121,8 +121,9 @@ def metric(values: dict[int, dict], key: str) -> Estimate:
     return Estimate.of([v.get(key, math.nan) for _, v in sorted(values.items())])
 
 
-def number(value: float) -> str:
-    return f"{value:g}"
+def number(value) -> str:
+    """A setting as the report shows it: numbers compactly (1e-05, 0.01), anything else as it is."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def fmt_value(value: float, unit: str = "") -> str:

@@ -5,6 +5,7 @@ from lightning_asr.study.claims.base import NamedExperiment, strategy_templates
 from lightning_asr.study.claims.blora_vs_lora import BloraVsLora
 from lightning_asr.study.claims.finetune_vs_scratch import FinetuneVsScratch
 from lightning_asr.study.claims.glora_types import GloraTypes
+from lightning_asr.study.claims.glora_vs_adapters import GloraVsAdapters
 from lightning_asr.study.claims.rank_sweep import RankSweep
 from lightning_asr.study.claims.token_normalisation import TokenNormalisation
 
@@ -13,6 +14,7 @@ EXPERIMENTS: dict[str, NamedExperiment] = {
     for experiment in (
         BloraVsLora(),
         GloraTypes(),
+        GloraVsAdapters(),
         FinetuneVsScratch(),
         TokenNormalisation(),
         RankSweep(),

@@ -118,7 +118,7 @@ def with_adapter(template: dict, **changes) -> dict:
     differs from the template's (an unchanged template keeps its label, and so its cells)."""
     from lightning_asr.study.verdicts import number
 
-    suffix = {"kl_weight": "kl", "prior_std": "prior", "rank": "r"}
+    suffix = {"kl_weight": "kl", "prior_std": "prior", "rank": "r", "alpha": "a"}
     differing = {k: v for k, v in changes.items() if adapter_value(template, k) != v}
     if not differing:
         return dict(template)

@@ -1,6 +1,9 @@
 """blora-vs-lora: BLoRA against LoRA at equal rank and targets, ``kl_weight`` and ``prior_std`` swept.
 
 Claims B1-B4 of the BLoRA seed: backward gain, forward loss, sparser adapters, 99.7 % of weights below 1e-3.
+Neither the paper nor the authors' code says what the 99.7 % is computed on, so B4 is judged under each
+reading we can make of it (``B4_READINGS``), and the report says which reading would make it plausible.
+A ``blora-paper`` variant trains BLoRA as the authors' code did at paper time (``PAPER_TIME_SETTINGS``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class BloraSweepSection:
     prior_std: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.05])
     # one-at-a-time: each value with the other kept at the benchmark's BLoRA setting; full: every pair
     grid: str = "one-at-a-time"
+    paper_variant: bool = True  # train blora-paper (the authors' settings at paper time) beside the default
 
 
 QUOTES = {
@@ -78,6 +82,37 @@ SPECS = {
         0.997,
     ),
 }
+# B4 under each reading of "weights below 1e-3": claim id -> (row key, metric, what is counted)
+B4_READINGS = {
+    "B4": ("sparsity", "sparsity/frac_below_1e-3", "|ΔW| < 1e-3 (absolute)"),
+    "B4-rms": ("sparsity_rms", "sparsity/rms_relative/frac_below_1e-3", "|ΔW| < 1e-3 · RMS(W0) of its module"),
+    "B4-width": ("sparsity_width", "sparsity/width_scaled/frac_below_1e-3", "|ΔW| < 1e-3 · √(d/768)"),
+    "B4-entries": ("factor_sparsity", "sparsity/factors/frac_below_1e-3", "adapter entries (μ of A and B) < 1e-3"),
+}
+QUOTES.update({claim_id: QUOTES["B4"] for claim_id in B4_READINGS})
+SPECS.update(
+    {
+        claim_id: (f"share of BLoRA's {counted}", key, "%", SPECS["B4"][3], SPECS["B4"][4])
+        for claim_id, (key, _, counted) in B4_READINGS.items()
+    }
+)
+
+
+def paper_variant(blora: dict) -> dict:
+    """The benchmark's BLoRA entry with the authors' paper-time settings."""
+    from lightning_asr.adapters.blora import PAPER_TIME_SETTINGS
+
+    return {**blora, "label": "blora-paper", "adapter": {**blora["adapter"], **PAPER_TIME_SETTINGS}}
+
+
+def plausible_reading(row: dict) -> str:
+    """Which reading of B4 comes closest to the paper's 99.7 %, and whether it reaches it."""
+    readings = [(B4_READINGS[c][2], row[B4_READINGS[c][0]]) for c in B4_READINGS if row[B4_READINGS[c][0]].n]
+    if not readings:
+        return ""
+    counted, estimate = max(readings, key=lambda r: r[1].mean)
+    reaches = "its interval reaches 99 %" if max(estimate.high, estimate.mean) >= 0.99 else "none reaches 99 %"
+    return f"closest reading to the paper's 99.7 %: {counted} at {fmt_estimate(estimate, '%')} ({reaches})"
 
 
 class BloraVsLora(NamedExperiment):
@@ -100,6 +135,10 @@ class BloraVsLora(NamedExperiment):
         ]
         for variant in variants[1:]:
             variant.seeds = None if variant.headline else sweep_seeds
+        if section.get("paper_variant", True):  # every seed: it is compared with the default, not swept
+            paper = variant_of(paper_variant(blora), lora["label"])
+            paper.settings["era"] = "paper"
+            variants.append(paper)
         return variants
 
     def judge(self, experiment, cells, context):
@@ -113,8 +152,10 @@ class BloraVsLora(NamedExperiment):
                 "values": values,
                 "target_error": metric(values, "target_error"),
                 "forgetting": metric(values, "forgetting"),
-                "sparsity": metric(values, "sparsity/frac_below_1e-3"),
-                "factor_sparsity": metric(values, "sparsity/factors/frac_below_1e-3"),
+                **{key: metric(values, name) for key, name, _ in B4_READINGS.values()},
+                "relative_norm": metric(values, "sparsity/relative_norm"),
+                "effective_rank": metric(values, "sparsity/effective_rank"),
+                "weak_components": metric(values, "sparsity/weak_components"),
                 "histogram": cells.summed_histogram(experiment, variant),
             }
             if variant.method == "blora":
@@ -126,7 +167,7 @@ class BloraVsLora(NamedExperiment):
                     "B1": judge(row["backward_gain"], "greater", 0.0, undefined_reason=NO_BACKWARD_GAIN),
                     "B2": judge(row["forward_loss"], "less", 0.04),
                     "B3": judge(row["sparsity_gain"], "greater", 0.0),
-                    "B4": judge(row["sparsity"], "greater", 0.99),
+                    **{c: judge(row[B4_READINGS[c][0]], "greater", 0.99) for c in B4_READINGS},
                 }
             rows.append(row)
         headline = next((r for r in rows if r["variant"].headline), None)
@@ -155,9 +196,8 @@ class BloraVsLora(NamedExperiment):
                 continue
             estimate = headline[key]
             note = paper_figure_note(estimate, paper_value) if paper_value is not None else ""
-            if claim_id == "B4":
-                factors = fmt_estimate(headline["factor_sparsity"], "%")
-                note = "; ".join(filter(None, [note, f"the adapter's own entries (mu of A and B): {factors}"]))
+            if claim_id in B4_READINGS:
+                note = "; ".join(filter(None, [note, plausible_reading(headline)]))
             claims.append(
                 ClaimResult(
                     claim_id,
@@ -178,7 +218,9 @@ class BloraVsLora(NamedExperiment):
         if not rows:
             return {}
         name = context.get("name", "")
-        blora = [row["variant"] for row in rows if row["variant"].method == "blora"]
+        blora = [
+            row["variant"] for row in rows if row["variant"].method == "blora" and "era" not in row["variant"].settings
+        ]
         lines = []
         for fixed, swept, style in (("prior_std", "kl_weight", "-"), ("kl_weight", "prior_std", "--")):
             for value in sorted({v.settings[fixed] for v in blora}):
@@ -190,7 +232,12 @@ class BloraVsLora(NamedExperiment):
             ),
             "sparsity": plots.share_bars_figure(
                 rows,
-                [("sparsity", "|delta W| < 1e-3"), ("factor_sparsity", "adapter entries < 1e-3")],
+                [
+                    ("sparsity", "|delta W| < 1e-3"),
+                    ("sparsity_rms", "|delta W| < 1e-3 RMS(W0)"),
+                    ("sparsity_width", "|delta W| < 1e-3 sqrt(d/768)"),
+                    ("factor_sparsity", "adapter entries < 1e-3"),
+                ],
                 f"{name}: share of entries below 1e-3{interval}",
                 (0.997, "BLoRA paper: 99.7 %"),
             ),
@@ -204,8 +251,13 @@ class BloraVsLora(NamedExperiment):
             "## blora-vs-lora: BLoRA against LoRA, kl_weight and prior_std swept",
             "",
             "Backward gain BG = (F_LoRA − F_BLoRA) / F_LoRA; relative source gain = (E_src(LoRA) − E_src(BLoRA)) / "
-            "E_src(LoRA); forward loss FL = (E_tgt(BLoRA) − E_tgt(LoRA)) / E_tgt(LoRA). Sparsity: share of |ΔW| "
-            "entries (and of the adapter's own entries) below 1e-3 in magnitude. ★ = the benchmark's (the paper's) setting.",
+            "E_src(LoRA); forward loss FL = (E_tgt(BLoRA) − E_tgt(LoRA)) / E_tgt(LoRA). Sparsity, one column per "
+            'reading of the paper\'s "weights below 1e-3": |ΔW| entries below 1e-3 (absolute), below 1e-3 · RMS(W0) '
+            "of their module, below 1e-3 · √(d/768) (d the model's width, 768 whisper-small's), and the adapter's "
+            "own entries below 1e-3; ‖ΔW‖/‖W0‖ (Frobenius, pooled), the effective rank of ΔW (mean over modules) "
+            "and the share of its rank components below 1 % of the largest. ★ = the benchmark's setting; "
+            "blora-paper = the authors' code at paper time (noisy B, β 5e-5, weight decay 5e-4 on μ and ρ, "
+            "dropout 0.05, +1e-6 in log σ).",
             "",
         ]
         table = []
@@ -223,8 +275,10 @@ class BloraVsLora(NamedExperiment):
                         fmt_estimate(row[key], "%") if key in row else "—"
                         for key in ("backward_gain", "relative_source_gain", "forward_loss")
                     ],
-                    fmt_estimate(row["sparsity"], "%"),
-                    fmt_estimate(row["factor_sparsity"], "%"),
+                    *[fmt_estimate(row[B4_READINGS[c][0]], "%") for c in B4_READINGS],
+                    fmt_estimate(row["relative_norm"]),
+                    fmt_estimate(row["effective_rank"]),
+                    fmt_estimate(row["weak_components"], "%"),
                     " / ".join(f"{k} {verdicts[k].status}" for k in SPECS if k in verdicts) or "reference",
                 ]
             )
@@ -240,8 +294,13 @@ class BloraVsLora(NamedExperiment):
                     "BG vs LoRA",
                     "rel. source gain",
                     "FL vs LoRA",
-                    "ΔW below 1e-3",
-                    "entries below 1e-3",
+                    "ΔW < 1e-3",
+                    "ΔW < 1e-3·RMS(W0)",
+                    "ΔW < 1e-3·√(d/768)",
+                    "entries < 1e-3",
+                    "‖ΔW‖/‖W0‖",
+                    "eff. rank",
+                    "weak comp.",
                     "verdicts",
                 ],
                 table,

@@ -1,6 +1,11 @@
 """glora-types: GLoRA types 1-4 against LoRA at equal rank and targets.
 
 Claims G1 (GLoRA beats LoRA, judged on type 1) and G2 (type 1 is best) of the GLoRA seed.
+
+GLoRA's gates start half open (sigmoid(0) = 0.5), so at step 0 types 1-3 are LoRA at half its scale and
+type 4 at a quarter; under Adam a smaller scale is a smaller step. The experiment therefore also trains LoRA
+at alpha / 2 and alpha / 4 (``scale_controls``), and says for each type whether its difference from LoRA
+remains against the LoRA of its starting scale (gating explains it) or vanishes there (scale explains it).
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lightning_asr.study import figures as plots
-from lightning_asr.study.claims.base import GLORA_PAPER, NamedExperiment, variant_of
+from lightning_asr.study.claims.base import GLORA_PAPER, NamedExperiment, adapter_value, variant_of, with_adapter
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.verdicts import (
     INCONCLUSIVE,
@@ -26,6 +31,28 @@ from lightning_asr.study.verdicts import (
 @dataclass
 class GloraTypesSection:
     types: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    scale_controls: bool = True  # LoRA at alpha / 2 and alpha / 4, the scales GLoRA's types start at
+
+
+# the share of LoRA's scale each type starts at: its gates' product at sigmoid(0) (adapters/glora.py)
+START_SCALE = {1: 2, 2: 2, 3: 2, 4: 4}
+
+
+def significant(estimate: Estimate | None) -> bool:
+    return bool(estimate and estimate.n >= 2 and (estimate.low > 0 or estimate.high < 0))
+
+
+def explained_by(against_lora: Estimate, against_control: Estimate | None) -> str:
+    """Whether a GLoRA type's difference from LoRA is gating's or scale's, from the two paired differences."""
+    if against_control is None or against_control.n == 0:
+        return "no scale control"
+    if against_lora.n < 2 or against_control.n < 2:
+        return "inconclusive (fewer than 2 seeds)"
+    if significant(against_lora) and not significant(against_control):
+        return "scale: the difference vanishes against LoRA at the same starting scale"
+    if significant(against_control):
+        return "gating: the difference remains against LoRA at the same starting scale"
+    return "neither: no difference from LoRA at either scale"
 
 
 QUOTES = {
@@ -34,15 +61,36 @@ QUOTES = {
 }
 
 
+def scale_note(row: dict) -> str:
+    if "control" not in row:
+        return "no LoRA control at its starting scale in this profile"
+    return (
+        f"against {row['control']} (its starting scale) the target-error gain is {fmt_estimate(row['control_gain'])} "
+        f"and the forgetting gain {fmt_estimate(row['control_forgetting_gain'])}: target — {row['target_explained']}; "
+        f"forgetting — {row['forgetting_explained']}"
+    )
+
+
 class GloraTypes(NamedExperiment):
     name, key, section = "glora-types", "glora_types", GloraTypesSection
     claims = {claim_id: (GLORA_PAPER, quote) for claim_id, quote in QUOTES.items()}
 
     def variants(self, section, templates, strategies, sweep_seeds):
         lora = templates["lora"]
-        return [variant_of(lora, None)] + [
+        variants = [variant_of(lora, None)] + [
             variant_of(templates[f"glora-{t}"], lora["label"], t == 1) for t in section["types"]
         ]
+        if section.get("scale_controls", True):
+            alpha = adapter_value(lora, "alpha")
+            for divisor in sorted({START_SCALE[t] for t in section["types"]}):
+                control = variant_of(with_adapter(lora, alpha=alpha / divisor), lora["label"])
+                control.settings["scale"] = f"alpha/{divisor}"
+                variants.append(control)
+        return variants
+
+    @staticmethod
+    def control_of(experiment, glora_type: int):
+        return next(iter(experiment.of("lora", scale=f"alpha/{START_SCALE[glora_type]}")), None)
 
     def judge(self, experiment, cells, context):
         lora = experiment.of("lora")[0]
@@ -59,8 +107,17 @@ class GloraTypes(NamedExperiment):
             }
             if variant.method == "glora":
                 row["gain"] = Estimate.of(paired(lora_values, values, "target_error"))
+                row["forgetting_gain"] = Estimate.of(paired(lora_values, values, "forgetting"))
                 row["extra_params"] = Estimate.of(paired(values, lora_values, "params/trainable"))
                 row["verdicts"] = {"G1": judge(row["gain"], "greater", 0.0)}
+                control = self.control_of(experiment, variant.settings["type"])
+                if control is not None:
+                    control_values = cells.per_seed(experiment, control, context)
+                    row["control"] = control.label
+                    row["control_gain"] = Estimate.of(paired(control_values, values, "target_error"))
+                    row["control_forgetting_gain"] = Estimate.of(paired(control_values, values, "forgetting"))
+                row["target_explained"] = explained_by(row["gain"], row.get("control_gain"))
+                row["forgetting_explained"] = explained_by(row["forgetting_gain"], row.get("control_forgetting_gain"))
             rows.append(row)
         type1 = next(
             (r for r in rows if r["variant"].method == "glora" and r["variant"].settings.get("type") == 1), None
@@ -94,7 +151,8 @@ class GloraTypes(NamedExperiment):
                     type1["verdicts"]["G1"],
                     "holds if the interval lies above 0",
                     "",
-                    f"extra trainable parameters over LoRA: {fmt_estimate(type1['extra_params'])}",
+                    f"extra trainable parameters over LoRA: {fmt_estimate(type1['extra_params'])}; "
+                    + scale_note(type1),
                 )
             )
         parts, notes = [], []
@@ -103,7 +161,7 @@ class GloraTypes(NamedExperiment):
                 row["type1_lead"] = Estimate.of(paired(row["values"], type1["values"], "target_error"))
                 name = f"type {row['variant'].settings['type']}"
                 parts.append((name, judge(row["type1_lead"], "greater", 0.0)))
-                notes.append(f"{name} minus type 1: {fmt_estimate(row['type1_lead'])}")
+                notes.append(f"{name} minus type 1: {fmt_estimate(row['type1_lead'])}; {name}: {scale_note(row)}")
         nothing = (
             "GLoRA type 1 is not in the profile" if type1 is None else "no other GLoRA type measured beside type 1"
         )
@@ -133,7 +191,10 @@ class GloraTypes(NamedExperiment):
         lines = [
             "## glora-types: GLoRA types 1-4 against LoRA",
             "",
-            "Equal rank and targets; the extra parameters are the gates (`params/trainable`).",
+            "Equal rank and targets; the extra parameters are the gates (`params/trainable`). The gates start at "
+            "sigmoid(0) = 0.5, so types 1-3 start as LoRA at α/2 and type 4 at α/4: the LoRA controls at those "
+            'scales (`lora-a…`) tell gating from a smaller step. "Explained by" compares each type\'s difference '
+            "from LoRA (target error and forgetting) with its difference from the control of its starting scale.",
             "",
         ]
         table = []
@@ -149,7 +210,17 @@ class GloraTypes(NamedExperiment):
                     fmt_estimate(row.get("gain")) if "gain" in row else "—",
                     fmt_estimate(row.get("type1_lead")) if "type1_lead" in row else "—",
                     fmt_estimate(row["forgetting"]),
-                    row["verdicts"]["G1"].status if "verdicts" in row else "reference",
+                    row.get("control", v.settings.get("scale", "—")),
+                    fmt_estimate(row["control_gain"]) if "control_gain" in row else "—",
+                    fmt_estimate(row["control_forgetting_gain"]) if "control_forgetting_gain" in row else "—",
+                    f"target: {row['target_explained']}; forgetting: {row['forgetting_explained']}"
+                    if "target_explained" in row
+                    else "—",
+                    row["verdicts"]["G1"].status
+                    if "verdicts" in row
+                    else "control"
+                    if "scale" in v.settings
+                    else "reference",
                 ]
             )
         lines += [
@@ -163,6 +234,10 @@ class GloraTypes(NamedExperiment):
                     "LoRA − this",
                     "this − type 1",
                     "forgetting",
+                    "scale control",
+                    "control − this (target)",
+                    "control − this (forgetting)",
+                    "explained by",
                     "beats LoRA",
                 ],
                 table,
