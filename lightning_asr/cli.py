@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def _evaluate(args) -> int:
     return 0
 
 
+def api_keys(args) -> list[str]:
+    """``--api-key`` values and the lines of ``--api-key-file`` (blank lines and ``#`` comments skipped)."""
+    keys = list(args.api_key or [])
+    if args.api_key_file:
+        lines = Path(args.api_key_file).read_text().splitlines()
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return keys
+
+
 def _serve(args) -> int:
     from lightning_asr.models import ModelSpecError
     from lightning_asr.serve import serve
@@ -69,8 +79,13 @@ def _serve(args) -> int:
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
             device=args.device,
+            api_keys=api_keys(args),
+            require_user_keys=args.require_user_keys,
+            max_audio_seconds=args.max_audio_seconds,
+            max_adapter_mb=args.max_adapter_mb,
+            max_queue=args.max_queue,
         )
-    except (ModelSpecError, ValueError) as err:
+    except (ModelSpecError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -82,7 +97,15 @@ def _transcribe(args) -> int:
     failed = 0
     for path in args.files:
         try:
-            result = transcribe(args.server, path, user=args.user, adapter_dir=args.adapter_dir, language=args.language)
+            result = transcribe(
+                args.server,
+                path,
+                user=args.user,
+                adapter_dir=args.adapter_dir,
+                language=args.language,
+                api_key=args.api_key or os.environ.get("LIGHTNING_ASR_API_KEY"),
+                user_key=args.user_key,
+            )
         except (ServerError, OSError) as err:  # one bad file (or refusal) does not stop the others
             failed += 1
             result = {"error": str(getattr(err, "detail", err)), "status": getattr(err, "status", None)}
@@ -123,15 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--num-beams", type=int)
     serve.add_argument("--max-new-tokens", type=int)
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    serve.add_argument(
+        "--api-key", action="append", help="bearer token required on every route but /health (repeatable)"
+    )
+    serve.add_argument("--api-key-file", help="file of bearer tokens, one per line")
+    serve.add_argument(
+        "--require-user-keys",
+        action="store_true",
+        help="every user needs access_key.sha256 in their adapter directory, and uploads name a user and carry the key",
+    )
+    serve.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer audio gets HTTP 413")
+    serve.add_argument("--max-adapter-mb", type=float, default=64.0, help="larger uploaded adapters get HTTP 413")
+    serve.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get HTTP 503")
     client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
     client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
-    who = client.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="user id of an adapter in the server's store")
-    who.add_argument("--adapter-dir", help="send this exported adapter directory with each file")
+    client.add_argument("--user", help="user id of an adapter in the server's store (or of the uploaded adapter)")
+    client.add_argument("--adapter-dir", help="send this exported adapter directory with each file")
     client.add_argument("--language", help="'auto' or a language code (default: the server's)")
+    client.add_argument("--api-key", help="the server's bearer token (default: $LIGHTNING_ASR_API_KEY)")
+    client.add_argument("--user-key", help="the user's own access key, where the server's store holds one")
     client.add_argument("files", nargs="+", help="WAV or FLAC files")
     args = parser.parse_args(argv)
     if args.command == "transcribe":  # the client needs neither torch nor transformers
+        if not (args.user or args.adapter_dir):
+            parser.error("transcribe: give --user, --adapter-dir, or both")
         return _transcribe(args)
     from lightning_asr.console import quiet
 

@@ -47,8 +47,18 @@ def multipart_body(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, 
     return b"".join(lines) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def post(url: str, body: bytes, content_type: str, timeout: float = 300.0) -> dict:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+def auth_headers(api_key: str | None = None, user_key: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` for the server's key, ``X-User-Key`` for a user's own."""
+    return {
+        **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+        **({"X-User-Key": user_key} if user_key else {}),
+    }
+
+
+def post(url: str, body: bytes, content_type: str, timeout: float = 300.0, headers: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": content_type, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -68,16 +78,21 @@ def transcribe(
     adapter_dir: str | Path | None = None,
     language: str | None = None,
     timeout: float = 300.0,
+    api_key: str | None = None,
+    user_key: str | None = None,
 ) -> dict:
     """Transcribe one WAV/FLAC file with ``user``'s adapter from the server's store, or with the adapter in
-    ``adapter_dir`` (sent along). Raises ``ServerError`` with the server's explanation when refused."""
-    if (user is None) == (adapter_dir is None):
-        raise ValueError("give either user or adapter_dir")
+    ``adapter_dir`` (sent along; with ``user`` too where the server requires uploads to name their user).
+    ``api_key``: the server's bearer token; ``user_key``: the user's own key. Raises ``ServerError`` with the
+    server's explanation when refused."""
+    if user is None and adapter_dir is None:
+        raise ValueError("give user, adapter_dir, or both")
     audio = Path(audio_path).read_bytes()
     url = server.rstrip("/") + "/transcribe"
-    if user is not None:
+    headers = auth_headers(api_key, user_key)
+    if adapter_dir is None:
         query = {"user": user, **({"language": language} if language else {})}
-        return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout)
+        return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout, headers)
     directory = Path(adapter_dir)
     files = [
         ("adapter", name, (directory / name).read_bytes()) for name in ADAPTER_FILES if (directory / name).exists()
@@ -87,8 +102,10 @@ def transcribe(
     fields = [("audio", Path(audio_path).name, audio), *files]
     if language:
         fields.append(("language", None, language.encode()))
+    if user:
+        fields.append(("user", None, user.encode()))
     body, content_type = multipart_body(fields)
-    return post(url, body, content_type, timeout)
+    return post(url, body, content_type, timeout, headers)
 
 
 def health(server: str, timeout: float = 30.0) -> dict:

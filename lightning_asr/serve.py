@@ -23,14 +23,20 @@ Design:
   around swap + decode (audio decoding and feature extraction run outside it). Throughput on this design
   comes from batching (long audio is decoded in batches of windows) and a faster device, not from
   concurrent requests.
+- **Keys and limits** (``ServiceLimits``, ``create_app``): ``--api-key`` turns on bearer-token
+  authorisation for every route but ``/health`` (401 without a key, 403 with a wrong one). A user's
+  directory may hold ``access_key.sha256`` (the hex SHA-256 of that user's key): requests for that user
+  then need the key in ``X-User-Key``; ``--require-user-keys`` makes a key file compulsory for every user
+  and makes an uploaded adapter name its user and carry that user's key. Uploads, adapter files, audio
+  seconds and waiting requests are bounded (413, or 503 with ``Retry-After``). Nothing is unpickled: adapter
+  files are safetensors and JSON, and user ids are validated before they touch a path.
 """
 
 from __future__ import annotations
 
 import copy
-import email.message
-import email.parser
-import email.utils
+import hashlib
+import hmac
 import io
 import itertools
 import json
@@ -68,7 +74,8 @@ from lightning_asr.config import ConfigError, DecodeConfig, ModelConfig, structu
 from lightning_asr.models import backbone_for
 
 ADAPTER_FILES = (SIDE_JSON, SIDE_TENSORS, PEFT_CONFIG, PEFT_TENSORS)
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+USER_KEY_FILE = "access_key.sha256"  # in a user's adapter directory: the hex SHA-256 of the user's key
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")  # fullmatch: "$" would let a final newline in
 MODES = ("merged", "unmerged")
 WINDOWS_PER_BATCH = 16  # long audio: windows decoded together, in batches of at most this many (bounded memory)
 log = logging.getLogger(__name__)
@@ -107,35 +114,45 @@ def decode_audio_bytes(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-# ---- multipart ------------------------------------------------------------------------------------------------
-def _header_param(headers: email.message.Message, header: str, param: str) -> str | None:
-    value = headers.get_param(param, header=header)
-    return None if value is None else email.utils.collapse_rfc2231_value(value)
+# ---- keys and limits ------------------------------------------------------------------------------------------
+@dataclass
+class ServiceLimits:
+    """What one request may carry and how many may wait; every bound is refused with the fix."""
+
+    max_upload_bytes: int = 25 * 2**20  # the whole request body
+    max_adapter_bytes: int = 64 * 2**20  # the uploaded adapter files together
+    max_audio_seconds: float = 600.0  # audio length per request
+    max_queue: int = 16  # requests waiting for the model beyond the one being decoded (then 503)
+    retry_after_seconds: int = 2
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
-    """``(field name, file name, content)`` of each part of a ``multipart/form-data`` body held in memory.
-    The standard library parses the headers; the body is split on its boundary, which by definition does
-    not occur inside any part (python-multipart would be one more dependency for this)."""
-    envelope = email.message.Message()
-    envelope["content-type"] = content_type
-    boundary = envelope.get_param("boundary")
-    if not boundary:
-        raise ServeError(400, "multipart body without a boundary in its Content-Type")
-    pieces = body.split(b"--" + str(boundary).encode("latin-1"))
-    if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
-        raise ServeError(400, "truncated multipart body (no closing boundary)")
-    parts = []
-    for piece in pieces[1:-1]:
-        head, separator, content = piece.partition(b"\r\n\r\n")
-        if not (head.startswith(b"\r\n") and separator and content.endswith(b"\r\n")):
-            raise ServeError(400, "malformed multipart body (a part without headers or line ends)")
-        headers = email.parser.BytesHeaderParser().parsebytes(head[2:] + b"\r\n\r\n")
-        name = _header_param(headers, "content-disposition", "name")
-        if not name:
-            raise ServeError(400, "a multipart part has no name in its Content-Disposition")
-        parts.append((name, _header_param(headers, "content-disposition", "filename"), content[:-2]))
-    return parts
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def write_user_key(user_directory: str | Path, key: str) -> Path:
+    """Store ``key``'s digest in a user's adapter directory (the server never keeps the key itself)."""
+    path = Path(user_directory) / USER_KEY_FILE
+    path.write_text(key_digest(key) + "\n")
+    return path
+
+
+def check_user_key(directory: Path, user: str, key: str | None, required: bool) -> None:
+    """401 when a key is needed and missing, 403 when it is wrong; nothing when the user has no key file and
+    keys are not required."""
+    path = directory / USER_KEY_FILE
+    if not path.is_file():
+        if required:
+            raise ServeError(
+                403,
+                f"user {user!r} has no access key and the server requires one — fix: store one with "
+                f"lightning_asr.serve.write_user_key({str(directory)!r}, KEY)",
+            )
+        return
+    if not key:
+        raise ServeError(401, f"user {user!r} needs an access key — fix: send it in the X-User-Key header")
+    if not hmac.compare_digest(path.read_text().strip(), key_digest(key)):
+        raise ServeError(403, f"wrong access key for user {user!r}")
 
 
 # ---- engine ---------------------------------------------------------------------------------------------------
@@ -194,6 +211,8 @@ class AdapterServer:
         max_new_tokens: int | None = None,
         device: str = "cpu",
         max_structures: int = 8,
+        require_user_keys: bool = False,
+        max_audio_seconds: float | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: choose merged or unmerged")
@@ -201,6 +220,7 @@ class AdapterServer:
             raise ValueError("cache_size must be at least 1")
         self.base_spec, self.adapters_dir, self.mode, self.cache_size = str(base), Path(adapters), mode, cache_size
         self.max_structures = max(1, max_structures)
+        self.require_user_keys, self.max_audio_seconds = require_user_keys, max_audio_seconds
         defaults = DecodeConfig()
         self.decode_config = structured(
             DecodeConfig,
@@ -246,6 +266,13 @@ class AdapterServer:
         """Model inputs of the audio cut into encoder windows (one piece where the encoder takes any length),
         in batches of at most ``WINDOWS_PER_BATCH`` windows, and the audio's length in seconds."""
         samples = decode_audio_bytes(audio)
+        seconds = len(samples) / SAMPLE_RATE
+        if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
+            raise ServeError(
+                413,
+                f"{seconds:.1f} s of audio is longer than this server's {self.max_audio_seconds:g} s per request — "
+                "fix: split it, or start the server with a larger --max-audio-seconds",
+            )
         step = self.window_samples or len(samples)
         windows = [samples[i : i + step] for i in range(0, len(samples), step)]
         batches = [
@@ -260,20 +287,32 @@ class AdapterServer:
         user: str | None = None,
         adapter_files: dict[str, bytes] | None = None,
         language: str | None = None,
+        user_key: str | None = None,
     ) -> dict:
-        """Decode ``audio`` with the adapter of ``user`` (from the store) or the uploaded ``adapter_files``."""
+        """Decode ``audio`` with the adapter of ``user`` (from the store) or the uploaded ``adapter_files``
+        (which, where user keys are required, name their ``user`` and carry the key)."""
         started = time.perf_counter()
-        if (user is None) == (adapter_files is None):
-            raise ServeError(400, "give either a user id or the adapter files, not both and not neither")
-        if user is not None and not USER_ID.match(user):
-            raise ServeError(400, f"invalid user id {user!r} — fix: letters, digits and _ . @ - only, at most 128")
+        if user is None and adapter_files is None:
+            raise ServeError(400, "give either a user id or the adapter files")
+        if user is not None and adapter_files is not None and not self.require_user_keys:
+            raise ServeError(400, "give either a user id or the adapter files, not both")
+        if user is not None and not USER_ID.fullmatch(user):
+            raise ServeError(400, f"invalid user id {user!r:.140} — fix: letters, digits and _ . @ - only, at most 128")
+        if adapter_files is not None and self.require_user_keys and user is None:
+            raise ServeError(
+                401,
+                "this server requires an uploaded adapter to name its user and carry the user's key — fix: "
+                "send the user field and the X-User-Key header with the files",
+            )
+        if user is not None:
+            check_user_key(self.adapters_dir / user, user, user_key, self.require_user_keys)
         forced = self.default_language if language is None else self.parse_language(language)
         features, seconds = self.features(audio)
         audio_ms = (time.perf_counter() - started) * 1000
         with self.lock:
             try:
                 locked = time.perf_counter()
-                if user is not None:
+                if adapter_files is None:
                     adapter, cache_hit, load_ms = self._user_adapter(user)
                 else:
                     adapter, cache_hit, load_ms = self._uploaded_adapter(adapter_files), False, None
@@ -295,7 +334,7 @@ class AdapterServer:
             "language": forced or detected,
             "language_detected": forced is None,
             "user": user,
-            "adapter_source": "store" if user is not None else "upload",
+            "adapter_source": "store" if adapter_files is None else "upload",
             "strategy": adapter.strategy,
             "mode": "merged" if merged else "unmerged",
             "cache_hit": cache_hit,
@@ -517,7 +556,7 @@ class AdapterServer:
         rows = []
         if not self.adapters_dir.is_dir():
             return rows
-        for directory in sorted(p for p in self.adapters_dir.iterdir() if p.is_dir() and USER_ID.match(p.name)):
+        for directory in sorted(p for p in self.adapters_dir.iterdir() if p.is_dir() and USER_ID.fullmatch(p.name)):
             row = {"user": directory.name, "cached": directory.name in self.snapshot[0]}
             try:
                 side = read_side_file(directory)
@@ -567,32 +606,66 @@ class AdapterServer:
 
 
 # ---- HTTP -----------------------------------------------------------------------------------------------------
-def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
+def create_app(
+    server: AdapterServer,
+    max_upload_bytes: int | None = None,
+    api_keys: list[str] | None = None,
+    limits: ServiceLimits | None = None,
+):
     """The FastAPI application over ``server``. ``POST /transcribe`` takes either
 
     - the audio as the raw body, with ``?user=ID`` (and optionally ``&language=xx``), or
     - ``multipart/form-data`` with an ``audio`` file part, and either a ``user`` field or ``adapter`` file
       parts named by their file names (``lightning_asr_adapter.json``, ``lightning_asr_adapter.safetensors``
       and, for LoRA/BLoRA, ``adapter_config.json`` and ``adapter_model.safetensors``).
+
+    ``api_keys``: bearer tokens accepted on every route but ``/health`` (none: no authorisation).
+    ``X-User-Key``: a user's own key, where the store holds one for that user.
     """
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
 
     from lightning_asr import __version__
 
+    limits = limits or ServiceLimits()
+    if max_upload_bytes is not None:
+        limits = ServiceLimits(**{**limits.__dict__, "max_upload_bytes": max_upload_bytes})
     app = FastAPI(title="lightning-asr", version=__version__)
-    limit_mb = max_upload_bytes / 2**20
+    limit_mb = limits.max_upload_bytes / 2**20
+    digests = [key_digest(k) for k in api_keys or []]
+    waiting = {"count": 0}  # requests inside /transcribe (one decodes, the rest wait for the model)
+
+    def problem(err: ServeError) -> JSONResponse:
+        headers = {}
+        if err.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if err.status == 503:
+            headers["Retry-After"] = str(limits.retry_after_seconds)
+        return JSONResponse({"detail": err.message, "status": err.status}, status_code=err.status, headers=headers)
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, err: ServeError):
-        return JSONResponse({"detail": err.message, "status": err.status}, status_code=err.status)
+        return problem(err)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, err: Exception):
         return JSONResponse(
             {"detail": f"internal error: {err.__class__.__name__}: {err}", "status": 500}, status_code=500
         )
+
+    @app.middleware("http")
+    async def authorise(request: Request, call_next):
+        if digests and request.url.path != "/health":
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return problem(ServeError(401, "this server needs an API key — fix: send 'Authorization: Bearer KEY'"))
+            given = key_digest(token.strip())
+            if not any(hmac.compare_digest(given, d) for d in digests):
+                return problem(ServeError(403, "the API key is not valid for this server"))
+        return await call_next(request)
 
     async def read_body(request: Request) -> bytes:
         too_large = ServeError(
@@ -604,19 +677,37 @@ def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size <= max_upload_bytes:
+            if size <= limits.max_upload_bytes:
                 chunks.append(chunk)
-            elif size > 16 * max_upload_bytes + 2**26:
+            elif size > 16 * limits.max_upload_bytes + 2**26:
                 break  # drained enough; the connection is closed after the 413
             else:
                 chunks = []  # keep reading (discarding) so the client can read the 413 instead of a reset
-        if size > max_upload_bytes or (declared and declared.isdigit() and int(declared) > max_upload_bytes):
+        if size > limits.max_upload_bytes or (
+            declared and declared.isdigit() and int(declared) > limits.max_upload_bytes
+        ):
             raise too_large
         return b"".join(chunks)
 
+    async def read_form(request: Request, body: bytes):
+        """The multipart form of a body already read (and bounded), parsed by python-multipart."""
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            return await Request(request.scope, replay).form(max_files=1 + len(ADAPTER_FILES), max_fields=8)
+        except Exception as err:  # python-multipart's and starlette's parse errors
+            raise ServeError(400, f"malformed multipart body: {err}") from None
+
     @app.get("/health")
     async def health():
-        return server.health()
+        return {**server.health(), "waiting": waiting["count"]}
 
     @app.get("/users")
     async def users():
@@ -624,37 +715,66 @@ def create_app(server: AdapterServer, max_upload_bytes: int = 25 * 2**20):
 
     @app.post("/transcribe")
     async def transcribe(request: Request, user: str | None = None, language: str | None = None):
+        if waiting["count"] > limits.max_queue:
+            raise ServeError(
+                503,
+                f"{waiting['count']} requests are waiting for the model already — fix: retry after the "
+                f"Retry-After seconds, or start the server with a larger --max-queue",
+            )
+        waiting["count"] += 1
+        try:
+            return await transcribe_one(request, user, language)
+        finally:
+            waiting["count"] -= 1
+
+    async def transcribe_one(request: Request, user: str | None, language: str | None) -> dict:
         body = await read_body(request)
         content_type = request.headers.get("content-type", "")
         adapter_files = None
         if content_type.lower().startswith("multipart/form-data"):
             audio = None
-            for name, filename, content in parse_multipart(body, content_type):
+            form = await read_form(request, body)
+            for name, value in form.multi_items():
+                content = await value.read() if isinstance(value, UploadFile) else str(value).encode("utf-8")
                 if name == "audio":
                     audio = content
                 elif name == "user":
                     user = content.decode("utf-8", "replace").strip()
                 elif name == "language":
                     language = content.decode("utf-8", "replace").strip()
-                elif name == "adapter":
+                elif name == "adapter" and isinstance(value, UploadFile):
                     adapter_files = adapter_files or {}
-                    key = Path(filename or "").name
-                    if key not in ADAPTER_FILES:
+                    key = Path(value.filename or "").name
+                    if key not in ADAPTER_FILES or key != (value.filename or ""):
                         raise ServeError(
                             422,
-                            f"adapter part with file name {filename!r} — fix: send the files of an "
+                            f"adapter part with file name {value.filename!r} — fix: send the files of an "
                             f"adapter directory under their own names ({', '.join(ADAPTER_FILES)})",
                         )
+                    if key in adapter_files:
+                        raise ServeError(422, f"adapter file {key} sent twice — fix: send each file once")
                     adapter_files[key] = content
                 else:
                     raise ServeError(422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter")
+            await form.close()
             if audio is None:
                 raise ServeError(422, "multipart request without an 'audio' part")
+            if adapter_files and sum(map(len, adapter_files.values())) > limits.max_adapter_bytes:
+                raise ServeError(
+                    413,
+                    f"adapter files larger than {limits.max_adapter_bytes / 2**20:g} MB together — fix: export a "
+                    "smaller adapter, or start the server with a larger --max-adapter-mb",
+                )
         else:
             audio = body
         try:
             return await run_in_threadpool(
-                server.transcribe, audio, user=user, adapter_files=adapter_files, language=language
+                server.transcribe,
+                audio,
+                user=user,
+                adapter_files=adapter_files,
+                language=language,
+                user_key=request.headers.get("x-user-key"),
             )
         except ServeError:
             raise
@@ -706,6 +826,11 @@ def serve(
     num_beams: int | None = None,
     max_new_tokens: int | None = None,
     device: str = "cpu",
+    api_keys: list[str] | None = None,
+    require_user_keys: bool = False,
+    max_audio_seconds: float = 600.0,
+    max_adapter_mb: float = 64.0,
+    max_queue: int = 16,
 ) -> None:
     """Load the base once and serve until interrupted (one process, one worker: one shared base)."""
     import uvicorn
@@ -719,6 +844,14 @@ def serve(
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         device=device,
+        require_user_keys=require_user_keys,
+        max_audio_seconds=max_audio_seconds,
+    )
+    limits = ServiceLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_adapter_bytes=int(max_adapter_mb * 2**20),
+        max_audio_seconds=max_audio_seconds,
+        max_queue=max_queue,
     )
     structures = server.preload_structures()
     print(
@@ -726,4 +859,7 @@ def serve(
         f"on http://{host}:{port}",
         flush=True,
     )
-    uvicorn.run(create_app(server, int(max_upload_mb * 2**20)), host=host, port=port, log_level="info", workers=1)
+    if not api_keys:
+        print("no --api-key: anyone who can reach this port can transcribe and upload adapters", flush=True)
+    app = create_app(server, api_keys=api_keys, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level="info", workers=1)

@@ -26,6 +26,7 @@ USERS = {
     "gina": ({"name": "glora", "type": 1, "rank": 4, "alpha": 8}, 3),
     "bella": ({"name": "blora", "rank": 4, "alpha": 8}, 4),
     "nina": ({"name": "lora", "rank": 4, "alpha": 8, "new_tokens": ["회의실", "email을"]}, 5),  # extended vocabulary
+    "bert": ({"name": "bottleneck", "bottleneck": 8}, 6),  # another PEFT family, not a LoRA
 }
 MERGEABLE = ("alice", "bob", "bella")
 
@@ -40,7 +41,7 @@ def export_adapter(directory, values, seed, base_seed=0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in strategy.trainable_parameters():
-            if name.endswith("lora_B.weight") or "gate" in name or "glu" in name:
+            if name.endswith(("lora_B.weight", "adapter_up.weight")) or "gate" in name or "glu" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
             elif name.endswith("embed_tokens.extra"):  # large rows: the new tokens get decoded
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 3)
@@ -112,7 +113,8 @@ def test_health_and_users(served):
     url, engine = served
     health = client.health(url)
     assert health["status"] == "ok" and health["base"] == BASE and health["mode"] == "unmerged"
-    assert len(health["structures"]) == 4  # lora (alice and bob share it), glora, blora, lora + new tokens
+    # lora (alice and bob share it), glora, blora, lora + new tokens, bottleneck
+    assert len(health["structures"]) == 5
     with urllib.request.urlopen(url + "/users") as response:
         users = {row["user"]: row for row in json.loads(response.read())["users"]}
     assert users["alice"]["strategy"] == "lora" and "problem" not in users["alice"]
