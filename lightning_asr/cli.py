@@ -84,6 +84,8 @@ def _serve(args) -> int:
             max_audio_seconds=args.max_audio_seconds,
             max_adapter_mb=args.max_adapter_mb,
             max_queue=args.max_queue,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_ms=args.batch_timeout_ms,
         )
     except (ModelSpecError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -158,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer audio gets HTTP 413")
     serve.add_argument("--max-adapter-mb", type=float, default=64.0, help="larger uploaded adapters get HTTP 413")
     serve.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get HTTP 503")
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1,
+        help="decode up to this many requests together, each with its own user's adapter (1: one at a time)",
+    )
+    serve.add_argument(
+        "--batch-timeout-ms", type=float, default=5.0, help="how long a batch waits for more requests after its first"
+    )
     client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
     client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
     client.add_argument("--user", help="user id of an adapter in the server's store (or of the uploaded adapter)")

@@ -124,6 +124,59 @@ class ServiceLimits:
     max_audio_seconds: float = 600.0  # audio length per request
     max_queue: int = 16  # requests waiting for the model beyond the one being decoded (then 503)
     retry_after_seconds: int = 2
+    # requests arriving within batch_timeout_ms of each other are decoded together, up to max_batch_size
+    # (1: each request alone, as it comes)
+    max_batch_size: int = 1
+    batch_timeout_ms: float = 5.0
+
+
+class RequestBatcher:
+    """Collects requests for ``AdapterServer.transcribe_many``: a batch is sent when ``max_batch_size``
+    requests wait or ``timeout_ms`` after its first one arrived, whichever comes first."""
+
+    def __init__(self, server: AdapterServer, max_batch_size: int, timeout_ms: float):
+        self.server, self.max_batch_size, self.timeout = server, max_batch_size, timeout_ms / 1000
+        self.pending: list = []
+        self.timer = None
+
+    async def submit(self, request: dict) -> dict:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((request, future))
+        if len(self.pending) >= self.max_batch_size:
+            self.flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.timeout, self.flush)
+        result = await future
+        if isinstance(result, ServeError):
+            raise result
+        return result
+
+    def flush(self) -> None:
+        import asyncio
+
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending[: self.max_batch_size], self.pending[self.max_batch_size :]
+        if self.pending:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self.flush)
+        if batch:
+            asyncio.get_running_loop().create_task(self.run(batch))
+
+    async def run(self, batch: list) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            results = await run_in_threadpool(self.server.transcribe_many, [request for request, _ in batch])
+        except Exception as err:  # the engine stays consistent; every request of the batch learns why
+            log.exception("batched transcription failed")
+            results = [ServeError(500, f"internal error: {err.__class__.__name__}: {err}")] * len(batch)
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
 
 
 def key_digest(key: str) -> str:
@@ -294,18 +347,7 @@ class AdapterServer:
         started = time.perf_counter()
         if user is None and adapter_files is None:
             raise ServeError(400, "give either a user id or the adapter files")
-        if user is not None and adapter_files is not None and not self.require_user_keys:
-            raise ServeError(400, "give either a user id or the adapter files, not both")
-        if user is not None and not USER_ID.fullmatch(user):
-            raise ServeError(400, f"invalid user id {user!r:.140} — fix: letters, digits and _ . @ - only, at most 128")
-        if adapter_files is not None and self.require_user_keys and user is None:
-            raise ServeError(
-                401,
-                "this server requires an uploaded adapter to name its user and carry the user's key — fix: "
-                "send the user field and the X-User-Key header with the files",
-            )
-        if user is not None:
-            check_user_key(self.adapters_dir / user, user, user_key, self.require_user_keys)
+        self._check_request(user, adapter_files, user_key)
         forced = self.default_language if language is None else self.parse_language(language)
         features, seconds = self.features(audio)
         audio_ms = (time.perf_counter() - started) * 1000
@@ -356,6 +398,149 @@ class AdapterServer:
         if note:
             response["note"] = note
         return response
+
+    def transcribe_many(self, requests: list[dict]) -> list[dict | ServeError]:
+        """Decode several requests (``transcribe``'s keyword arguments each, ``audio`` included) together: the
+        requests whose adapters share a structure that can be banked (``lightning_asr.batching``) go through
+        one batched pass over the shared base, each row with its own user's adapter; the others are decoded
+        one by one. A request refused (bad audio, unknown user) gets its ``ServeError`` in its place; the
+        others are still answered. A request with ``user=None`` and no files is decoded by the base."""
+        from lightning_asr.batching import bankable, row_banked
+
+        started = time.perf_counter()
+        results: list = [None] * len(requests)
+        prepared = []  # (index, request, features, seconds, forced language)
+        for index, request in enumerate(requests):
+            try:
+                user, files = request.get("user"), request.get("adapter_files")
+                if user is not None or files is not None:
+                    self._check_request(user, files, request.get("user_key"))
+                language = request.get("language")
+                forced = self.default_language if language is None else self.parse_language(language)
+                features, seconds = self.features(request["audio"])
+                prepared.append((index, request, features, seconds, forced))
+            except ServeError as err:
+                results[index] = err
+        with self.lock:
+            try:
+                groups: dict[str, list] = {}
+                for index, request, features, seconds, forced in prepared:
+                    user, files = request.get("user"), request.get("adapter_files")
+                    if user is None and files is None:
+                        groups.setdefault("", []).append((index, None, features, seconds, forced))
+                        continue
+                    try:
+                        adapter = self._uploaded_adapter(files) if files is not None else self._user_adapter(user)[0]
+                    except ServeError as err:
+                        results[index] = err
+                        continue
+                    groups.setdefault(adapter.key, []).append((index, adapter, features, seconds, forced))
+                base_rows = groups.pop("", [])
+                if base_rows:  # the base alone: any bankable slot with all-zero adapters, else the first slot
+                    key = next((k for k in groups if not bankable(self.slots[k].strategy)), None)
+                    if key is None:
+                        key = next((k for k, s in self.slots.items() if not bankable(s.strategy)), None)
+                    if key is None:
+                        for index, *_ in base_rows:
+                            results[index] = ServeError(
+                                409, "no adapter structure is loaded to decode the base through — fix: send a user"
+                            )
+                    else:
+                        groups.setdefault(key, []).extend(base_rows)
+                for key, rows in groups.items():
+                    slot = self.slots[key]
+                    reason = bankable(slot.strategy)
+                    if reason is None and self.mode == "unmerged":
+                        self._decode_banked(slot, rows, results, started, row_banked)
+                        continue
+                    for index, adapter, features, seconds, forced in rows:  # one at a time, as transcribe does
+                        note = f"decoded alone: {reason}" if reason else "decoded alone: merged mode folds one adapter"
+                        results[index] = self._decode_one(slot, adapter, features, seconds, forced, started, note)
+                self.served += sum(1 for r in results if isinstance(r, dict))
+            finally:
+                self.snapshot = self._snapshot()
+        for request, result in zip(requests, results):
+            if isinstance(result, dict):
+                files = request.get("adapter_files")
+                result.update(user=request.get("user"), adapter_source="upload" if files is not None else "store")
+        return results
+
+    def _check_request(self, user, files, user_key) -> None:
+        if user is not None and files is not None and not self.require_user_keys:
+            raise ServeError(400, "give either a user id or the adapter files, not both")
+        if user is not None and not USER_ID.fullmatch(user):
+            raise ServeError(400, f"invalid user id {user!r:.140} — fix: letters, digits and _ . @ - only, at most 128")
+        if files is not None and self.require_user_keys and user is None:
+            raise ServeError(
+                401,
+                "this server requires an uploaded adapter to name its user and carry the user's key — fix: "
+                "send the user field and the X-User-Key header with the files",
+            )
+        if user is not None:
+            check_user_key(self.adapters_dir / user, user, user_key, self.require_user_keys)
+
+    def _decode_one(self, slot, adapter, features, seconds, forced, started, note) -> dict:
+        if adapter is not None:
+            self._swap(slot, adapter)
+        with self._merged(slot) as merge:
+            texts, detected, cap_hits = self._decode(slot, features, forced)
+        response = self._batched_response(
+            adapter, texts, forced or detected, forced is None, seconds, cap_hits, started
+        )
+        response.update(mode="merged" if merge["merged"] else "unmerged", batch_rows=1, note=merge["note"] or note)
+        return response
+
+    def _decode_banked(self, slot, rows, results, started, row_banked) -> None:
+        """One batched pass of every window of ``rows`` (at most ``WINDOWS_PER_BATCH`` windows at a time), each
+        window with its request's adapter."""
+        adapters = [adapter.tensors if adapter is not None else None for _, adapter, *_ in rows]
+        languages = []
+        for position, (_, _, features, _, forced) in enumerate(rows):
+            if forced is None:  # detect per request, on its first window, with its own adapter
+                first = {k: v[:1].to(self.device) for k, v in features[0].items()}
+                with torch.no_grad(), row_banked(slot.strategy, [adapters[position]], [0]):
+                    forced = self.backbone.detect_language(slot.model, first)
+                languages.append((forced, True))
+            else:
+                languages.append((forced, False))
+        windows = []  # (row position, model inputs of one window)
+        for position, (_, _, features, _, _) in enumerate(rows):
+            for batch in features:
+                count = next(iter(batch.values())).shape[0]
+                windows += [(position, {k: v[i : i + 1] for k, v in batch.items()}) for i in range(count)]
+        texts: dict[int, list[str]] = {position: [] for position in range(len(rows))}
+        with torch.no_grad():
+            for start in range(0, len(windows), WINDOWS_PER_BATCH):
+                chunk = windows[start : start + WINDOWS_PER_BATCH]
+                positions = [position for position, _ in chunk]
+                inputs = {k: torch.cat([w[k] for _, w in chunk]).to(self.device) for k in chunk[0][1]}
+                forced_languages = [languages[position][0] for position in positions]
+                if all(language is None for language in forced_languages):
+                    forced_languages = None
+                with row_banked(slot.strategy, adapters, positions):
+                    chunk_texts, _ = self.backbone.decode(
+                        slot.model, slot.tokenizer, inputs, forced_languages, self.decode_config
+                    )
+                for position, text in zip(positions, chunk_texts):
+                    texts[position].append(text)
+        for position, (index, adapter, _, seconds, _) in enumerate(rows):
+            language, detected = languages[position]
+            # cap hits are counted per batch, not per row: not reported for a shared pass
+            response = self._batched_response(adapter, texts[position], language, detected, seconds, None, started)
+            response.update(mode="unmerged", batch_rows=len(rows))
+            results[index] = response
+
+    def _batched_response(self, adapter, texts, language, detected, seconds, cap_hits, started) -> dict:
+        return {
+            "text": "".join(texts),
+            "language": language,
+            "language_detected": detected,
+            "strategy": adapter.strategy if adapter is not None else "base",
+            "windows": len(texts),
+            "audio_seconds": round(seconds, 3),
+            "cap_hits": cap_hits,
+            "timings_ms": {"total": round((time.perf_counter() - started) * 1000, 3)},
+        }
 
     # ---- adapters --------------------------------------------------------------------------------------------
     def _user_adapter(self, user: str) -> tuple[ReadyAdapter, bool, float]:
@@ -635,6 +820,9 @@ def create_app(
     app = FastAPI(title="lightning-asr", version=__version__)
     limit_mb = limits.max_upload_bytes / 2**20
     digests = [key_digest(k) for k in api_keys or []]
+    batcher = (
+        RequestBatcher(server, limits.max_batch_size, limits.batch_timeout_ms) if limits.max_batch_size > 1 else None
+    )
     waiting = {"count": 0}  # requests inside /transcribe (one decodes, the rest wait for the model)
 
     def problem(err: ServeError) -> JSONResponse:
@@ -767,6 +955,9 @@ def create_app(
                 )
         else:
             audio = body
+        if batcher is not None:
+            request_args = {"audio": audio, "user": user, "adapter_files": adapter_files, "language": language}
+            return await batcher.submit({**request_args, "user_key": request.headers.get("x-user-key")})
         try:
             return await run_in_threadpool(
                 server.transcribe,
@@ -831,6 +1022,8 @@ def serve(
     max_audio_seconds: float = 600.0,
     max_adapter_mb: float = 64.0,
     max_queue: int = 16,
+    max_batch_size: int = 1,
+    batch_timeout_ms: float = 5.0,
 ) -> None:
     """Load the base once and serve until interrupted (one process, one worker: one shared base)."""
     import uvicorn
@@ -852,6 +1045,8 @@ def serve(
         max_adapter_bytes=int(max_adapter_mb * 2**20),
         max_audio_seconds=max_audio_seconds,
         max_queue=max_queue,
+        max_batch_size=max_batch_size,
+        batch_timeout_ms=batch_timeout_ms,
     )
     structures = server.preload_structures()
     print(

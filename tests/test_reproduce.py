@@ -508,7 +508,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert "adapting" not in capsys.readouterr().out  # nothing trained
     text = report.read_text()
     assert f"- glora-types / glora-1 / seed 1: run {glora.info.run_id} deleted" in text
-    assert f"- rank-sweep / glora-1 / seed 1: run {glora.info.run_id} deleted" in text
+    assert f"- glora-vs-adapters / glora-1 / seed 1: run {glora.info.run_id} deleted" in text
 
 
 # the reproduce smoke path is test_tiny_profile_end_to_end; this one checks --experiments

@@ -4,8 +4,10 @@ The GLoRA seed's first open question: how does GLoRA compare with other paramete
 as (bottleneck) adapters? One GLoRA type, LoRA and Houlsby-style bottleneck adapters, each with the benchmark's
 budget and learning rate, compared on target error and forgetting. A comparison counts only where the
 trainable-parameter counts agree within ``tolerance`` (default 10 %) of LoRA's; otherwise it is inconclusive
-and the report names the counts. Bottleneck width 9 after every attention and feed-forward block matches
-LoRA at rank 8 on q and v of every attention within 1 % on whisper-toy and whisper-tiny.
+and the report names the counts. Widths that match (after every attention and feed-forward block), measured
+with ``strategy.parameter_counts()``: 9 for LoRA at rank 8 on q and v of every attention (within 1 % on
+whisper-toy and whisper-tiny); 4 for rank 4 on q and v (-6 %, whisper-tiny: the smoke benchmark); 35 for
+rank 8 on every linear layer (+1 %, whisper-toy: the embedded benchmark).
 """
 
 from __future__ import annotations
