@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TOKENIZER := .cache/whisper-tokenizer/tokenizer.json
+ENGLISH_SPELLING := .cache/whisper-assets/english.json
 PROFILE ?= embedded
 SEEDS ?=
 
 .PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui clean
 
-setup: $(INSTALLED) $(TOKENIZER)
+setup: $(INSTALLED) $(TOKENIZER) $(ENGLISH_SPELLING)
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,8 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,synth]'
 	touch $(INSTALLED)
 
-$(TOKENIZER): $(INSTALLED)
+# the tokenizer and Whisper's English spelling map, from the pinned openai-whisper sdist
+$(TOKENIZER) $(ENGLISH_SPELLING): $(INSTALLED)
 	$(BIN)/python -m lightning_asr.tokenizer
 
 # ruff: lint rules and formatting in pyproject.toml; `make format` rewrites the tree to match

@@ -83,6 +83,9 @@ class ScoringConfig:
     """Text normalisation and pooling of error rates (lightning_asr/text.py, lightning_asr/metrics.py)."""
 
     numbers: str = "keep"  # keep | words: spell digits out in English sets
+    # basic | whisper: Whisper's EnglishTextNormalizer (spelling map, "mr" -> "mister", numbers as digits) on
+    # monolingual English sets, as published Whisper figures are scored; code-switched sets keep basic
+    english: str = "basic"
     traditional_to_simplified: bool = False  # Chinese: score in simplified characters
     korean_jamo_map: bool = True  # Korean: compatibility jamo -> conjoining jamo before scoring
     average: str = "corpus"  # corpus: sum of edits / sum of tokens; utterance: mean of per-utterance rates

@@ -31,6 +31,7 @@ code-switched speech; not Morris' "match error rate" that torchmetrics and jiwer
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -151,10 +152,13 @@ class TextNormalizer:
     numbers: str = "keep"  # keep | words (monolingual English only)
     traditional_to_simplified: bool = False
     korean_jamo_map: bool = True
+    english: str = "basic"  # basic | whisper (monolingual English only)
 
     def __post_init__(self):
         if self.numbers not in ("keep", "words"):
             raise ValueError(f"numbers={self.numbers!r}: choose keep or words")
+        if self.english not in ENGLISH_NORMALIZERS:
+            raise ValueError(f"scoring.english={self.english!r}: choose {' or '.join(ENGLISH_NORMALIZERS)}")
 
     @classmethod
     def from_scoring(cls, lang: str, scoring) -> TextNormalizer:
@@ -165,16 +169,25 @@ class TextNormalizer:
             scoring.get("numbers", "keep"),
             scoring.get("traditional_to_simplified", False),
             scoring.get("korean_jamo_map", True),
+            scoring.get("english", "basic"),
         )
 
     @property
     def id(self) -> str:
         return (
             f"{NORMALIZER_NAME}-v{NORMALIZER_VERSION}[{self.lang or 'any'},numbers={self.numbers},"
-            f"t2s={int(self.traditional_to_simplified)},jamo={int(self.korean_jamo_map)}]"
+            f"t2s={int(self.traditional_to_simplified)},jamo={int(self.korean_jamo_map)}"
+            + (f",english={WHISPER_ENGLISH_ID}" if self.uses_whisper_english else "")
+            + "]"
         )
 
+    @property
+    def uses_whisper_english(self) -> bool:
+        return self.english == "whisper" and self.lang == "en"
+
     def __call__(self, text: str) -> str:
+        if self.uses_whisper_english:
+            return " ".join(whisper_english_normalizer()(text).split())
         languages = set(self.lang.split("-"))
         if "ko" in languages and self.korean_jamo_map:
             text = map_compatibility_jamo(text)
@@ -193,6 +206,24 @@ class TextNormalizer:
         if "zh" in languages:
             text = _SPACE_BETWEEN_CJK.sub("", text)
         return text
+
+
+ENGLISH_NORMALIZERS = ("basic", "whisper")
+# Whisper's EnglishTextNormalizer (transformers' port) with the spelling map of openai-whisper 20250625
+WHISPER_ENGLISH_ID = "whisper-english-v1"
+
+
+@functools.lru_cache(maxsize=1)
+def whisper_english_normalizer():
+    """Whisper's ``EnglishTextNormalizer`` built from its spelling map (``english.json`` of the pinned
+    openai-whisper sdist, fetched by ``make setup``)."""
+    import json
+
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from lightning_asr.tokenizer import fetch_english_spelling
+
+    return EnglishTextNormalizer(json.loads(fetch_english_spelling().read_text()))
 
 
 def normalize(text: str, lang: str = "") -> str:

@@ -30,6 +30,8 @@ WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_SDIST_FILE = "openai_whisper-20250625.tar.gz"
 WHISPER_SDIST_SHA256 = "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"
 RANKS_MEMBER = "openai_whisper-20250625/whisper/assets/multilingual.tiktoken"
+# the spelling map of Whisper's EnglishTextNormalizer (British -> American spellings), for scoring.english
+ENGLISH_SPELLING_MEMBER = "openai_whisper-20250625/whisper/normalizers/english.json"
 
 VOCAB_SIZE = 51865
 N_BPE_RANKS = 50257
@@ -64,8 +66,19 @@ def cache_dir() -> Path:
 
 def fetch_bpe_ranks(cache: Path | None = None) -> Path:
     """Return the path of ``multilingual.tiktoken``, fetching the pinned sdist with pip once if needed."""
+    return fetch_whisper_asset(RANKS_MEMBER, cache)
+
+
+def fetch_english_spelling(cache: Path | None = None) -> Path:
+    """Return the path of Whisper's ``english.json`` spelling map, from the same pinned sdist."""
+    return fetch_whisper_asset(ENGLISH_SPELLING_MEMBER, cache)
+
+
+def fetch_whisper_asset(member_name: str, cache: Path | None = None) -> Path:
+    """One file of the pinned ``openai-whisper`` sdist, cached under ``whisper-assets/`` (downloaded with pip
+    and checked against its sha256 on first use)."""
     cache = cache or cache_dir()
-    target = cache / "whisper-assets" / "multilingual.tiktoken"
+    target = cache / "whisper-assets" / Path(member_name).name
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,16 +101,16 @@ def fetch_bpe_ranks(cache: Path | None = None) -> Path:
         if result.returncode != 0 or not sdist.exists():
             raise TokenizerError(
                 f"could not download {WHISPER_SDIST} with pip ({result.stderr.strip()[-400:]}). "
-                f"Fix: make the package index reachable, or place multilingual.tiktoken at {target}."
+                f"Fix: make the package index reachable, or place {target.name} at {target}."
             )
         from lightning_asr.adapters.export import file_sha256
 
         if file_sha256(sdist) != WHISPER_SDIST_SHA256:
             raise TokenizerError(f"{WHISPER_SDIST_FILE} does not have the expected sha256 {WHISPER_SDIST_SHA256}")
         with tarfile.open(sdist) as archive:
-            member = archive.extractfile(RANKS_MEMBER)
+            member = archive.extractfile(member_name)
             if member is None:
-                raise TokenizerError(f"{RANKS_MEMBER} is missing from {WHISPER_SDIST_FILE}")
+                raise TokenizerError(f"{member_name} is missing from {WHISPER_SDIST_FILE}")
             partial = target.with_suffix(".partial")
             partial.write_bytes(member.read())
             partial.replace(target)
@@ -243,4 +256,5 @@ def load_processor(spec: str | os.PathLike | None = None, chunk_length: int = 30
 
 if __name__ == "__main__":
     built = load_tokenizer()
+    fetch_english_spelling()  # scoring.english: whisper
     print(f"Whisper tokenizer ready: {len(built)} tokens, cached under {cache_dir()}")

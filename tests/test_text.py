@@ -68,3 +68,19 @@ def test_never_nfkd():
 
     text = "회의실 ㄱ"
     assert TextNormalizer("en")(text) == text  # NFKD would split syllables, NFKC would touch the lone jamo
+
+
+def test_whisper_english_normaliser_scores_as_published_whisper_figures_are():
+    """``scoring.english: whisper``: Whisper's EnglishTextNormalizer with its spelling map, on English sets only."""
+    from lightning_asr.text import TextNormalizer
+
+    whisper = TextNormalizer("en", english="whisper")
+    assert whisper("Mr. Smith met Dr. Jones.") == "mister smith met doctor jones"  # abbreviations
+    assert whisper("twenty five people") == "25 people"  # numbers as digits
+    assert whisper("The colour of the organisation") == "the color of the organization"  # British spellings
+    assert TextNormalizer("en")("Mr. Smith met Dr. Jones.") == "mr smith met dr jones"  # basic stays the default
+    assert "english=whisper-english-v1" in whisper.id and "english" not in TextNormalizer("en").id
+    code_switched = TextNormalizer("ko-en", english="whisper")
+    assert code_switched("회의 colour") == "회의 colour" and "english" not in code_switched.id
+    with pytest.raises(ValueError, match="scoring.english"):
+        TextNormalizer("en", english="fancy")
