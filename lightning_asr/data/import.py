@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, importer in IMPORTERS.items():
         sub = corpora.add_parser(name, help=importer.help, description=f"{importer.help}. {importer.layout}.")
-        sub.add_argument("--root", type=Path, required=True, help="the corpus folder")
+        sub.add_argument("--root", type=Path, required=importer.needs_root, help="the corpus folder")
         sub.add_argument("--out", type=Path, required=True, help="folder for the manifests (created if missing)")
         sub.add_argument("--force", action="store_true", help="overwrite existing manifests")
         sub.add_argument(
@@ -41,7 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = {key: value for key, value in vars(args).items() if key not in COMMON_OPTIONS}
     try:
-        run_import(args.corpus, args.root, args.out, force=args.force, strict=args.strict, **options)
+        if options.get("to_lhotse"):  # the other direction: a manifest written as a Lhotse CutSet
+            from lightning_asr.data.importers.lhotse_cuts import manifest_to_cutset
+
+            if args.out.exists() and not args.force:
+                raise ImporterError(f"{args.out} already exists — fix: pass --force to overwrite it")
+            count = manifest_to_cutset(options["to_lhotse"], args.out)
+            print(f"{args.out}: {count} cuts from {options['to_lhotse']}")
+            return 0
+        root = args.root
+        if root is None:  # importers that read the files their options name
+            named = [v for k, v in options.items() if isinstance(v, Path)]
+            root = named[0].parent if named else Path.cwd()
+        run_import(args.corpus, root, args.out, force=args.force, strict=args.strict, **options)
     except ImporterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_asr.data.importers import aishell, fleurs, hf_parquet, kecs, librispeech, seame
+from lightning_asr.data.importers import aishell, fleurs, hf_parquet, kecs, lhotse_cuts, librispeech, seame
 from lightning_asr.data.importers.common import Collection, Importer, ImporterError
 
 IMPORTERS: dict[str, Importer] = {
@@ -24,6 +24,7 @@ IMPORTERS: dict[str, Importer] = {
         librispeech.LIBRISPEECH_IMPORTER,
         librispeech.ZEROTH_IMPORTER,
         aishell.IMPORTER,
+        lhotse_cuts.IMPORTER,
     )
 }
 

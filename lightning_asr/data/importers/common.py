@@ -250,3 +250,4 @@ class Importer:
     collect: Callable[..., None]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     layout: str = ""
+    needs_root: bool = True  # False: the importer reads files its own options name (Lhotse manifests)
