@@ -55,6 +55,7 @@ reproduce: setup
 MLFLOW_PORT ?= 5000
 # The MLflow UI on loopback, against the benchmark's store, with one worker (2 processes, ~0.5 GiB)
 mlflow-ui: setup
+	$(BIN)/python -m lightning_asr.study.ui --port $(MLFLOW_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \
 		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 

@@ -1,0 +1,41 @@
+"""What `make mlflow-ui` prints before it starts the server: the direct link to each benchmark's training runs.
+
+MLflow 3 opens an experiment on its GenAI "Overview" page (traces, latency, token usage: all empty for
+training runs); the runs table, where the comparison happens, is one URL away: ``#/experiments/<id>/runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def runs_links(tracking_uri: str, host: str, port: int) -> list[str]:
+    """One line per experiment of the store: its name and the URL of its runs table."""
+    from mlflow.tracking import MlflowClient
+
+    experiments = MlflowClient(tracking_uri=tracking_uri).search_experiments()
+    return [
+        f"  {e.name}: http://{host}:{port}/#/experiments/{e.experiment_id}/runs"
+        for e in sorted(experiments, key=lambda e: e.name)
+        if e.name != "Default"
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_asr.study.ui")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    from lightning_asr.console import quiet
+
+    quiet()
+    links = runs_links(args.tracking_uri, args.host, args.port)
+    print("MLflow UI: the training runs of each benchmark (compare: tick runs, then Compare):")
+    print("\n".join(links) if links else "  (no experiment in the store yet: run make bench-forgetting)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
