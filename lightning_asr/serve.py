@@ -415,6 +415,8 @@ class AdapterServer:
                 user, files = request.get("user"), request.get("adapter_files")
                 if user is not None or files is not None:
                     self._check_request(user, files, request.get("user_key"))
+                elif self.require_user_keys:
+                    raise ServeError(401, "this server requires a user and the user's key for every request")
                 language = request.get("language")
                 forced = self.default_language if language is None else self.parse_language(language)
                 features, seconds = self.features(request["audio"])
@@ -423,37 +425,49 @@ class AdapterServer:
                 results[index] = err
         with self.lock:
             try:
-                groups: dict[str, list] = {}
+                # by structure: the Slot itself (loading a later request's structure may evict it from
+                # self.slots, and this batch still decodes through it)
+                groups: dict[str, tuple[Slot | None, list]] = {}
                 for index, request, features, seconds, forced in prepared:
                     user, files = request.get("user"), request.get("adapter_files")
                     if user is None and files is None:
-                        groups.setdefault("", []).append((index, None, features, seconds, forced))
+                        groups.setdefault("", (None, []))[1].append((index, None, features, seconds, forced))
                         continue
                     try:
                         adapter = self._uploaded_adapter(files) if files is not None else self._user_adapter(user)[0]
                     except ServeError as err:
                         results[index] = err
                         continue
-                    groups.setdefault(adapter.key, []).append((index, adapter, features, seconds, forced))
-                base_rows = groups.pop("", [])
-                if base_rows:  # the base alone: any bankable slot with all-zero adapters, else the first slot
-                    key = next((k for k in groups if not bankable(self.slots[k].strategy)), None)
+                    slot = self.slots[adapter.key]
+                    self.slots.move_to_end(adapter.key)
+                    groups.setdefault(adapter.key, (slot, []))[1].append((index, adapter, features, seconds, forced))
+                _, base_rows = groups.pop("", (None, []))
+                if base_rows:  # the base alone: a bankable slot with all-zero adapters
+                    key = next((k for k, (slot, _) in groups.items() if bankable(slot.strategy) is None), None)
                     if key is None:
-                        key = next((k for k, s in self.slots.items() if not bankable(s.strategy)), None)
+                        key = next((k for k, slot in self.slots.items() if bankable(slot.strategy) is None), None)
+                        if key is not None:
+                            groups[key] = (self.slots[key], [])
                     if key is None:
                         for index, *_ in base_rows:
                             results[index] = ServeError(
                                 409, "no adapter structure is loaded to decode the base through — fix: send a user"
                             )
                     else:
-                        groups.setdefault(key, []).extend(base_rows)
-                for key, rows in groups.items():
-                    slot = self.slots[key]
+                        groups[key][1].extend(base_rows)
+                for slot, rows in groups.values():
                     reason = bankable(slot.strategy)
-                    if reason is None and self.mode == "unmerged":
-                        self._decode_banked(slot, rows, results, started, row_banked)
-                        continue
-                    for index, adapter, features, seconds, forced in rows:  # one at a time, as transcribe does
+                    if reason is None:
+                        # merged mode folds one adapter at a time: its rows with an adapter decode alone, the
+                        # base rows still go through the bank (all-zero entries), never through a folded slot
+                        folded = self.mode == "merged"
+                        alone = [r for r in rows if folded and r[1] is not None]
+                        banked = [r for r in rows if not (folded and r[1] is not None)]
+                        if banked:
+                            self._decode_banked(slot, banked, results, started, row_banked)
+                    else:
+                        alone = rows
+                    for index, adapter, features, seconds, forced in alone:  # one at a time, as transcribe does
                         note = f"decoded alone: {reason}" if reason else "decoded alone: merged mode folds one adapter"
                         results[index] = self._decode_one(slot, adapter, features, seconds, forced, started, note)
                 self.served += sum(1 for r in results if isinstance(r, dict))
@@ -509,9 +523,16 @@ class AdapterServer:
                 count = next(iter(batch.values())).shape[0]
                 windows += [(position, {k: v[i : i + 1] for k, v in batch.items()}) for i in range(count)]
         texts: dict[int, list[str]] = {position: [] for position in range(len(rows))}
+        by_shape: dict[tuple, list] = {}  # windows of one shape share a batch (wav2vec2's differ in length)
+        for window in windows:
+            by_shape.setdefault(tuple((k, tuple(v.shape)) for k, v in sorted(window[1].items())), []).append(window)
+        chunks = [
+            group[i : i + WINDOWS_PER_BATCH]
+            for group in by_shape.values()
+            for i in range(0, len(group), WINDOWS_PER_BATCH)
+        ]
         with torch.no_grad():
-            for start in range(0, len(windows), WINDOWS_PER_BATCH):
-                chunk = windows[start : start + WINDOWS_PER_BATCH]
+            for chunk in chunks:
                 positions = [position for position, _ in chunk]
                 inputs = {k: torch.cat([w[k] for _, w in chunk]).to(self.device) for k in chunk[0][1]}
                 forced_languages = [languages[position][0] for position in positions]

@@ -423,7 +423,7 @@ def test_sparsity_readings_against_the_base_weights():
     )
     assert readings["relative_norm"] == pytest.approx(expected, rel=1e-5)
     width = model.config.d_model
-    below = (delta.abs() < 1e-3 * (width / 768) ** 0.5).sum() + sum(
+    below = (delta.abs() < 1e-3 * (768 / width) ** 0.5).sum() + sum(
         lyr.delta_weight().numel() for lyr in list(strategy.layers().values())[1:]
     )
     total = sum(lyr.delta_weight().numel() for lyr in strategy.layers().values())

@@ -42,7 +42,8 @@ def lhotse_corpus(tmp_path):
     recording_set.to_file(tmp_path / "recordings.jsonl.gz")
     supervision_set.to_file(tmp_path / "supervisions.jsonl.gz")
     cuts = lhotse.CutSet.from_manifests(recordings=recording_set, supervisions=supervision_set)
-    cuts.to_file(tmp_path / "train_cuts.jsonl.gz")
+    padded = next(iter(cuts)).pad(duration=10.0)  # a MixedCut: several tracks, not one span of one file
+    lhotse.CutSet.from_cuts([*cuts, padded.with_id("padded")]).to_file(tmp_path / "train_cuts.jsonl.gz")
     return tmp_path
 
 
@@ -60,6 +61,7 @@ def test_a_cutset_becomes_a_manifest_and_skips_are_named(lhotse_corpus, capsys):
     assert "offset" not in rows["회의를 시작해요"] and rows["회의를 시작해요"]["lang"] == "ko"  # the whole file
     printed = capsys.readouterr().out
     assert "empty transcript: 1 (s2)" in printed and "language 'Klingon': 1 (s3)" in printed
+    assert "not a single-recording cut (fix: import the cuts before padding or mixing): 1 (padded)" in printed
     assert len(read_manifest(out / "train.jsonl")) == 2  # the manifest checks pass: audio, durations, languages
     # --strict: any skip is an error, and nothing is written
     assert (

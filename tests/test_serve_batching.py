@@ -137,3 +137,22 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_stor
     assert all(result["text"] == expected[(user, clip)] for user, clip, result in answers)
     assert max(result["batch_rows"] for _, _, result in answers) > 1  # rows of one structure shared a pass
     assert after <= 1.10 * warm, (warm, after)
+
+
+def test_base_rows_in_merged_mode_and_slots_evicted_within_a_batch(batch_store):
+    """Merged mode: a row without an adapter is the base, never the adapter a slot last held; a batch whose
+    later requests evict an earlier request's structure still decodes every request."""
+    merged = AdapterServer(BASE, batch_store["adapters"], mode="merged", language="en", max_new_tokens=6)
+    audio = batch_store["audio"][1]
+    merged.transcribe(audio, user="u1")  # the LoRA slot now holds u1's adapter
+    with_user, base_row = merged.transcribe_many([{"audio": audio, "user": "u2"}, {"audio": audio, "user": None}])
+    lora = next(s for s in merged.slots.values() if s.strategy.name == "lora")
+    with torch.no_grad():
+        inputs = merged.features(audio)[0][0]
+        plain = merged.backbone.decode(load_base_model(BASE).eval(), lora.tokenizer, inputs, ["en"], merged.decode_config)
+    assert base_row["text"] == "".join(plain[0]) and with_user["mode"] == "merged"
+    assert with_user["text"] == merged.transcribe(audio, user="u2")["text"]
+    small = AdapterServer(BASE, batch_store["adapters"], language="en", max_new_tokens=6, max_structures=1)
+    results = small.transcribe_many([{"audio": audio, "user": u} for u in ("u1", "u4", "u7")])
+    assert all(isinstance(r, dict) for r in results), results
+    assert [r["text"] for r in results] == [small.transcribe(audio, user=u)["text"] for u in ("u1", "u4", "u7")]

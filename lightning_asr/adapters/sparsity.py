@@ -11,7 +11,8 @@ entries shrink roughly as 1/sqrt(d) to 1/d with the width d. So delta W is also 
 (``readings``, where the strategy knows W0):
 
 - ``rms_relative``: |delta W| below 1e-3 * RMS(W0) of its module;
-- ``width_scaled``: |delta W| below 1e-3 * sqrt(d / 768) (768: whisper-small's width, the paper's model);
+- ``width_scaled``: |delta W| below 1e-3 * sqrt(768 / d) (768: whisper-small's width, the paper's model): if
+  entries shrink as 1/sqrt(d), the paper's 1e-3 at width 768 is 1e-3 * sqrt(768 / d) at width d (2e-3 at 192);
 - ``relative_norm``: ||delta W||_F / ||W0||_F, pooled over modules (and per module);
 - ``effective_rank``: exp(entropy of delta W's normalised singular values), mean over modules;
 - ``weak_components``: share of delta W's rank components (its top-k singular values, k the adapter's rank)
@@ -85,7 +86,7 @@ def module_readings(delta: torch.Tensor, base: torch.Tensor, width: int, compone
     return {
         "count": delta.numel(),
         "below_rms_relative": int((magnitudes < READING_THRESHOLD * rms).sum()),
-        "below_width_scaled": int((magnitudes < READING_THRESHOLD * (width / REFERENCE_WIDTH) ** 0.5).sum()),
+        "below_width_scaled": int((magnitudes < READING_THRESHOLD * (REFERENCE_WIDTH / width) ** 0.5).sum()),
         "delta_sq": float(delta.pow(2).sum()),
         "base_sq": float(base.pow(2).sum()),
         "effective_rank": float(torch.tensor(entropy).exp()) if largest > 0 else 0.0,

@@ -113,8 +113,9 @@ def collect(
     target = collection.split(name)
     if cuts is not None:
         for cut in module.CutSet.from_file(cuts):
-            if not cut.has_recording:
-                target.skip("cut without a recording", cut.id)
+            if not isinstance(cut, module.MonoCut) or not cut.has_recording:
+                # a MixedCut (padded or mixed) is several tracks, not one span of one file
+                target.skip("not a single-recording cut (fix: import the cuts before padding or mixing)", cut.id)
                 continue
             for supervision in cut.supervisions:
                 add_supervision(target, cut.recording, supervision, cut.start + supervision.start, lang, supervision.id)

@@ -86,7 +86,7 @@ SPECS = {
 B4_READINGS = {
     "B4": ("sparsity", "sparsity/frac_below_1e-3", "|ΔW| < 1e-3 (absolute)"),
     "B4-rms": ("sparsity_rms", "sparsity/rms_relative/frac_below_1e-3", "|ΔW| < 1e-3 · RMS(W0) of its module"),
-    "B4-width": ("sparsity_width", "sparsity/width_scaled/frac_below_1e-3", "|ΔW| < 1e-3 · √(d/768)"),
+    "B4-width": ("sparsity_width", "sparsity/width_scaled/frac_below_1e-3", "|ΔW| < 1e-3 · √(768/d)"),
     "B4-entries": ("factor_sparsity", "sparsity/factors/frac_below_1e-3", "adapter entries (μ of A and B) < 1e-3"),
 }
 QUOTES.update({claim_id: QUOTES["B4"] for claim_id in B4_READINGS})
@@ -235,7 +235,7 @@ class BloraVsLora(NamedExperiment):
                 [
                     ("sparsity", "|delta W| < 1e-3"),
                     ("sparsity_rms", "|delta W| < 1e-3 RMS(W0)"),
-                    ("sparsity_width", "|delta W| < 1e-3 sqrt(d/768)"),
+                    ("sparsity_width", "|delta W| < 1e-3 sqrt(768/d)"),
                     ("factor_sparsity", "adapter entries < 1e-3"),
                 ],
                 f"{name}: share of entries below 1e-3{interval}",
@@ -253,7 +253,7 @@ class BloraVsLora(NamedExperiment):
             "Backward gain BG = (F_LoRA − F_BLoRA) / F_LoRA; relative source gain = (E_src(LoRA) − E_src(BLoRA)) / "
             "E_src(LoRA); forward loss FL = (E_tgt(BLoRA) − E_tgt(LoRA)) / E_tgt(LoRA). Sparsity, one column per "
             'reading of the paper\'s "weights below 1e-3": |ΔW| entries below 1e-3 (absolute), below 1e-3 · RMS(W0) '
-            "of their module, below 1e-3 · √(d/768) (d the model's width, 768 whisper-small's), and the adapter's "
+            "of their module, below 1e-3 · √(768/d) (d the model's width, 768 whisper-small's), and the adapter's "
             "own entries below 1e-3; ‖ΔW‖/‖W0‖ (Frobenius, pooled), the effective rank of ΔW (mean over modules) "
             "and the share of its rank components below 1 % of the largest. ★ = the benchmark's setting; "
             "blora-paper = the authors' code at paper time (noisy B, β 5e-5, weight decay 5e-4 on μ and ρ, "
@@ -296,7 +296,7 @@ class BloraVsLora(NamedExperiment):
                     "FL vs LoRA",
                     "ΔW < 1e-3",
                     "ΔW < 1e-3·RMS(W0)",
-                    "ΔW < 1e-3·√(d/768)",
+                    "ΔW < 1e-3·√(768/d)",
                     "entries < 1e-3",
                     "‖ΔW‖/‖W0‖",
                     "eff. rank",

@@ -10,6 +10,7 @@ remains against the LoRA of its starting scale (gating explains it) or vanishes 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lightning_asr.study import figures as plots
@@ -34,8 +35,17 @@ class GloraTypesSection:
     scale_controls: bool = True  # LoRA at alpha / 2 and alpha / 4, the scales GLoRA's types start at
 
 
-# the share of LoRA's scale each type starts at: its gates' product at sigmoid(0) (adapters/glora.py)
-START_SCALE = {1: 2, 2: 2, 3: 2, 4: 4}
+def start_scale(glora_type: int, gate_init: float) -> float:
+    """The share of LoRA's scale a type starts at: its gates' product at step 0, sigmoid(gate_init) per gate
+    (type 4 has two in series; adapters/glora.py)."""
+    gate = 1.0 / (1.0 + math.exp(-gate_init))
+    return gate * gate if glora_type == 4 else gate
+
+
+def scale_label(scale: float) -> str:
+    """``alpha/2`` for a half, ``alpha*0.982`` where the share is not one over a whole number."""
+    divisor = 1.0 / scale
+    return f"alpha/{round(divisor)}" if abs(divisor - round(divisor)) < 1e-9 else f"alpha*{scale:.3g}"
 
 
 def significant(estimate: Estimate | None) -> bool:
@@ -82,15 +92,19 @@ class GloraTypes(NamedExperiment):
         ]
         if section.get("scale_controls", True):
             alpha = adapter_value(lora, "alpha")
-            for divisor in sorted({START_SCALE[t] for t in section["types"]}):
-                control = variant_of(with_adapter(lora, alpha=alpha / divisor), lora["label"])
-                control.settings["scale"] = f"alpha/{divisor}"
+            scales = {self.start_scale_of(templates[f"glora-{t}"]) for t in section["types"]}
+            for scale in sorted(scales, reverse=True):
+                control = variant_of(with_adapter(lora, alpha=alpha * scale), lora["label"])
+                control.settings["scale"] = scale_label(scale)
                 variants.append(control)
         return variants
 
     @staticmethod
-    def control_of(experiment, glora_type: int):
-        return next(iter(experiment.of("lora", scale=f"alpha/{START_SCALE[glora_type]}")), None)
+    def start_scale_of(entry: dict) -> float:
+        return start_scale(adapter_value(entry, "type"), adapter_value(entry, "gate_init"))
+
+    def control_of(self, experiment, variant):
+        return next(iter(experiment.of("lora", scale=scale_label(self.start_scale_of(variant.entry)))), None)
 
     def judge(self, experiment, cells, context):
         lora = experiment.of("lora")[0]
@@ -110,7 +124,7 @@ class GloraTypes(NamedExperiment):
                 row["forgetting_gain"] = Estimate.of(paired(lora_values, values, "forgetting"))
                 row["extra_params"] = Estimate.of(paired(values, lora_values, "params/trainable"))
                 row["verdicts"] = {"G1": judge(row["gain"], "greater", 0.0)}
-                control = self.control_of(experiment, variant.settings["type"])
+                control = self.control_of(experiment, variant)
                 if control is not None:
                     control_values = cells.per_seed(experiment, control, context)
                     row["control"] = control.label
