@@ -149,7 +149,9 @@ def test_base_rows_in_merged_mode_and_slots_evicted_within_a_batch(batch_store):
     lora = next(s for s in merged.slots.values() if s.strategy.name == "lora")
     with torch.no_grad():
         inputs = merged.features(audio)[0][0]
-        plain = merged.backbone.decode(load_base_model(BASE).eval(), lora.tokenizer, inputs, ["en"], merged.decode_config)
+        plain = merged.backbone.decode(
+            load_base_model(BASE).eval(), lora.tokenizer, inputs, ["en"], merged.decode_config
+        )
     assert base_row["text"] == "".join(plain[0]) and with_user["mode"] == "merged"
     assert with_user["text"] == merged.transcribe(audio, user="u2")["text"]
     small = AdapterServer(BASE, batch_store["adapters"], language="en", max_new_tokens=6, max_structures=1)
