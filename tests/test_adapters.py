@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_asr.adapters import build_strategy
-from lightning_asr.adapters.blora import NOISE_MODES, GaussianFactor
+from lightning_asr.adapters.blora import NOISE_MODES, PAPER_TIME_SETTINGS, GaussianFactor
 from lightning_asr.adapters.export import SIDE_JSON, SIDE_TENSORS, AdapterFileError
 from lightning_asr.adapters.glora import GLORA_TYPES, GLoRALinear
 from lightning_asr.models import load_base_model
@@ -13,17 +13,7 @@ STRATEGY_CONFIGS = {
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
     # the BLoRA authors' code at paper time: B as noisy as A, their beta, decay, dropout and log-sigma epsilon
-    "blora-paper": {
-        "name": "blora",
-        "rank": 4,
-        "alpha": 8,
-        "rho_init_b": [-5.5, -4.5],
-        "kl_weight": 5.0e-5,
-        "weight_decay": 5.0e-4,
-        "decay_rho": True,
-        "dropout": 0.05,
-        "log_sigma_epsilon": 1.0e-6,
-    },
+    "blora-paper": {"name": "blora", "rank": 4, "alpha": 8, **PAPER_TIME_SETTINGS},
     "glora3-open": {"name": "glora", "type": 3, "rank": 4, "alpha": 8, "gate_init": 4.0},
     "bottleneck": {"name": "bottleneck", "bottleneck": 8},
     "bottleneck-ffn": {"name": "bottleneck", "bottleneck": 8, "placement": ["feed_forward"], "activation": "gelu"},

@@ -13,7 +13,6 @@ Hugging Face model. Idempotent: a complete cached directory is used as it is.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning_asr.adapters.export import file_sha256 as sha256_of
 from lightning_asr.models.backbone import ModelSpecError
 
 
@@ -72,14 +72,6 @@ def cache_root() -> Path:
     from lightning_asr.tokenizer import cache_dir
 
     return cache_dir() / "models"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_complete(directory: Path, spec: PypiWhisper) -> bool:
