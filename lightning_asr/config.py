@@ -294,6 +294,8 @@ def _check_adapter_source(values: Any, strategy, origin: str) -> None:
             "e.g. adapter.name=lora"
         )
     unresolved = {k: v for k, v in values.items() if not (isinstance(v, str) and "${" in v)}  # checked once resolved
+    if "name" in unresolved:  # a source's own strategy name must name one, even where a later source replaces it
+        adapter_config({"name": unresolved["name"]}, origin)
     adapter_config({**unresolved, **({"name": strategy} if strategy is not None else {})}, origin)
 
 

@@ -979,3 +979,10 @@ def test_report_how_many_bad_inputs_were_tried():
     assert TRIED["manifest lines"] >= 100 and TRIED["config settings"] >= 100 and TRIED["adapter directories"] >= 100, (
         TRIED
     )
+
+
+def test_a_bad_strategy_name_in_a_file_is_refused_even_where_the_command_line_replaces_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("adapter:\n  name: [0]\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 'adapter.name' is \[0\]"):
+        load_config(path, ['adapter.name="full_ft"'])
