@@ -189,7 +189,10 @@ class AdapterStrategy:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: weight decay on matrices, none on vectors (biases, norms, gates' biases)."""
+        """AdamW parameter groups: weight decay on matrices, none on vectors (biases, norms, gates' biases).
+        A strategy config with its own ``weight_decay`` (set) replaces the run's ``optim.weight_decay``."""
+        own = self.config.get("weight_decay")
+        weight_decay = weight_decay if own is None else own
         parameters = [p for _, p in self.trainable_parameters()]
         return [
             {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},

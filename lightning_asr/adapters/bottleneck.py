@@ -99,10 +99,6 @@ class BottleneckAdapter(AdapterStrategy):
     def layers(self) -> dict[str, BottleneckAdapterLinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        own = self.config.weight_decay
-        return super().optimizer_groups(weight_decay if own is None else own)
-
     def settings_mismatch(self, saved: dict) -> list[str]:
         differ = super().settings_mismatch(saved)
         return differ + (["activation"] if saved.get("activation", "relu") != self.config.activation else [])

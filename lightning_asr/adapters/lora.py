@@ -138,10 +138,6 @@ class LoRA(AdapterStrategy):
         self.target_names = wrap_linear_layers(model, list(self.config.target_modules), self.make_layer)
         return model
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        own = self.config.weight_decay
-        return super().optimizer_groups(weight_decay if own is None else own)
-
     def layers(self) -> dict[str, LoRALinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
 
