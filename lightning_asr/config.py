@@ -286,7 +286,7 @@ def _chosen_strategy(containers: list[tuple[str, Any]]):
 
 def _check_adapter_source(values: Any, strategy, origin: str) -> None:
     """One source's ``adapter`` keys and values against the config class of the strategy chosen in the end."""
-    from lightning_asr.adapters import adapter_config
+    from lightning_asr.adapters import STRATEGIES, adapter_config
 
     if not isinstance(values, dict):
         raise ConfigError(
@@ -296,7 +296,9 @@ def _check_adapter_source(values: Any, strategy, origin: str) -> None:
     unresolved = {k: v for k, v in values.items() if not (isinstance(v, str) and "${" in v)}  # checked once resolved
     if "name" in unresolved:  # a source's own strategy name must name one, even where a later source replaces it
         adapter_config({"name": unresolved["name"]}, origin)
-    adapter_config({**unresolved, **({"name": strategy} if strategy is not None else {})}, origin)
+    if isinstance(strategy, str) and strategy in STRATEGIES:  # a bad final name is reported by its own source
+        unresolved["name"] = strategy
+    adapter_config(unresolved, origin)
 
 
 def _typed_adapter(config: DictConfig, sources: list[tuple[str, Any]]) -> DictConfig:

@@ -986,3 +986,13 @@ def test_a_bad_strategy_name_in_a_file_is_refused_even_where_the_command_line_re
     path.write_text("adapter:\n  name: [0]\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 'adapter.name' is \[0\]"):
         load_config(path, ['adapter.name="full_ft"'])
+
+
+def test_an_unknown_adapter_key_in_a_file_is_reported_before_a_bad_strategy_name_on_the_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("adapter:\n  _: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: unknown config key 'adapter._'"):
+        load_config(path, ["adapter.name=[0]"])
+    path.write_text("adapter:\n  modules_to_save: []\n")
+    with pytest.raises(ConfigError, match=r"^command line: 'adapter.name' is \[0\]"):
+        load_config(path, ["adapter.name=[0]"])
