@@ -37,10 +37,10 @@ format: setup
 	$(BIN)/ruff format .
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-all: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # PROFILE=embedded|smoke|path.yaml; SEEDS=1,2,3 overrides the profile's seeds; ARGS='key=value ...'
 # overrides the benchmark config (e.g. ARGS='target_set=zh-en name=forgetting-embedded-zh-en')

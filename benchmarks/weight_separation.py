@@ -22,6 +22,7 @@ On a shared CPU the absolute figures drift; the ratios between rows are what to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -39,7 +40,7 @@ from lightning_asr import client
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
 from lightning_asr.models import load_base_model
-from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
+from lightning_asr.serve import AdapterServer, BackgroundServer, ServiceLimits, create_app
 
 STRATEGIES = {
     "lora": {"name": "lora"},
@@ -121,7 +122,7 @@ def swap_latency(engine: AdapterServer, strategy: str, repeats: int) -> dict:
     }
 
 
-def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, seconds: float) -> dict:
+def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: float) -> dict:
     """One client thread per user, each asking for its own adapter, until ``requests`` or ``seconds``."""
     latencies, hits, errors, modes, lock = [], [], [], set(), threading.Lock()
     budget = iter(range(requests))
@@ -141,7 +142,7 @@ def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, s
                 continue
             with lock:
                 latencies.append((time.perf_counter() - started) * 1000)
-                hits.append(result["cache_hit"])
+                hits.append(result.get("cache_hit", False))
                 note = result.get("note", "")
                 modes.add(
                     result["mode"]
@@ -154,7 +155,7 @@ def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, s
                     )
                 )
 
-    threads = [threading.Thread(target=worker, args=(f"{strategy}-{i}",)) for i in range(users)]
+    threads = [threading.Thread(target=worker, args=(user,)) for user in users]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -176,6 +177,69 @@ def load_test(url: str, audio: Path, strategy: str, users: int, requests: int, s
         "served_as": ", ".join(sorted(modes)),
         **({"first_error": errors[0]} if errors else {}),
     }
+
+
+MIXES = {  # the adapters of a run's users, cycled
+    "lora": ["lora"],  # one structure: every row can share one pass, each with its own weights
+    "mixed": ["lora", "glora-1", "blora"],  # three structures: one pass per structure
+}
+SERVINGS = {  # name: (mode, max batch size; None: --max-batch-size)
+    "serialised": ("unmerged", 1),
+    "batched": ("unmerged", None),
+    "merged": ("merged", 1),
+}
+
+
+def mix_users(mix: str, count: int) -> list[str]:
+    cycle = MIXES[mix]
+    return [f"{cycle[i % len(cycle)]}-{i}" for i in range(count)]
+
+
+def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
+    """Users of different adapters served three ways by three servers over one store: serialised (one
+    request at a time), batched (requests within --batch-timeout-ms share a pass, up to --max-batch-size)
+    and merged (one at a time, each adapter folded into the base). The cells of one mix and user count run
+    back to back on the three servers, so that the ratios compare the machine in one state. Every adapter
+    is read and every structure decoded once before timing: these are steady-state figures."""
+    most = max(args.batching_users)
+    rows = []
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for serving, (mode, batch) in SERVINGS.items():
+            engine = AdapterServer(
+                args.base, adapters, mode=mode, cache_size=most, language="en", max_new_tokens=args.max_new_tokens
+            )
+            engine.preload_structures()
+            limits = ServiceLimits(
+                max_batch_size=batch or args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms, max_queue=4 * most
+            )
+            urls[serving] = stack.enter_context(BackgroundServer(create_app(engine, limits=limits)))
+        for mix in args.mixes:
+            for url in urls.values():  # untimed: adapters read, first decodes of each structure
+                for user in mix_users(mix, most):
+                    client.transcribe(url, audio, user=user)
+            for users in args.batching_users:
+                for serving, url in urls.items():
+                    row = {
+                        "mix": mix,
+                        "serving": serving,
+                        "users": users,
+                        **load_test(url, audio, mix_users(mix, users), args.batching_requests, args.seconds),
+                    }
+                    rows.append(row)
+                    print(
+                        f"{mix} {serving} users={users}: {row['requests']} requests, "
+                        f"{row['requests_per_s']:.2f}/s, p95 {row['p95_ms']:.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    for row in rows:
+        serial = next(
+            r for r in rows if r["mix"] == row["mix"] and r["users"] == row["users"] and r["serving"] == "serialised"
+        )
+        row["rps_vs_serialised"] = row["requests_per_s"] / serial["requests_per_s"]
+        row["p95_vs_serialised"] = row["p95_ms"] / serial["p95_ms"]
+    return rows
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -203,12 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swap-repeats", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--audio-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--parts", nargs="+", default=["per-strategy", "batching"], choices=["per-strategy", "batching"]
+    )
+    parser.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
+    parser.add_argument("--batching-users", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--batching-requests", type=int, default=48, help="requests per batching cell, at most")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-timeout-ms", type=float, default=25.0)
     parser.add_argument("--out", default="runs/bench/weight_separation", help="directory for the JSON and CSV")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    most_users = max(max(args.users), 2)
+    most_users = max(max(args.users), 2, *(args.batching_users if "batching" in args.parts else []))
+    exported = list(args.strategies) + [
+        s for mix in args.mixes for s in MIXES[mix] if "batching" in args.parts and s not in args.strategies
+    ]
     with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
         tmp = Path(tmp)
         base = load_base_model(args.base).eval()
@@ -216,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         audio = tmp / "audio.wav"
         rng = np.random.RandomState(0)
         write_wav(audio, (0.1 * rng.randn(int(args.audio_seconds * 16000))).astype(np.float32))
-        for strategy in args.strategies:
+        for strategy in dict.fromkeys(exported):
             export_users(base, tmp / "adapters", strategy, most_users)
         del base
-        sizes, serving = [], []
-        for mode in args.modes:
+        sizes, serving, batching = [], [], []
+        for mode in args.modes if "per-strategy" in args.parts else []:
             engine = AdapterServer(
                 args.base,
                 tmp / "adapters",
@@ -252,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                             "strategy": strategy,
                             "mode": mode,
                             "users": users,
-                            **load_test(url, audio, strategy, users, args.requests, args.seconds),
+                            **load_test(
+                                url, audio, [f"{strategy}-{i}" for i in range(users)], args.requests, args.seconds
+                            ),
                         }
                         serving.append(row)
                         print(
@@ -262,45 +339,74 @@ def main(argv: list[str] | None = None) -> int:
                             flush=True,
                         )
             del engine
+        if "batching" in args.parts:
+            batching = batching_rows(args, tmp / "adapters", audio)
     print(
         f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
         f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n"
     )
-    print(
-        markdown(
-            sizes,
-            [
-                ("strategy", "strategy", "s"),
-                ("device_bytes", "bytes on device", ",d"),
-                ("device_vs_base", "vs base model", ".2%"),
-                ("slot_bytes", "server memory beyond base", ",d"),
-                ("swap_cold_ms", "swap cold (disk) ms", ".2f"),
-                ("swap_warm_ms", "swap warm (LRU) ms", ".2f"),
-            ],
+    if sizes:
+        print(
+            markdown(
+                sizes,
+                [
+                    ("strategy", "strategy", "s"),
+                    ("device_bytes", "bytes on device", ",d"),
+                    ("device_vs_base", "vs base model", ".2%"),
+                    ("slot_bytes", "server memory beyond base", ",d"),
+                    ("swap_cold_ms", "swap cold (disk) ms", ".2f"),
+                    ("swap_warm_ms", "swap warm (LRU) ms", ".2f"),
+                ],
+            )
         )
-    )
-    print()
-    print(
-        markdown(
-            serving,
-            [
-                ("strategy", "strategy", "s"),
-                ("mode", "mode", "s"),
-                ("served_as", "served as", "s"),
-                ("users", "users", "d"),
-                ("requests", "requests", "d"),
-                ("requests_per_s", "req/s", ".2f"),
-                ("p50_ms", "p50 ms", ".0f"),
-                ("p95_ms", "p95 ms", ".0f"),
-                ("errors", "errors", "d"),
-            ],
+        print()
+        print(
+            markdown(
+                serving,
+                [
+                    ("strategy", "strategy", "s"),
+                    ("mode", "mode", "s"),
+                    ("served_as", "served as", "s"),
+                    ("users", "users", "d"),
+                    ("requests", "requests", "d"),
+                    ("requests_per_s", "req/s", ".2f"),
+                    ("p50_ms", "p50 ms", ".0f"),
+                    ("p95_ms", "p95 ms", ".0f"),
+                    ("errors", "errors", "d"),
+                ],
+            )
         )
-    )
+    if batching:
+        print()
+        print(
+            markdown(
+                batching,
+                [
+                    ("mix", "users' adapters", "s"),
+                    ("users", "users", "d"),
+                    ("serving", "serving", "s"),
+                    ("requests", "requests", "d"),
+                    ("requests_per_s", "req/s", ".2f"),
+                    ("rps_vs_serialised", "req/s vs serialised", ".2f"),
+                    ("p50_ms", "p50 ms", ".0f"),
+                    ("p95_ms", "p95 ms", ".0f"),
+                    ("p95_vs_serialised", "p95 vs serialised", ".2f"),
+                    ("errors", "errors", "d"),
+                ],
+            )
+        )
+        for row in batching:
+            if row["serving"] == "batched" and row["users"] == 8:
+                print(
+                    f"\n8 concurrent users, adapters {'+'.join(MIXES[row['mix']])}: batched "
+                    f"{row['rps_vs_serialised']:.2f}x the requests/s of serialised decoding, p95 "
+                    f"{row['p95_vs_serialised']:.2f}x (goal: >= 4x at no worse p95)"
+                )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items()}
     (out / "weight_separation.json").write_text(
-        json.dumps({"settings": settings, "sizes": sizes, "serving": serving}, indent=2)
+        json.dumps({"settings": settings, "sizes": sizes, "serving": serving, "batching": batching}, indent=2)
     )
     with open(out / "weight_separation.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -311,8 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in serving:
             for key in ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "cache_hit_rate"):
                 writer.writerow(["serving", row["strategy"], row["mode"], row["users"], key, row[key]])
+        for row in batching:
+            for key in ("requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "rps_vs_serialised"):
+                writer.writerow(["batching", row["mix"], row["serving"], row["users"], key, row[key]])
     print(f"\nwrote {out / 'weight_separation.json'} and {out / 'weight_separation.csv'}")
-    return 0 if not any(row["errors"] for row in serving) else 1
+    return 0 if not any(row["errors"] for row in serving + batching) else 1
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         help="decode up to this many requests together, each with its own user's adapter (1: one at a time)",
     )
     serve.add_argument(
-        "--batch-timeout-ms", type=float, default=5.0, help="how long a batch waits for more requests after its first"
+        "--batch-timeout-ms", type=float, default=25.0, help="how long a batch waits for more requests after its first"
     )
     client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
     client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")

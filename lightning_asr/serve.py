@@ -127,17 +127,21 @@ class ServiceLimits:
     # requests arriving within batch_timeout_ms of each other are decoded together, up to max_batch_size
     # (1: each request alone, as it comes)
     max_batch_size: int = 1
-    batch_timeout_ms: float = 5.0
+    batch_timeout_ms: float = 25.0
 
 
 class RequestBatcher:
-    """Collects requests for ``AdapterServer.transcribe_many``: a batch is sent when ``max_batch_size``
-    requests wait or ``timeout_ms`` after its first one arrived, whichever comes first."""
+    """Collects requests for ``AdapterServer.transcribe_many``, one batch in flight at a time. While the model
+    is idle, a batch is sent when ``max_batch_size`` requests wait or ``timeout_ms`` after the first one
+    arrived; while it decodes, arrivals wait, and the moment it is done they go as the next batch (they have
+    waited a whole decode already). Batches sent as soon as their window closes would instead queue on the
+    model lock in small pieces, each costing a full decode."""
 
     def __init__(self, server: AdapterServer, max_batch_size: int, timeout_ms: float):
         self.server, self.max_batch_size, self.timeout = server, max_batch_size, timeout_ms / 1000
         self.pending: list = []
         self.timer = None
+        self.busy = False
 
     async def submit(self, request: dict) -> dict:
         import asyncio
@@ -145,10 +149,11 @@ class RequestBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((request, future))
-        if len(self.pending) >= self.max_batch_size:
-            self.flush()
-        elif self.timer is None:
-            self.timer = loop.call_later(self.timeout, self.flush)
+        if not self.busy:
+            if len(self.pending) >= self.max_batch_size:
+                self.flush()
+            elif self.timer is None:
+                self.timer = loop.call_later(self.timeout, self.flush)
         result = await future
         if isinstance(result, ServeError):
             raise result
@@ -160,11 +165,11 @@ class RequestBatcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.busy or not self.pending:
+            return
         batch, self.pending = self.pending[: self.max_batch_size], self.pending[self.max_batch_size :]
-        if self.pending:
-            self.timer = asyncio.get_running_loop().call_later(self.timeout, self.flush)
-        if batch:
-            asyncio.get_running_loop().create_task(self.run(batch))
+        self.busy = True
+        asyncio.get_running_loop().create_task(self.run(batch))
 
     async def run(self, batch: list) -> None:
         from starlette.concurrency import run_in_threadpool
@@ -174,9 +179,12 @@ class RequestBatcher:
         except Exception as err:  # the engine stays consistent; every request of the batch learns why
             log.exception("batched transcription failed")
             results = [ServeError(500, f"internal error: {err.__class__.__name__}: {err}")] * len(batch)
+        finally:
+            self.busy = False
         for (_, future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
+        self.flush()
 
 
 def key_digest(key: str) -> str:
@@ -409,6 +417,7 @@ class AdapterServer:
 
         started = time.perf_counter()
         results: list = [None] * len(requests)
+        hits: dict[int, bool] = {}  # request index: its user's adapter was in the LRU
         prepared = []  # (index, request, features, seconds, forced language)
         for index, request in enumerate(requests):
             try:
@@ -434,7 +443,10 @@ class AdapterServer:
                         groups.setdefault("", (None, []))[1].append((index, None, features, seconds, forced))
                         continue
                     try:
-                        adapter = self._uploaded_adapter(files) if files is not None else self._user_adapter(user)[0]
+                        if files is not None:
+                            adapter = self._uploaded_adapter(files)
+                        else:
+                            adapter, hits[index], _ = self._user_adapter(user)
                     except ServeError as err:
                         results[index] = err
                         continue
@@ -463,20 +475,32 @@ class AdapterServer:
                         folded = self.mode == "merged"
                         alone = [r for r in rows if folded and r[1] is not None]
                         banked = [r for r in rows if not (folded and r[1] is not None)]
-                        if banked:
+                        if len(banked) == 1 and banked[0][1] is not None:  # one row: the slot's own path
+                            alone.append(banked[0])
+                        elif banked:
                             self._decode_banked(slot, banked, results, started, row_banked)
                     else:
                         alone = rows
                     for index, adapter, features, seconds, forced in alone:  # one at a time, as transcribe does
-                        note = f"decoded alone: {reason}" if reason else "decoded alone: merged mode folds one adapter"
+                        note = (
+                            f"decoded alone: {reason}"
+                            if reason
+                            else "decoded alone: merged mode folds one adapter"
+                            if self.mode == "merged"
+                            else None
+                        )
                         results[index] = self._decode_one(slot, adapter, features, seconds, forced, started, note)
                 self.served += sum(1 for r in results if isinstance(r, dict))
             finally:
                 self.snapshot = self._snapshot()
-        for request, result in zip(requests, results):
+        for index, (request, result) in enumerate(zip(requests, results)):
             if isinstance(result, dict):
                 files = request.get("adapter_files")
-                result.update(user=request.get("user"), adapter_source="upload" if files is not None else "store")
+                result.update(
+                    user=request.get("user"),
+                    adapter_source="upload" if files is not None else "store",
+                    cache_hit=hits.get(index, False),
+                )
         return results
 
     def _check_request(self, user, files, user_key) -> None:
@@ -501,7 +525,9 @@ class AdapterServer:
         response = self._batched_response(
             adapter, texts, forced or detected, forced is None, seconds, cap_hits, started
         )
-        response.update(mode="merged" if merge["merged"] else "unmerged", batch_rows=1, note=merge["note"] or note)
+        response.update(mode="merged" if merge["merged"] else "unmerged", batch_rows=1)
+        if merge["note"] or note:
+            response["note"] = merge["note"] or note
         return response
 
     def _decode_banked(self, slot, rows, results, started, row_banked) -> None:
@@ -1044,7 +1070,7 @@ def serve(
     max_adapter_mb: float = 64.0,
     max_queue: int = 16,
     max_batch_size: int = 1,
-    batch_timeout_ms: float = 5.0,
+    batch_timeout_ms: float = 25.0,
 ) -> None:
     """Load the base once and serve until interrupted (one process, one worker: one shared base)."""
     import uvicorn

@@ -183,9 +183,9 @@ def test_long_audio_is_decoded_in_windows(served, store):
     assert result["windows"] == 2 and result["audio_seconds"] == 8.0
 
 
-def raw_post(url, body, query="user=alice"):
+def raw_post(url, body, query="user=alice", content_type="application/octet-stream"):
     request = urllib.request.Request(
-        f"{url}/transcribe?{query}", data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
+        f"{url}/transcribe?{query}", data=body, method="POST", headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request) as response:
@@ -205,6 +205,8 @@ def raw_post(url, body, query="user=alice"):
         ("adapter of another base", 409, "weights differ from those the adapter was trained on"),
         ("uploaded adapter of another base", 409, "weights differ from those the adapter was trained on"),
         ("incomplete upload", 422, "lightning_asr_adapter.safetensors"),
+        ("truncated upload", 422, "lightning_asr_adapter.safetensors"),
+        ("malformed multipart", 400, "malformed multipart body"),
     ],
 )
 def test_bad_input_is_refused_and_the_service_keeps_serving(served, store, tmp_path, case, status, message):
@@ -222,13 +224,17 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(served, store, tmp_p
         got = raw_post(url, b"\0" * (2 * 2**20))
     elif case == "adapter of another base":
         got = raw_post(url, audio, "user=foreign")
+    elif case == "malformed multipart":  # a part whose headers never end, and no closing boundary
+        body = b'--xyz\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n' + audio[:64]
+        got = raw_post(url, body, "", "multipart/form-data; boundary=xyz")
     else:
         source = store["adapters"] / ("foreign" if case == "uploaded adapter of another base" else "bob")
         for name in ("lightning_asr_adapter.json", "adapter_config.json", "adapter_model.safetensors"):
             (tmp_path / name).write_bytes((source / name).read_bytes())
         if case != "incomplete upload":
             name = "lightning_asr_adapter.safetensors"
-            (tmp_path / name).write_bytes((source / name).read_bytes())
+            tensors = (source / name).read_bytes()
+            (tmp_path / name).write_bytes(tensors[: len(tensors) // 2] if case == "truncated upload" else tensors)
         try:
             ask(url, store["audio"], adapter_dir=tmp_path)
             got = (200, {})
@@ -237,6 +243,27 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(served, store, tmp_p
     assert got[0] == status, got
     assert message in got[1]["detail"]
     assert ask(url, store["audio"], user="bob")["text"] == store["offline"]["bob"]
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_the_service_serving(served, store):
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    url, _ = served
+    address = urlsplit(url)
+    audio = store["audio"].read_bytes()
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(
+            f"POST /transcribe?user=alice HTTP/1.1\r\nHost: {address.netloc}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(audio)}\r\n\r\n".encode()
+            + audio[: len(audio) // 3]
+        )
+    assert ask(url, store["audio"], user="alice")["text"] == store["offline"]["alice"]
+    deadline = time.monotonic() + 10
+    while client.health(url)["waiting"] and time.monotonic() < deadline:  # the dropped request is let go
+        time.sleep(0.05)
+    assert client.health(url)["waiting"] == 0
 
 
 def test_lru_eviction_and_merged_mode_restore_the_base_exactly(merged_served, store):
@@ -335,3 +362,47 @@ def test_modules_to_save_weights_stay_with_their_user(tmp_path, store):
         slot.model.model.decoder.layers[0].fc1.weight.data_ptr()
         == engine.base.model.decoder.layers[0].fc1.weight.data_ptr()
     )
+
+
+def test_a_killed_server_restarts_and_serves_the_same_transcripts(store):
+    """``serve`` as a process: SIGKILL mid-service (nothing is flushed, no handler runs), then the same command
+    again: the store is all the state there is, so every user gets the transcript offline decoding gives."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def start():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lightning_asr", "serve", "--base", BASE, "--adapters", str(store["adapters"])]
+            + ["--port", str(port), "--language", "en", "--max-new-tokens", "12", "--max-batch-size", "4"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                client.health(url, timeout=2)
+                return process, url
+            except OSError:
+                assert process.poll() is None, "the server exited at start"
+                time.sleep(0.2)
+        process.kill()
+        raise AssertionError("the server did not answer /health within 120 s")
+
+    users = ["alice", "gina", "bella", "bert"]
+    runs = []
+    for _ in range(2):
+        process, url = start()
+        try:
+            runs.append({user: ask(url, store["audio"], user=user)["text"] for user in users})
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            assert process.wait(timeout=30) == -signal.SIGKILL
+    assert runs[0] == runs[1] == {user: store["offline"][user] for user in users}

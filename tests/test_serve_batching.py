@@ -98,8 +98,9 @@ def rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
-def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_store):
-    """8 client threads, 4 users of 4 strategies, 40 requests over loopback with a batching window: every
+@pytest.mark.parametrize("requests", [40, pytest.param(200, marks=pytest.mark.slow)])
+def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_store, requests):
+    """8 client threads, 4 users of 4 strategies, 40 (or 200) requests over loopback with a batching window: every
     request answered, each user's transcripts equal to decoding alone, some requests decoded together, and
     memory after the run within 10 % of memory after warm-up."""
     import threading
@@ -119,7 +120,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_stor
         answers, failures = [], []
 
         def worker(worker_index: int):
-            for step in range(5):
+            for step in range(requests // 8):
                 user, clip = users[(worker_index + step) % 4], (worker_index + step) % 3
                 try:
                     result = client.transcribe(url, audio_dir / f"a{clip}.wav", user=user, timeout=120)
@@ -133,9 +134,10 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_stor
         for thread in threads:
             thread.join(timeout=600)
         after = rss_bytes()
-    assert not failures and len(answers) == 40
+    assert not failures and len(answers) == requests
     assert all(result["text"] == expected[(user, clip)] for user, clip, result in answers)
     assert max(result["batch_rows"] for _, _, result in answers) > 1  # rows of one structure shared a pass
+    assert all(result["cache_hit"] for _, _, result in answers)  # every adapter was read in the warm-up
     assert after <= 1.10 * warm, (warm, after)
 
 

@@ -1,0 +1,248 @@
+"""LitServe against the project's FastAPI app, serving the same engine: which stack to build the server on.
+
+    .venv/bin/pip install -e '.[litserve]'   # LitServe is not a dependency of the server itself
+    .venv/bin/python benchmarks/serving_stacks.py [--base whisper-tiny-random] [--users 1 8] [--requests 48]
+
+Both stacks run as their own processes over one store of LoRA users (random nonzero weights) and decode
+with one ``AdapterServer`` (``lightning_asr/serve.py``), batched across requests with the same window and
+size, so what differs is the stack: its request handling, its batching loop and its process layout.
+
+- ``fastapi``: ``python -m lightning_asr serve --max-batch-size N --batch-timeout-ms T`` (one process:
+  uvicorn's event loop hands batches to the engine in a thread).
+- ``litserve``: a ``LitAPI`` whose ``predict`` is ``AdapterServer.transcribe_many``, ``max_batch_size=N``,
+  ``batch_timeout=T``, one worker on the CPU (LitServe's layout: an API-server process and an inference
+  worker process, requests and responses passed through queues between them).
+
+Every request is the same ``multipart/form-data`` body (``audio`` file, ``user`` field), which both stacks
+parse with python-multipart. Per stack and user count: requests/s, p50/p95 latency as the client sees it,
+time from process start to the first answer, resident memory of the server's process tree after the run,
+and whether every answer equals the engine's own transcript for that user. The cells of one user count run
+back to back on the two stacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lightning_asr import client
+from lightning_asr.audio import write_wav
+
+LITSERVE_APP = """
+import sys
+import litserve as ls
+from fastapi import HTTPException
+from lightning_asr.serve import AdapterServer, ServeError
+
+base, adapters, port, batch, timeout_ms, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+
+class TranscribeAPI(ls.LitAPI):
+    def setup(self, device):
+        self.engine = AdapterServer(base, adapters, language="en", max_new_tokens=tokens, cache_size=32)
+        self.engine.preload_structures()
+
+    def decode_request(self, form):
+        return {"audio": form["audio"].file.read(), "user": form["user"]}
+
+    def batch(self, inputs):
+        return inputs
+
+    def predict(self, requests):
+        return self.engine.transcribe_many(requests)
+
+    def unbatch(self, outputs):
+        return outputs
+
+    def encode_response(self, output):
+        if isinstance(output, ServeError):
+            raise HTTPException(status_code=output.status, detail=output.message)
+        return output
+
+api = TranscribeAPI(max_batch_size=batch, batch_timeout=timeout_ms / 1000, api_path="/transcribe")
+ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=600).run(port=port, log_level="warning", generate_client_file=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            status = (Path("/proc") / str(current) / "status").read_text()
+            total += int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def form(audio: bytes, user: str) -> tuple[bytes, str]:
+    return client.multipart_body([("audio", "audio.wav", audio), ("user", None, user.encode())])
+
+
+def start(stack: str, args, adapters: Path, audio: bytes) -> tuple[subprocess.Popen, str, float]:
+    """The stack's server as a process; the seconds until it answered its first transcription."""
+    port = free_port()
+    if stack == "fastapi":
+        command = [sys.executable, "-m", "lightning_asr", "serve", "--base", args.base, "--adapters", str(adapters)]
+        command += ["--port", str(port), "--language", "en", "--max-new-tokens", str(args.max_new_tokens)]
+        command += ["--cache-size", "32", "--max-queue", "64"]
+        command += ["--max-batch-size", str(args.max_batch_size), "--batch-timeout-ms", str(args.batch_timeout_ms)]
+    else:
+        command = [sys.executable, "-c", LITSERVE_APP, args.base, str(adapters), str(port)]
+        command += [str(args.max_batch_size), str(args.batch_timeout_ms), str(args.max_new_tokens)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body, content_type = form(audio, "lora-0")
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{stack} server exited at start: {process.stderr.read()[-2000:]}")
+        try:
+            client.post(url + "/transcribe", body, content_type, timeout=60)
+            return process, url, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.2)
+
+
+def load(url: str, audio: bytes, users: list[str], requests: int, seconds: float) -> dict:
+    latencies, texts, errors, lock = [], {}, [], threading.Lock()
+    budget, deadline = iter(range(requests)), time.monotonic() + seconds
+
+    def worker(user: str) -> None:
+        body, content_type = form(audio, user)
+        while time.monotonic() < deadline:
+            with lock:
+                if next(budget, None) is None:
+                    return
+            started = time.perf_counter()
+            try:
+                text = client.post(url + "/transcribe", body, content_type, timeout=120)["text"]
+            except Exception as err:  # counted and reported
+                with lock:
+                    errors.append(repr(err))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+                texts.setdefault(user, set()).add(text)
+
+    threads = [threading.Thread(target=worker, args=(user,)) for user in users]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(ordered),
+        "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "texts": texts,
+        **({"first_error": errors[0]} if errors else {}),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="whisper-tiny-random", help="preset or local model directory")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--requests", type=int, default=48, help="requests per cell, at most")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time per cell, at most")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-timeout-ms", type=float, default=25.0)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--out", default="runs/bench/serving_stacks", help="directory for the JSON")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from weight_separation import export_users
+
+    from lightning_asr.models import load_base_model
+    from lightning_asr.serve import AdapterServer
+
+    with tempfile.TemporaryDirectory(prefix="serving-stacks-") as tmp:
+        tmp = Path(tmp)
+        export_users(load_base_model(args.base), tmp / "adapters", "lora", max(args.users))
+        rng = np.random.RandomState(0)
+        write_wav(tmp / "audio.wav", (0.1 * rng.randn(2 * 16000)).astype(np.float32))
+        audio = (tmp / "audio.wav").read_bytes()
+        engine = AdapterServer(args.base, tmp / "adapters", language="en", max_new_tokens=args.max_new_tokens)
+        expected = {f"lora-{i}": engine.transcribe(audio, user=f"lora-{i}")["text"] for i in range(max(args.users))}
+        del engine
+        servers = {stack: start(stack, args, tmp / "adapters", audio) for stack in ("fastapi", "litserve")}
+        rows = []
+        try:
+            for url in (url for _, url, _ in servers.values()):  # untimed: every user's adapter read once
+                for user in expected:
+                    client.post(url + "/transcribe", *form(audio, user), timeout=120)
+            for users in args.users:
+                for stack, (process, url, first) in servers.items():
+                    result = load(url, audio, [f"lora-{i}" for i in range(users)], args.requests, args.seconds)
+                    texts = result.pop("texts")
+                    rows.append(
+                        {
+                            "stack": stack,
+                            "users": users,
+                            **result,
+                            "first_answer_s": first,
+                            "server_rss_mib": tree_rss_bytes(process.pid) / 2**20,
+                            "transcripts_equal": all(t == {expected[u]} for u, t in texts.items()),
+                        }
+                    )
+                    print(f"{stack} users={users}: {result['requests_per_s']:.2f}/s", file=sys.stderr, flush=True)
+        finally:
+            for process, _, _ in servers.values():
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    print(
+        f"\nbase {args.base}, LoRA users, 2 s of audio, up to {args.max_new_tokens} new tokens, batches of up to "
+        f"{args.max_batch_size} within {args.batch_timeout_ms:g} ms; {os.cpu_count()} CPUs\n"
+    )
+    print("| stack | users | requests | req/s | p50 ms | p95 ms | first answer s | server RSS MiB | equal | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        print(
+            f"| {r['stack']} | {r['users']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | "
+            f"{r['p95_ms']:.0f} | {r['first_answer_s']:.1f} | {r['server_rss_mib']:.0f} | "
+            f"{r['transcripts_equal']} | {r['errors']} |"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serving_stacks.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    print(f"\nwrote {out / 'serving_stacks.json'}")
+    return 0 if all(r["transcripts_equal"] and not r["errors"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
