@@ -42,18 +42,23 @@ from lightning_asr.audio import write_wav
 LITSERVE_APP = """
 import sys
 import litserve as ls
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from lightning_asr.serve import AdapterServer, ServeError
 
-base, adapters, port, batch, timeout_ms, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 
 class TranscribeAPI(ls.LitAPI):
+    def __init__(self, base, adapters, tokens, **kwargs):
+        super().__init__(**kwargs)
+        self.base, self.adapters, self.tokens = base, adapters, tokens
+
     def setup(self, device):
-        self.engine = AdapterServer(base, adapters, language="en", max_new_tokens=tokens, cache_size=32)
+        self.engine = AdapterServer(
+            self.base, self.adapters, language="en", max_new_tokens=self.tokens, cache_size=32
+        )
         self.engine.preload_structures()
 
-    def decode_request(self, form):
-        return {"audio": form["audio"].file.read(), "user": form["user"]}
+    def decode_request(self, request: Request):  # annotated Request: LitServe passes the parsed form
+        return {"audio": request["audio"].file.read(), "user": request["user"]}
 
     def batch(self, inputs):
         return inputs
@@ -69,8 +74,14 @@ class TranscribeAPI(ls.LitAPI):
             raise HTTPException(status_code=output.status, detail=output.message)
         return output
 
-api = TranscribeAPI(max_batch_size=batch, batch_timeout=timeout_ms / 1000, api_path="/transcribe")
-ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=600).run(port=port, log_level="warning", generate_client_file=False)
+if __name__ == "__main__":  # LitServe spawns its worker, which imports this file again
+    base, adapters, port, batch, timeout_ms, tokens = sys.argv[1:7]
+    api = TranscribeAPI(
+        base, adapters, int(tokens), max_batch_size=int(batch), batch_timeout=float(timeout_ms) / 1000,
+        api_path="/transcribe",
+    )
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=600)
+    server.run(port=int(port), log_level="warning", generate_client_file=False)
 """
 
 
@@ -115,15 +126,23 @@ def start(stack: str, args, adapters: Path, audio: bytes) -> tuple[subprocess.Po
         command += ["--cache-size", "32", "--max-queue", "64"]
         command += ["--max-batch-size", str(args.max_batch_size), "--batch-timeout-ms", str(args.batch_timeout_ms)]
     else:
-        command = [sys.executable, "-c", LITSERVE_APP, args.base, str(adapters), str(port)]
+        app = adapters.parent / "litserve_app.py"
+        app.write_text(LITSERVE_APP)
+        command = [sys.executable, str(app), args.base, str(adapters), str(port)]
         command += [str(args.max_batch_size), str(args.batch_timeout_ms), str(args.max_new_tokens)]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = adapters.parent / f"{stack}.log"  # a file, not a pipe: an unread pipe would block a chatty server
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     body, content_type = form(audio, "lora-0")
+    deadline = time.monotonic() + 300
     while True:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{stack} server did not answer within 300 s: {log.read_text()[-2000:]}")
         if process.poll() is not None:
-            raise RuntimeError(f"{stack} server exited at start: {process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"{stack} server exited at start: {log.read_text()[-2000:]}")
         try:
             client.post(url + "/transcribe", body, content_type, timeout=60)
             return process, url, time.perf_counter() - started
@@ -197,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = AdapterServer(args.base, tmp / "adapters", language="en", max_new_tokens=args.max_new_tokens)
         expected = {f"lora-{i}": engine.transcribe(audio, user=f"lora-{i}")["text"] for i in range(max(args.users))}
         del engine
-        servers = {stack: start(stack, args, tmp / "adapters", audio) for stack in ("fastapi", "litserve")}
-        rows = []
+        servers, rows = {}, []
         try:
+            for stack in ("fastapi", "litserve"):
+                servers[stack] = start(stack, args, tmp / "adapters", audio)
             for url in (url for _, url, _ in servers.values()):  # untimed: every user's adapter read once
                 for user in expected:
                     client.post(url + "/transcribe", *form(audio, user), timeout=120)

@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     most_users = max(max(args.users), 2, *(args.batching_users if "batching" in args.parts else []))
-    exported = list(args.strategies) + [
-        s for mix in args.mixes for s in MIXES[mix] if "batching" in args.parts and s not in args.strategies
+    exported = (list(args.strategies) if "per-strategy" in args.parts else []) + [
+        s for mix in args.mixes for s in MIXES[mix] if "batching" in args.parts
     ]
     with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
         tmp = Path(tmp)
