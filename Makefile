@@ -8,7 +8,7 @@ ENGLISH_SPELLING := .cache/whisper-assets/english.json
 PROFILE ?= embedded
 SEEDS ?=
 
-.PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui fetch-whisper clean
+.PHONY: setup lint format test test-all bench-forgetting reproduce mlflow-ui ui-check fetch-whisper clean
 
 setup: $(INSTALLED) $(TOKENIZER) $(ENGLISH_SPELLING)
 
@@ -53,11 +53,17 @@ reproduce: setup
 	$(BIN)/python benchmarks/reproduce.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 MLFLOW_PORT ?= 5000
+MLFLOW_STORE ?= sqlite:///mlflow.db
+MLFLOW_ARTIFACTS ?= ./mlartifacts
 # The MLflow UI on loopback, against the benchmark's store, with one worker (2 processes, ~0.5 GiB)
 mlflow-ui: setup
-	$(BIN)/python -m lightning_asr.study.ui --port $(MLFLOW_PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \
-		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	$(BIN)/python -m lightning_asr.study.ui --port $(MLFLOW_PORT) --tracking-uri $(MLFLOW_STORE)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(BIN)/mlflow server --backend-store-uri $(MLFLOW_STORE) \
+		--default-artifact-root $(MLFLOW_ARTIFACTS) --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# The comparison opened in headless Chromium (apt-get install chromium chromium-driver): screenshots in runs/ui-check/
+ui-check: setup
+	$(BIN)/python -m lightning_asr.study.ui_check
 
 clean:
 	rm -rf runs data_manifests/smoke .pytest_cache

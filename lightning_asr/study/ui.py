@@ -1,7 +1,10 @@
 """What `make mlflow-ui` prints before it starts the server: the direct link to each benchmark's training runs.
 
 MLflow 3 opens an experiment on its GenAI "Overview" page (traces, latency, token usage: all empty for
-training runs); the runs table, where the comparison happens, is one URL away: ``#/experiments/<id>/runs``.
+training runs). The UI keys that view on the browser's *workflow type* (its "GenAI" / "Model training"
+toggle, kept in the browser's local storage, GenAI by default), not on the experiment: the tag
+``mlflow.experimentKind`` does not change it. A link with ``?workflowType=machine_learning`` sets it, so
+each printed link opens the runs table, where the comparison happens (``make ui-check`` checks this).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ def runs_links(tracking_uri: str, host: str, port: int) -> list[str]:
 
     experiments = MlflowClient(tracking_uri=tracking_uri).search_experiments()
     return [
-        f"  {e.name}: http://{host}:{port}/#/experiments/{e.experiment_id}/runs"
+        f"  {e.name}: http://{host}:{port}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning"
         for e in sorted(experiments, key=lambda e: e.name)
         if e.name != "Default"
     ]
