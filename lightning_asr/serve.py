@@ -124,8 +124,8 @@ class ServiceLimits:
     max_audio_seconds: float = 600.0  # audio length per request
     max_queue: int = 16  # requests waiting for the model beyond the one being decoded (then 503)
     retry_after_seconds: int = 2
-    # requests arriving within batch_timeout_ms of each other are decoded together, up to max_batch_size
-    # (1: each request alone, as it comes)
+    # up to max_batch_size requests are decoded together; while the model is idle a batch waits at most
+    # batch_timeout_ms after its first request (1: each request alone, as it comes; see RequestBatcher)
     max_batch_size: int = 1
     batch_timeout_ms: float = 25.0
 

@@ -73,3 +73,12 @@ def ctc_batch(corpus, tmp_path_factory):
         )
     )
     return first_batch(module.processor, corpus / "ko-en/train.jsonl", 2, module.backbone)
+
+
+# the longest files first: under pytest-xdist (`make test`) a long file picked up last would run alone at the end
+LONGEST_FIRST = ("test_reproduce.py", "test_bench.py", "test_pluggable.py", "test_recipes.py", "test_serve.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: order within a file kept
