@@ -26,11 +26,9 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -150,46 +148,6 @@ def start(stack: str, args, adapters: Path, audio: bytes) -> tuple[subprocess.Po
             time.sleep(0.2)
 
 
-def load(url: str, audio: bytes, users: list[str], requests: int, seconds: float) -> dict:
-    latencies, texts, errors, lock = [], {}, [], threading.Lock()
-    budget, deadline = iter(range(requests)), time.monotonic() + seconds
-
-    def worker(user: str) -> None:
-        body, content_type = form(audio, user)
-        while time.monotonic() < deadline:
-            with lock:
-                if next(budget, None) is None:
-                    return
-            started = time.perf_counter()
-            try:
-                text = client.post(url + "/transcribe", body, content_type, timeout=120)["text"]
-            except Exception as err:  # counted and reported
-                with lock:
-                    errors.append(repr(err))
-                continue
-            with lock:
-                latencies.append((time.perf_counter() - started) * 1000)
-                texts.setdefault(user, set()).add(text)
-
-    threads = [threading.Thread(target=worker, args=(user,)) for user in users]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    ordered = sorted(latencies) or [float("nan")]
-    return {
-        "requests": len(latencies),
-        "errors": len(errors),
-        "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": statistics.median(ordered),
-        "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-        "texts": texts,
-        **({"first_error": errors[0]} if errors else {}),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="whisper-tiny-random", help="preset or local model directory")
@@ -202,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench/serving_stacks", help="directory for the JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from weight_separation import export_users
+    from weight_separation import export_users, load_test
 
     from lightning_asr.models import load_base_model
     from lightning_asr.serve import AdapterServer
@@ -225,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                     client.post(url + "/transcribe", *form(audio, user), timeout=120)
             for users in args.users:
                 for stack, (process, url, first) in servers.items():
-                    result = load(url, audio, [f"lora-{i}" for i in range(users)], args.requests, args.seconds)
+                    result = load_test(
+                        url,
+                        tmp / "audio.wav",
+                        [f"lora-{i}" for i in range(users)],
+                        args.requests,
+                        args.seconds,
+                        send=lambda user, url=url: client.post(url + "/transcribe", *form(audio, user), timeout=120),
+                    )
                     texts = result.pop("texts")
                     rows.append(
                         {

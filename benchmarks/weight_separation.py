@@ -122,11 +122,13 @@ def swap_latency(engine: AdapterServer, strategy: str, repeats: int) -> dict:
     }
 
 
-def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: float) -> dict:
-    """One client thread per user, each asking for its own adapter, until ``requests`` or ``seconds``."""
-    latencies, hits, errors, modes, lock = [], [], [], set(), threading.Lock()
+def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: float, send=None) -> dict:
+    """One client thread per user, each asking for its own adapter, until ``requests`` or ``seconds``.
+    ``send(user)``: one request and its JSON answer (default: the audio as the body, ``?user=``)."""
+    latencies, hits, errors, modes, texts, lock = [], [], [], set(), {}, threading.Lock()
     budget = iter(range(requests))
     deadline = time.monotonic() + seconds
+    send = send or (lambda user: client.transcribe(url, audio, user=user))
 
     def worker(user: str) -> None:
         while time.monotonic() < deadline:
@@ -135,17 +137,18 @@ def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: f
                     return
             started = time.perf_counter()
             try:
-                result = client.transcribe(url, audio, user=user)
+                result = send(user)
             except Exception as err:  # counted and reported, the run goes on
                 with lock:
                     errors.append(str(err))
                 continue
             with lock:
                 latencies.append((time.perf_counter() - started) * 1000)
+                texts.setdefault(user, set()).add(result.get("text"))
                 hits.append(result.get("cache_hit", False))
                 note = result.get("note", "")
                 modes.add(
-                    result["mode"]
+                    result.get("mode", "?")
                     + (
                         " (cannot merge)"
                         if "cannot be folded" in note
@@ -175,6 +178,7 @@ def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: f
         "p95_ms": quantile(0.95),
         "cache_hit_rate": sum(hits) / max(1, len(hits)),
         "served_as": ", ".join(sorted(modes)),
+        "texts": texts,  # user: the distinct transcripts it got
         **({"first_error": errors[0]} if errors else {}),
     }
 
@@ -226,6 +230,7 @@ def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
                         "users": users,
                         **load_test(url, audio, mix_users(mix, users), args.batching_requests, args.seconds),
                     }
+                    row.pop("texts")
                     rows.append(row)
                     print(
                         f"{mix} {serving} users={users}: {row['requests']} requests, "
@@ -331,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                                 url, audio, [f"{strategy}-{i}" for i in range(users)], args.requests, args.seconds
                             ),
                         }
+                        row.pop("texts")
                         serving.append(row)
                         print(
                             f"{strategy} {mode} users={users}: {row['requests']} requests, "
