@@ -34,6 +34,9 @@ class ModelConfig:
     # recompute activations in the backward pass (less memory, ~30 % more time); adapters in checkpointed
     # layers still get gradients (lightning_asr/module.py, enable_gradient_checkpointing)
     gradient_checkpointing: bool = False
+    # Whisper: keep the first N encoder positions (N / 50 s windows; 300 = 6 s): a real checkpoint's 30 s
+    # window costs five times the encoder time of 6 s on short utterances (None: the model's own window)
+    encoder_positions: int | None = None
 
 
 @dataclass

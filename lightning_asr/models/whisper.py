@@ -135,12 +135,36 @@ def input_seconds(model: WhisperForConditionalGeneration) -> int:
     return model.config.max_source_positions * 2 // 100
 
 
-def load_model_processor(spec: str | os.PathLike, tokenizer: str | None = None, seed: int = 0):
-    """Model and matching processor: the tokenizer from the model directory if it has one, else built in."""
+def cut_encoder_window(model: WhisperForConditionalGeneration, positions: int) -> WhisperForConditionalGeneration:
+    """Keep the first ``positions`` encoder positions (2 mel frames, 20 ms each): the encoder then reads
+    windows of ``positions / 50`` s instead of 30 s, as whisper.cpp's ``audio_ctx`` does. The position
+    embeddings are sinusoidal and fixed, so a prefix is exactly what the first frames saw in pretraining."""
+    embed = model.model.encoder.embed_positions
+    if not 0 < positions <= embed.weight.shape[0] or positions % 50:
+        raise ModelSpecError(
+            f"model.encoder_positions={positions}: this encoder has {embed.weight.shape[0]} positions — fix: give "
+            f"a multiple of 50 (1 s) up to {embed.weight.shape[0]} (300 = 6 s, 500 = 10 s, 1500 = 30 s)"
+        )
+    if positions < embed.weight.shape[0]:
+        cut = nn.Embedding(positions, embed.weight.shape[1])
+        cut.weight.data.copy_(embed.weight.data[:positions])
+        cut.weight.requires_grad_(embed.weight.requires_grad)
+        model.model.encoder.embed_positions = cut
+        model.model.encoder.max_source_positions = model.config.max_source_positions = positions
+    return model
+
+
+def load_model_processor(
+    spec: str | os.PathLike, tokenizer: str | None = None, seed: int = 0, encoder_positions: int | None = None
+):
+    """Model and matching processor: the tokenizer from the model directory if it has one, else built in.
+    ``encoder_positions``: cut the encoder's window (``cut_encoder_window``); the processor's follows."""
     from lightning_asr.models.fetch import resolve_spec
 
     spec = resolve_spec(str(spec))
     model = load_base_model(spec, seed)
+    if encoder_positions is not None:
+        cut_encoder_window(model, encoder_positions)
     path = Path(str(spec))
     from lightning_asr.models import import_ct2
 
@@ -266,7 +290,9 @@ class WhisperBackbone(Backbone):
         return sum(len(tokenizer.encode(u.text, add_special_tokens=False)) + 4 for u in utterances)
 
     def load(self, model_config):
-        return load_model_processor(model_config.spec, model_config.tokenizer, model_config.init_seed)
+        return load_model_processor(
+            model_config.spec, model_config.tokenizer, model_config.init_seed, model_config.encoder_positions
+        )
 
     def check_decode(self, decode_config) -> None:
         """``decode.language``: ``manifest`` (each utterance's own), ``auto`` (detected) or a code."""
