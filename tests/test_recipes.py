@@ -93,3 +93,12 @@ def test_a_profile_based_on_another_takes_its_settings_and_changes_its_own():
     benchmark = Benchmark(calibration, path)
     assert all(m.endswith("/dev.jsonl") for m in benchmark.test_manifests)
     assert len(benchmark.check([1])) > len(calibration.strategies)
+
+
+def test_real_whisper_profile_plans_its_cells_on_a_6_s_window_without_fetching():
+    bench, path = load_bench_config(str(ROOT / "configs" / "bench" / "whisper_base.yaml"))
+    benchmark = Benchmark(bench, path)
+    assert bench.base.spec == "whisper-base" and not benchmark.pretrains and bench.source_sets == ["en"]
+    assert bench.adapt["model"]["encoder_positions"] == 300  # the base evaluation and every cell read 6 s
+    cells = [line for line in benchmark.check(list(bench.seeds)) if line.startswith("cell ")]
+    assert len(cells) == len(bench.strategies) == 2
