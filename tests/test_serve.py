@@ -364,6 +364,7 @@ def test_modules_to_save_weights_stay_with_their_user(tmp_path, store):
     )
 
 
+@pytest.mark.slow  # two server processes started from scratch: ~20 s
 def test_a_killed_server_restarts_and_serves_the_same_transcripts(store):
     """``serve`` as a process: SIGKILL mid-service (nothing is flushed, no handler runs), then the same command
     again: the store is all the state there is, so every user gets the transcript offline decoding gives."""
