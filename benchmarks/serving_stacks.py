@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench/serving_stacks", help="directory for the JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from weight_separation import export_users, load_test
+    from weight_separation import export_users, load_test, markdown
 
     from lightning_asr.models import load_base_model
     from lightning_asr.serve import AdapterServer
@@ -214,14 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbase {args.base}, LoRA users, 2 s of audio, up to {args.max_new_tokens} new tokens, batches of up to "
         f"{args.max_batch_size} within {args.batch_timeout_ms:g} ms; {os.cpu_count()} CPUs\n"
     )
-    print("| stack | users | requests | req/s | p50 ms | p95 ms | first answer s | server RSS MiB | equal | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for r in rows:
-        print(
-            f"| {r['stack']} | {r['users']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | "
-            f"{r['p95_ms']:.0f} | {r['first_answer_s']:.1f} | {r['server_rss_mib']:.0f} | "
-            f"{r['transcripts_equal']} | {r['errors']} |"
-        )
+    columns = [("stack", "stack", "s"), ("users", "users", "d"), ("requests", "requests", "d")]
+    columns += [("requests_per_s", "req/s", ".2f"), ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f")]
+    columns += [("first_answer_s", "first answer s", ".1f"), ("server_rss_mib", "server RSS MiB", ".0f")]
+    columns += [("transcripts_equal", "equal", "s"), ("errors", "errors", "d")]
+    print(markdown(rows, columns))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving_stacks.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
