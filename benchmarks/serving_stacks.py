@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,12 +82,6 @@ if __name__ == "__main__":  # LitServe spawns its worker, which imports this fil
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of a process and its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -117,7 +110,7 @@ def form(audio: bytes, user: str) -> tuple[bytes, str]:
 
 def start(stack: str, args, adapters: Path, audio: bytes) -> tuple[subprocess.Popen, str, float]:
     """The stack's server as a process; the seconds until it answered its first transcription."""
-    port = free_port()
+    port = client.free_port()
     if stack == "fastapi":
         command = [sys.executable, "-m", "lightning_asr", "serve", "--base", args.base, "--adapters", str(adapters)]
         command += ["--port", str(port), "--language", "en", "--max-new-tokens", str(args.max_new_tokens)]

@@ -8,6 +8,7 @@ keeps its adapter itself) as ``multipart/form-data``. Both return the server's J
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +31,13 @@ class ServerError(RuntimeError):
     def __init__(self, status: int, detail: str):
         super().__init__(f"HTTP {status}: {detail}")
         self.status, self.detail = status, detail
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS picks it), for a server started next on loopback."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def multipart_body(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:

@@ -4,13 +4,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from lightning_asr.client import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,12 +123,6 @@ def test_rerun_reuses_finished_cells(smoke_run, capsys):
     )
     _, runs = runs_of(tmp)
     assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2  # no new child runs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # the UI server starts in ~15 s on 2 cores: not one of the main jobs, so `make test-all`

@@ -370,15 +370,12 @@ def test_a_killed_server_restarts_and_serves_the_same_transcripts(store):
     again: the store is all the state there is, so every user gets the transcript offline decoding gives."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
     def start():
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = client.free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "lightning_asr", "serve", "--base", BASE, "--adapters", str(store["adapters"])]
             + ["--port", str(port), "--language", "en", "--max-new-tokens", "12", "--max-batch-size", "4"],

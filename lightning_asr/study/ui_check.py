@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -71,12 +70,6 @@ def smoke_store(out: Path) -> str:
     if forgetting_main(args) != 0:
         raise RuntimeError("the smoke benchmark failed; see its output above")
     return uri
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_ui(uri: str, out: Path, port: int) -> subprocess.Popen:
@@ -215,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = smoke_store(out)
+    from lightning_asr.client import free_port
+
     port = free_port()
     process = start_ui(uri, out, port)
     try:
