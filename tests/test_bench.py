@@ -170,6 +170,32 @@ def test_interrupted_cell_resumes_in_its_own_run(smoke_run, capsys):
     assert len(children) == 2 and client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"
 
 
+def test_a_cell_without_its_learning_curve_is_trained_again_in_a_new_run(smoke_run, capsys):
+    """A finished cell without curve metrics (trained with curves.points 0) is not reused where curves are asked
+    for: its strategy would be missing from the curves and the matched-target table. The old run stays."""
+    import sqlite3
+
+    from lightning_asr.study.cli import forgetting_main as main
+
+    tmp, args = smoke_run
+    client, runs = runs_of(tmp)
+    lora = next(r for r in runs if r.data.tags.get("strategy") == "lora" and "mlflow.parentRunId" in r.data.tags)
+    with sqlite3.connect(tmp / "mlflow.db") as db:  # the store as a run without curves leaves it
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"DELETE FROM {table} WHERE run_uuid = ? AND key LIKE 'curve/%'", (lora.info.run_id,))
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "cell lora-seed1: finished before without a learning curve" in out
+    assert "cell full_ft-seed1: finished before (run" in out
+    client, runs = runs_of(tmp)
+    new = [
+        r for r in runs if r.data.tags.get("lightning_asr.cell") == "lora-seed1" and r.info.run_id != lora.info.run_id
+    ]
+    assert len(new) == 1 and client.get_metric_history(new[0].info.run_id, "curve/target_error")
+    assert client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"
+
+
 def test_a_base_above_its_bounds_stops_the_benchmark_and_is_not_cached(tmp_path, capsys):
     from lightning_asr.study.cli import forgetting_main as main
 

@@ -90,3 +90,9 @@ def test_strategies_compared_at_matched_target_error():
     assert by["gentle"]["backward_gain"] == pytest.approx((0.15 - 0.035) / 0.15)
     assert by["gentle"]["relative_source_gain"] == pytest.approx((0.35 - 0.235) / 0.35)
     assert math.isnan(by["slow"]["source_error"]) and math.isnan(by["slow"]["backward_gain"])
+    # a reference at its final target error before its last point is read there too: against itself, 0 and 0
+    early = [(0, 0.5, 0.2), (50, 0.0, 0.3), (100, 0.0, 0.25)]
+    level, rows = matched({"early": early, "gentle": gentle}, "early")
+    by = {row["strategy"]: row for row in rows}
+    assert level == 0.0 and by["early"]["source_error"] == pytest.approx(0.3)
+    assert by["early"]["backward_gain"] == 0.0 and by["early"]["relative_source_gain"] == 0.0

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
     "ascend_whisper_small": ("openai/whisper-small", "ascend/test"),
     "kecs_whisper_tiny": ("openai/whisper-tiny", "kecs/test"),
+    "whisper_base_gpu": ("whisper-base", "ko-en/test"),  # the GPU size of the real-base profile
 }
 
 
@@ -30,7 +31,8 @@ def test_recipe_resolves_every_cell(recipe, capsys):
     assert all("bf16-mixed" in line for line in cells)
     assert sum(line.startswith("MISSING") for line in lines) == len(benchmark.test_manifests) + 2  # + train, dev
     assert main(["--profile", str(path), "--check"]) == 0
-    assert "cell blora-seed3: blora" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cell blora-seed3: blora" in out and "21 cells; cost unknown" in out  # no GPU cell was measured
 
 
 def test_recipe_errors_name_the_key(tmp_path):
@@ -100,5 +102,9 @@ def test_real_whisper_profile_plans_its_cells_on_a_6_s_window_without_fetching()
     benchmark = Benchmark(bench, path)
     assert bench.base.spec == "whisper-base" and not benchmark.pretrains and bench.source_sets == ["en"]
     assert bench.adapt["model"]["encoder_positions"] == 300  # the base evaluation and every cell read 6 s
-    cells = [line for line in benchmark.check(list(bench.seeds)) if line.startswith("cell ")]
-    assert len(cells) == len(bench.strategies) == 2
+    lines = benchmark.check(list(bench.seeds))
+    cells = [line for line in lines if line.startswith("cell ")]
+    assert len(cells) == len(bench.strategies) == 4
+    # its cost, from the seconds per cell measured on 2 CPU cores
+    minutes = sum(bench.cell_seconds[name] for name in ("full_ft", "lora", "glora", "blora")) / 60
+    assert f"4 cells; ~{minutes:.0f} min on this machine" in "\n".join(lines)

@@ -51,6 +51,7 @@ from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study import figures, tracking
 from lightning_asr.study.curves import LearningCurve
 from lightning_asr.study.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
+from lightning_asr.study.plan import cost_text
 from lightning_asr.study.report import markdown_table
 from lightning_asr.text import TextNormalizer, primary_unit
 
@@ -114,6 +115,9 @@ class BenchConfig:
     output_dir: str = "runs/bench"
     bootstrap: int = 1000
     curves: CurvesSection = field(default_factory=CurvesSection)
+    # measured seconds per cell by strategy (training and evaluation) on the machine the profile is sized for;
+    # --check estimates the run's cost from them
+    cell_seconds: dict = field(default_factory=dict)
 
 
 class BaseGateError(ConfigError):
@@ -500,6 +504,13 @@ class Benchmark:
         config_hash = self.cell_hash(config)
         cell = f"{label}-seed{seed}"
         finished, unfinished = self.find_cell_runs(client, experiment, cell, config_hash)
+        if self.bench.curves.points > 0 and finished:
+            # the curve is not part of a result's identity, but a cell reused without one would leave its
+            # strategy out of the curves and the matched-target comparison
+            with_curve = [r for r in finished if self.cell_curve(client, r.info.run_id)]
+            if not with_curve and not self.force:
+                say(f"cell {cell}: finished before without a learning curve (curves.points 0); trained again")
+            finished = with_curve
         if finished and not self.force:
             run = finished[0]
             say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
@@ -613,16 +624,22 @@ class Benchmark:
             f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"
         ]
         self.corpus_checksum = "unchecked"
+        methods = []
         for entry in self.bench.strategies:
             entry = OmegaConf.to_container(entry, resolve=True)
             for seed in seeds:
                 config = self.cell_config(entry, seed, self.bench.base.spec)
                 strategy = build_strategy(config.adapter)
                 backbone_for(config.model.spec).check_decode(config.decode)
+                methods.append(strategy.name)
                 lines.append(
                     f"cell {entry['label']}-seed{seed}: {strategy.name}, {config.trainer.max_steps} steps, "
                     f"lr {config.optim.lr}, precision {config.trainer.precision}"
                 )
+        lines.append(
+            f"{len(methods)} cells; {cost_text(methods, self.bench.cell_seconds)}"
+            + ("; plus pretraining the base, unless it is cached" if self.pretrains else "")
+        )
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
             lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
         return lines

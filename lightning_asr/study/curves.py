@@ -123,7 +123,9 @@ def matched(curves: dict[str, list[tuple[int, float, float]]], reference: str) -
     if reference not in curves or not curves[reference]:
         return math.nan, []
     level = curves[reference][-1][1]
-    ref_source = curves[reference][-1][2]
+    # read off the reference's curve like every other one's: where it first reaches its final target error (a
+    # curve that gets there early and then moves on the source side has its last point elsewhere)
+    ref_source = interpolate_source(curves[reference], level)
     ref_forgetting = ref_source - curves[reference][0][2]
     rows = []
     for label, curve in curves.items():

@@ -125,15 +125,18 @@ def plan_lines(plan: list[Experiment], cell_seconds: dict) -> list[str]:
             )
             for seed in experiment.seeds_of(v):
                 unique[(v.arm, v.label, seed)] = v.cost_method or v.method
-    seconds = [cell_seconds.get(method) for method in unique.values()]
+    lines.append(f"{len(unique)} distinct cells; {cost_text(list(unique.values()), cell_seconds)}")
+    return lines
+
+
+def cost_text(methods: list[str], cell_seconds: dict) -> str:
+    """What cells of these methods (one entry per cell) cost on this machine, from the profile's measured
+    seconds per cell by method, when none is cached."""
+    seconds = [cell_seconds.get(method) for method in methods]
     known = [s for s in seconds if s is not None]
     if not known:
-        lines.append(f"{len(unique)} distinct cells; cost unknown (the profile sets no cell_seconds)")
-        return lines
-    total = f"~{sum(known) / 60:.0f} min" + (
-        f" (+{len(seconds) - len(known)} cells of unknown cost)" if len(known) < len(seconds) else ""
+        return "cost unknown (the profile has no cell_seconds for these strategies)"
+    unknown = len(seconds) - len(known)
+    return f"~{sum(known) / 60:.0f} min on this machine if none is cached (cell_seconds in the profile)" + (
+        f"; +{unknown} cells of unknown cost" if unknown else ""
     )
-    lines.append(
-        f"{len(unique)} distinct cells; {total} on this machine if none is cached (cell_seconds in the profile)"
-    )
-    return lines
