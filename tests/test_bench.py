@@ -216,3 +216,17 @@ def test_a_base_above_its_bounds_stops_the_benchmark_and_is_not_cached(tmp_path,
     kept = list((tmp_path / "bases").iterdir())
     assert len(kept) == 1 and kept[0].name.endswith(".rejected") and (kept[0] / "pretraining.json").exists()
     assert main(args) == 2  # refused again, never taken from the cache
+
+
+def test_a_base_evaluation_is_cached_under_the_base_s_files_not_only_its_path(tmp_path):
+    """A base trained again at the same path (a rejected base is always kept at one) is evaluated again."""
+    from lightning_asr.study.benchmark import base_identity, digest
+
+    base = tmp_path / "whisper-toy-abc.rejected"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"first weights")
+    before = digest(base_identity(str(base)))
+    assert digest(base_identity(str(base))) == before  # unchanged files: the cached evaluation is found again
+    (base / "model.safetensors").write_bytes(b"second, longer weights")
+    assert digest(base_identity(str(base))) != before
+    assert base_identity("whisper-toy") == "whisper-toy"  # presets and hub ids by name

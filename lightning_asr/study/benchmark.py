@@ -176,6 +176,20 @@ def config_identity(config) -> dict:
     }
 
 
+def base_identity(spec: str) -> Any:
+    """What a base evaluation is cached under: a preset or hub id by its name; a local directory also by its
+    files' names, sizes and modification times, so a base trained again at the same path is evaluated again
+    (a rejected base is kept at one path whatever it reached)."""
+    path = Path(spec)
+    if not path.is_dir():
+        return spec
+    return [spec] + [
+        [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    ]
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -462,7 +476,7 @@ class Benchmark:
         config = self.cell_config({"label": "base", "adapter": {"name": unadapted_strategy()}}, 0, base_spec)
         cache = (
             self.out
-            / f"base-eval-{digest([base_spec, self.test_manifests, to_dict(config.decode), self.corpus_checksum])[:12]}.json"
+            / f"base-eval-{digest([base_identity(base_spec), self.test_manifests, to_dict(config.decode), self.corpus_checksum])[:12]}.json"
         )
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
