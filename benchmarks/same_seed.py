@@ -36,15 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deterministic", action="store_true")
     parser.add_argument("--corpus", default="data_manifests/synth", help="the embedded profile's corpus")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))  # train_throughput's phase_config: the same configs
+    sys.path.insert(0, str(Path(__file__).parent))  # train_throughput's configs and corpus: the same runs
+    from train_throughput import embedded_corpus
+
     from lightning_asr.console import quiet
-    from lightning_asr.data.synth import CorpusSpec, build_corpus
-    from lightning_asr.study.benchmark import load_bench_config
 
     quiet()
-    corpus = Path(args.corpus)
-    c = load_bench_config("embedded")[0].corpus
-    build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)
+    corpus = embedded_corpus(Path(args.corpus))
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     print(f"torch {torch.__version__}; {args.steps} pretraining steps, twice per thread count, one seed")

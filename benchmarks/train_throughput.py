@@ -165,6 +165,16 @@ def plain_steps(config, warmup: int) -> list[dict]:
     return rows
 
 
+def embedded_corpus(corpus: Path) -> Path:
+    """The embedded profile's synthetic corpus at ``corpus``, built where it is missing."""
+    from lightning_asr.data.synth import CorpusSpec, build_corpus
+    from lightning_asr.study.benchmark import load_bench_config
+
+    c = load_bench_config("embedded")[0].corpus
+    build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)
+    return corpus
+
+
 def median(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows) if rows else float("nan")
 
@@ -179,13 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print each round's median")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
-    from lightning_asr.data.synth import CorpusSpec, build_corpus
-    from lightning_asr.study.benchmark import load_bench_config
 
     quiet()
-    corpus = Path(args.corpus)
-    c = load_bench_config("embedded")[0].corpus
-    build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)
+    corpus = embedded_corpus(Path(args.corpus))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
         f"steps after {args.warmup} warm-up steps; medians in ms per step"
