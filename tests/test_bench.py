@@ -220,13 +220,18 @@ def test_a_base_above_its_bounds_stops_the_benchmark_and_is_not_cached(tmp_path,
 
 def test_a_base_evaluation_is_cached_under_the_base_s_files_not_only_its_path(tmp_path):
     """A base trained again at the same path (a rejected base is always kept at one) is evaluated again."""
-    from lightning_asr.study.benchmark import base_identity, digest
+    from lightning_asr.adapters import unadapted_strategy
+    from lightning_asr.study.benchmark import Benchmark, base_identity, load_bench_config
 
+    bench, path = load_bench_config("smoke", [f"output_dir={tmp_path}/runs", f"corpus.root={tmp_path}/corpus"])
+    benchmark = Benchmark(bench, path)
+    benchmark.corpus_checksum = "unchecked"
     base = tmp_path / "whisper-toy-abc.rejected"
     base.mkdir()
     (base / "model.safetensors").write_bytes(b"first weights")
-    before = digest(base_identity(str(base)))
-    assert digest(base_identity(str(base))) == before  # unchanged files: the cached evaluation is found again
+    config = benchmark.cell_config({"label": "base", "adapter": {"name": unadapted_strategy()}}, 0, str(base))
+    before = benchmark.base_evaluation_path(str(base), config)
+    assert benchmark.base_evaluation_path(str(base), config) == before  # unchanged files: found again
     (base / "model.safetensors").write_bytes(b"second, longer weights")
-    assert digest(base_identity(str(base))) != before
+    assert benchmark.base_evaluation_path(str(base), config) != before
     assert base_identity("whisper-toy") == "whisper-toy"  # presets and hub ids by name

@@ -468,16 +468,19 @@ class Benchmark:
         """What makes a cell's result: its config and the content of the data (not only the paths)."""
         return digest({"config": config_identity(config), "data": self.corpus_checksum})
 
+    def base_evaluation_path(self, base_spec: str, config) -> Path:
+        """Where the base's evaluation is cached: under the base (its files, for a directory), the test sets,
+        the decoding settings and the data's checksum."""
+        key = digest([base_identity(base_spec), self.test_manifests, to_dict(config.decode), self.corpus_checksum])
+        return self.out / f"base-eval-{key[:12]}.json"
+
     def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
         from lightning_asr.adapters import unadapted_strategy
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate
 
         config = self.cell_config({"label": "base", "adapter": {"name": unadapted_strategy()}}, 0, base_spec)
-        cache = (
-            self.out
-            / f"base-eval-{digest([base_identity(base_spec), self.test_manifests, to_dict(config.decode), self.corpus_checksum])[:12]}.json"
-        )
+        cache = self.base_evaluation_path(base_spec, config)
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
             rows = json.loads(cache.read_text())
