@@ -1,6 +1,7 @@
 """Training throughput: the project's training step against a plain PyTorch loop, on the same batches.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--rounds 2] [--phases pretrain,lora]
+        [--allocator kept|glibc|both]
 
 For each phase (``pretrain``: whisper-toy, every weight trains, the embedded profile's pretraining settings;
 ``lora``: LoRA on whisper-toy with the profile's adaptation settings), in one process:
@@ -14,13 +15,20 @@ Both run ``--rounds`` times, alternating, after ``--warmup`` untimed steps each 
 over every timed step. Printed: steps/s, the ratio project / plain, and per step the time in data (from the
 end of one step to the start of the next), forward, backward, optimiser (clipping, step, zero_grad,
 schedule) and everything else. The corpus is the embedded profile's (built first where it is missing).
+
+``--allocator``: training keeps freed memory for reuse (``lightning_asr.train.keep_freed_memory``), and so do
+both loops here by default; ``glibc`` leaves glibc's thresholds as they are; ``both`` measures each in its own
+process and adds each loop's ratio to its glibc figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +37,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+
+from lightning_asr.train import GLIBC_MALLOC, keep_freed_memory
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
@@ -179,25 +189,9 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows) if rows else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--phases", default="pretrain,lora")
-    parser.add_argument("--corpus", default="data_manifests/synth", help="the embedded profile's corpus")
-    parser.add_argument("--verbose", action="store_true", help="print each round's median")
-    args = parser.parse_args(argv)
-    from lightning_asr.console import quiet
-
-    quiet()
-    corpus = embedded_corpus(Path(args.corpus))
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
-        f"steps after {args.warmup} warm-up steps; medians in ms per step"
-    )
-    header = f"{'phase':<9} {'loop':<8} {'steps/s':>8} {'ratio':>6} " + " ".join(f"{k:>9}" for k in PHASES)
-    print(header)
+def measure(args, corpus: Path) -> dict:
+    """{(phase, loop): (steps/s, {phase of the step: median ms})} for this process's allocator."""
+    results = {}
     for phase in args.phases.split(","):
         rows = {"plain": [], "project": []}
         with tempfile.TemporaryDirectory() as tmp:
@@ -208,16 +202,72 @@ def main(argv: list[str] | None = None) -> int:
                     rows[loop] += timed
                     if args.verbose:
                         print(
-                            f"  round {index + 1} {loop}: {1000 * median(timed, 'total'):.1f} ms per step, "
-                            f"{torch.get_num_threads()} threads",
-                            flush=True,
+                            f"  round {index + 1} {loop}: {1000 * median(timed, 'total'):.1f} ms per step", flush=True
                         )
-        rates = {loop: 1 / median(r, "total") for loop, r in rows.items()}
-        for loop in ("plain", "project"):
-            ratio = rates[loop] / rates["plain"]
+        for loop, timed in rows.items():
+            results[f"{phase}/{loop}"] = (1 / median(timed, "total"), {k: 1000 * median(timed, k) for k in PHASES})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--phases", default="pretrain,lora")
+    parser.add_argument("--corpus", default="data_manifests/synth", help="the embedded profile's corpus")
+    parser.add_argument(
+        "--allocator",
+        default="kept",
+        choices=("kept", "glibc", "both"),
+        help="kept: freed memory kept for reuse, as training runs (lightning_asr.train.keep_freed_memory); "
+        "glibc: glibc's own thresholds; both: each in its own process, and their ratio",
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child's results, for both
+    parser.add_argument("--verbose", action="store_true", help="print each round's median")
+    args = parser.parse_args(argv)
+    from lightning_asr.console import quiet
+
+    quiet()
+    corpus = embedded_corpus(Path(args.corpus))
+    allocators = ("glibc", "kept") if args.allocator == "both" else (args.allocator,)
+    if args.allocator == "both":
+        results = {}
+        for allocator in allocators:  # one process each: glibc's thresholds, once raised, stay raised
+            command = [
+                sys.executable,
+                __file__,
+                *[a for a in (argv or sys.argv[1:]) if not a.startswith("--allocator")],
+            ]
+            done = subprocess.run(
+                [*command, "--allocator", allocator, "--json"], check=True, capture_output=True, text=True
+            )
+            results[allocator] = json.loads(done.stdout.strip().splitlines()[-1])
+    else:
+        if args.allocator == "glibc":
+            os.environ[GLIBC_MALLOC] = "1"
+        keep_freed_memory()
+        results = {args.allocator: measure(args, corpus)}
+        if args.json:
+            print(json.dumps(results[args.allocator]))
+            return 0
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed "
+        f"steps after {args.warmup} warm-up steps; medians in ms per step"
+    )
+    print(
+        f"{'phase':<9} {'loop':<8} {'allocator':<9} {'steps/s':>8} {'ratio':>6} {'vs glibc':>8} "
+        + " ".join(f"{k:>9}" for k in PHASES)
+    )
+    for key in results[allocators[0]]:
+        phase, loop = key.split("/")
+        for allocator in allocators:
+            rate, phases = results[allocator][key]
+            ratio = rate / results[allocator][f"{phase}/plain"][0]
+            versus = f"{rate / results['glibc'][key][0]:>8.3f}" if "glibc" in results else f"{'':>8}"
             print(
-                f"{phase:<9} {loop:<8} {rates[loop]:>8.3f} {ratio:>6.3f} "
-                + " ".join(f"{1000 * median(rows[loop], k):>9.1f}" for k in PHASES),
+                f"{phase:<9} {loop:<8} {allocator:<9} {rate:>8.3f} {ratio:>6.3f} {versus} "
+                + " ".join(f"{phases[k]:>9.1f}" for k in PHASES),
                 flush=True,
             )
     return 0

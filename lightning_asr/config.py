@@ -31,6 +31,9 @@ class ModelConfig:
     # lightning_asr/models/encoder_ctc.py); its characters are read from the training manifests when empty
     encoder_ctc_weight: float = 0.0
     encoder_ctc_units: list[str] = field(default_factory=list)
+    # Whisper, training only: the share of text tokens among the decoder's inputs replaced by a random token of
+    # the batch, so that a decoder which predicts a template corpus from its own history must listen sooner
+    decoder_input_dropout: float = 0.0
     # recompute activations in the backward pass (less memory, ~30 % more time); adapters in checkpointed
     # layers still get gradients (lightning_asr/module.py, enable_gradient_checkpointing)
     gradient_checkpointing: bool = False
@@ -98,11 +101,14 @@ class ScoringConfig:
 class EarlyStoppingConfig:
     """Stop before ``trainer.max_steps`` on the first validation set's loss (``val/loss``): once it is at or
     below ``stop_below``, or after ``patience`` validations that do not lower it by ``min_delta`` (0: never).
-    The checkpoint kept is the best one either way."""
+    The checkpoint kept is the best one either way. ``errors_below`` (validation set -> bound, e.g.
+    ``{en/dev: 0.03}``; needs ``decode.in_validation``): stop once every named set's decoded error is at or
+    below its bound."""
 
     stop_below: float | None = None
     patience: int = 0
     min_delta: float = 0.0
+    errors_below: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

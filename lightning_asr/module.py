@@ -131,7 +131,9 @@ class ASRModule(L.LightningModule):
         return self.backbone.loss(self.model, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        cross_entropy, _ = self.backbone.loss(self.model, batch, self.auxiliary)
+        cross_entropy, _ = self.backbone.loss(
+            self.model, batch, self.auxiliary, input_dropout=self.config.model.decoder_input_dropout
+        )
         regularizer = self.strategy.regularizer()
         loss = cross_entropy + regularizer
         size = len(batch["texts"])

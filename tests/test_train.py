@@ -34,6 +34,43 @@ def test_label_positions_loss_equals_the_models_own(corpus, tmp_path):
     assert torch.allclose(ours, reference, atol=1e-5) and n_tokens == int((batch["labels"] != -100).sum())
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_decoder_input_dropout_replaces_only_text_inputs_and_only_in_training(corpus, tmp_path, fixed_batch):
+    """``model.decoder_input_dropout``: text tokens among the decoder's inputs are replaced by tokens of the
+    batch's texts; the prompt, end-of-text and padding never are, targets stay, and evaluation sees no change."""
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    from lightning_asr.models.whisper import PROMPT_INPUTS, replace_text_inputs
+
+    labels, eot = fixed_batch["labels"], 50257
+    inputs = shift_tokens_right(labels.masked_fill(labels == -100, eot), eot, 50258)
+    text = torch.zeros_like(labels, dtype=torch.bool)
+    for row, ids in enumerate(labels.tolist()):
+        length = sum(i != -100 for i in ids)  # the prompt's 3 tokens, the text, end-of-text
+        text[row, PROMPT_INPUTS:length] = True
+    torch.manual_seed(0)
+    replaced = replace_text_inputs(inputs, labels, 1.0)
+    assert torch.equal(replaced[~text], inputs[~text]) and not torch.equal(replaced[text], inputs[text])
+    assert set(replaced[text].tolist()) <= set(inputs[text].tolist())
+    assert torch.equal(replace_text_inputs(inputs, labels, 0.0), inputs)
+
+    module = ASRModule(config_dict(corpus, tmp_path, **{"model.decoder_input_dropout": 0.5}))
+    module.train()
+    torch.manual_seed(0)
+    dropped = module.training_step(fixed_batch, 0)
+    plain = module.backbone.loss(module.model, fixed_batch)[0]
+    assert not torch.allclose(dropped, plain) and torch.equal(module.forward_loss(fixed_batch)[0], plain)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_a_ctc_model_rejects_decoder_input_dropout(corpus, tmp_path, ctc_batch):
+    from test_ctc import ctc_config
+
+    module = ASRModule(ctc_config(corpus, tmp_path, **{"model.decoder_input_dropout": 0.1}))
+    with pytest.raises(ValueError, match="decoder_input_dropout"):
+        module.training_step(ctc_batch, 0)
+
+
 def test_train_cli_validates_checkpoints_and_evaluate_loads(corpus, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"""
@@ -201,3 +238,37 @@ def test_early_stopping_ends_the_run_below_its_bound_and_says_where(corpus, tmp_
     assert patient.stopped_at_step == 4  # no improvement at all: one more validation, then stop
     full = train(config_dict(corpus, tmp_path / "c", **settings))
     assert full.stopped_at_step == 12
+
+
+def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp_path):
+    """``trainer.early_stopping.errors_below``: the first validation at which every named set's decoded error
+    is within its bound ends the run; a bound not met runs to the cap; a set that is not validated, or
+    validation without decoding, is refused before training."""
+    from lightning_asr.config import ConfigError
+    from lightning_asr.train import train
+
+    settings = {
+        "trainer.max_steps": 4,
+        "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": False,
+        "decode.max_new_tokens": 4,
+    }
+    met = train(
+        config_dict(corpus, tmp_path / "a", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 100}"})
+    )
+    assert met.stopped_at_step == 2 and met.validation["val/ko-en/dev/error"] <= 100
+    unmet = train(
+        config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 0}"})
+    )
+    assert unmet.stopped_at_step == 4 and unmet.validation["val/ko-en/dev/error"] > 0
+    with pytest.raises(ConfigError, match="en/dev, which is not a validation set.*ko-en/dev"):
+        train(config_dict(corpus, tmp_path / "c", **settings, **{"trainer.early_stopping.errors_below": "{en/dev: 1}"}))
+    with pytest.raises(ConfigError, match="decode.in_validation=true"):
+        train(
+            config_dict(
+                corpus,
+                tmp_path / "d",
+                **settings,
+                **{"trainer.early_stopping.errors_below": "{ko-en/dev: 1}", "decode.in_validation": False},
+            )
+        )

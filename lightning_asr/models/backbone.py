@@ -77,8 +77,12 @@ class Backbone:
         """A module whose loss training adds (Whisper: the encoder's CTC head), or None."""
         return None
 
-    def loss(self, model: nn.Module, batch: dict, auxiliary: nn.Module | None = None) -> tuple[torch.Tensor, int]:
-        """Mean loss per target unit (mixed with ``auxiliary``'s where given), and the number of target units."""
+    def loss(
+        self, model: nn.Module, batch: dict, auxiliary: nn.Module | None = None, input_dropout: float = 0.0
+    ) -> tuple[torch.Tensor, int]:
+        """Mean loss per target unit (mixed with ``auxiliary``'s where given), and the number of target units.
+        ``input_dropout``: the share of a decoder's text inputs replaced while training
+        (``model.decoder_input_dropout``); a family without a decoder rejects a non-zero share."""
         raise NotImplementedError
 
     def decode(

@@ -247,7 +247,11 @@ class Wav2Vec2Backbone(Backbone):
         )
         return {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask}
 
-    def loss(self, model, batch: dict, auxiliary=None) -> tuple[torch.Tensor, int]:
+    def loss(self, model, batch: dict, auxiliary=None, input_dropout: float = 0.0) -> tuple[torch.Tensor, int]:
+        if input_dropout > 0:
+            raise ValueError(
+                "model.decoder_input_dropout is set, but a CTC model has no decoder inputs — fix: leave it at 0"
+            )
         labels = batch["labels"]
         out = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
         return out.loss, int((labels != IGNORE_INDEX).sum())

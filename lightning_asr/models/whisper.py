@@ -231,6 +231,22 @@ class WhisperCollator:
         }
 
 
+PROMPT_INPUTS = 4  # <|startoftranscript|><|lang|><|transcribe|><|notimestamps|> lead every decoder input
+
+
+def replace_text_inputs(decoder_input_ids: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
+    """``decoder_input_ids`` with a ``rate`` share of its text tokens set to text tokens drawn uniformly from
+    the batch's inputs; the prompt, end-of-text and padding stay as they are."""
+    text = torch.zeros_like(labels, dtype=torch.bool)
+    # input t is label t-1, so it is a text token where label t is still inside the label (after the prompt)
+    text[:, PROMPT_INPUTS:] = labels[:, PROMPT_INPUTS:] != IGNORE_INDEX
+    pool = decoder_input_ids[text]
+    chosen = text & (torch.rand(labels.shape, device=labels.device) < rate)
+    replaced = decoder_input_ids.clone()
+    replaced[chosen] = pool[torch.randint(len(pool), (int(chosen.sum()),), device=labels.device)]
+    return replaced
+
+
 # Whisper names its attention blocks self_attn (encoder and decoder) and encoder_attn (decoder
 # cross-attention), its feed-forward layers fc1/fc2.
 _ATTENTION = r"(q_proj|k_proj|v_proj|out_proj)$"
@@ -318,16 +334,20 @@ class WhisperBackbone(Backbone):
         features = processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt").input_features
         return {"input_features": features}
 
-    def loss(self, model, batch: dict, auxiliary=None) -> tuple[torch.Tensor, int]:
+    def loss(self, model, batch: dict, auxiliary=None, input_dropout: float = 0.0) -> tuple[torch.Tensor, int]:
         """Token-mean cross-entropy. The output projection (51,865 wide) runs only at label positions, not
         at padding: that saves about a third of a training step on small models. With ``auxiliary`` (an
-        ``EncoderCTC``), the loss is its weight's mix of cross-entropy and the encoder's CTC loss."""
+        ``EncoderCTC``), the loss is its weight's mix of cross-entropy and the encoder's CTC loss. With
+        ``input_dropout``, that share of the text tokens among the decoder's inputs is replaced by tokens drawn
+        from the batch's texts (the targets stay the true ones)."""
         labels, config = batch["labels"], model.config
         decoder_input_ids = shift_tokens_right(
             labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
             config.pad_token_id,
             config.decoder_start_token_id,
         )
+        if input_dropout > 0:
+            decoder_input_ids = replace_text_inputs(decoder_input_ids, labels, input_dropout)
         outputs = model.model(
             input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
         )
