@@ -234,14 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.allocator == "both":
         results = {}
         for allocator in allocators:  # one process each: glibc's thresholds, once raised, stay raised
-            command = [
-                sys.executable,
-                __file__,
-                *[a for a in (argv or sys.argv[1:]) if not a.startswith("--allocator")],
-            ]
-            done = subprocess.run(
-                [*command, "--allocator", allocator, "--json"], check=True, capture_output=True, text=True
-            )
+            command = [sys.executable, __file__, "--allocator", allocator, "--json", "--corpus", args.corpus]
+            command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
+            done = subprocess.run([*command, "--phases", args.phases], check=True, capture_output=True, text=True)
             results[allocator] = json.loads(done.stdout.strip().splitlines()[-1])
     else:
         if args.allocator == "glibc":

@@ -95,7 +95,8 @@ class SeedEachBatch(Callback):
 
 class StopAtErrors(Callback):
     """Ends training at the first validation where every set in ``bounds`` has a decoded error at or below its
-    bound (``trainer.early_stopping.errors_below``)."""
+    bound (``trainer.early_stopping.errors_below``); ``met`` says whether that happened. The run's best
+    checkpoint is then the one that met the bounds, not the one of lowest ``val/loss``."""
 
     def __init__(self, bounds: dict[str, float], val_sets: list[str], decoded: bool):
         if not decoded:
@@ -109,14 +110,14 @@ class StopAtErrors(Callback):
                 f"trainer.early_stopping.errors_below names {', '.join(unknown)}, which is not a validation set "
                 f"of this run — fix: use the names of data.val_manifests' sets ({', '.join(val_sets) or 'none'})"
             )
-        self.bounds = bounds
+        self.bounds, self.met = bounds, False
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         errors = trainer.callback_metrics
         if all(float(errors[f"val/{name}/error"]) <= bound for name, bound in self.bounds.items()):
-            trainer.should_stop = True
+            trainer.should_stop = self.met = True
 
 
 def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
@@ -243,14 +244,12 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
                 check_on_train_epoch_end=False,
             )
         )
+    stop_at_errors = None
     if has_val and stopping.errors_below:
-        callbacks.append(
-            StopAtErrors(
-                dict(stopping.errors_below),
-                [name for name, _ in module.eval_sets["val"]],
-                config.decode.in_validation,
-            )
+        stop_at_errors = StopAtErrors(
+            dict(stopping.errors_below), [name for name, _ in module.eval_sets["val"]], config.decode.in_validation
         )
+        callbacks.append(stop_at_errors)
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = make_trainer(
@@ -259,6 +258,8 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = checkpoint.best_model_path or str(last)
+    if stop_at_errors is not None and stop_at_errors.met:
+        best = str(last)  # saved at the validation that met the bounds (it ended the run)
     return TrainResult(module, best, str(last), validation, trainer.global_step)
 
 

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import config_dict, datamodule
@@ -257,6 +261,7 @@ def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp
         config_dict(corpus, tmp_path / "a", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 100}"})
     )
     assert met.stopped_at_step == 2 and met.validation["val/ko-en/dev/error"] <= 100
+    assert met.best_checkpoint == met.last_checkpoint  # the weights that met the bounds
     unmet = train(
         config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 0}"})
     )
@@ -272,3 +277,28 @@ def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp
                 **{"trainer.early_stopping.errors_below": "{ko-en/dev: 1}", "decode.in_validation": False},
             )
         )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
+    """After ``keep_freed_memory`` a freed 40 MB tensor's pages are reused by the next one; with glibc's own
+    thresholds (``LIGHTNING_ASR_GLIBC_MALLOC=1``) each new tensor faults its pages in again."""
+    probe = (
+        "import resource, torch\n"
+        "from lightning_asr.train import keep_freed_memory\n"
+        "keep_freed_memory()\n"
+        "torch.ones(51865, 192), torch.ones(51865, 192)\n"  # the heap grows to hold one
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    torch.ones(51865, 192)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+
+    def faults(**env) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, check=True
+        )
+        return int(done.stdout.split()[-1])
+
+    pages = 51865 * 192 * 4 // 4096  # one tensor's pages
+    assert faults(LIGHTNING_ASR_GLIBC_MALLOC="1") > 4 * pages and faults(LIGHTNING_ASR_GLIBC_MALLOC="0") < pages / 10
