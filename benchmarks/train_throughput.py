@@ -120,7 +120,7 @@ def project_steps(config, warmup: int) -> list[dict]:
 
 def plain_steps(config, warmup: int) -> list[dict]:
     """The same model, batches, loss, optimiser and schedule as ``ASRModule`` and the Trainer, by hand."""
-    from lightning_asr.module import ASRModule
+    from lightning_asr.module import ASRModule, adamw
     from lightning_asr.train import make_datamodule
 
     L.seed_everything(config.seed, verbose=False)
@@ -133,9 +133,7 @@ def plain_steps(config, warmup: int) -> list[dict]:
         if len(batches) == config.trainer.max_steps:
             break
     optim = config.optim
-    optimizer = torch.optim.AdamW(
-        module.strategy.optimizer_groups(optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
-    )
+    optimizer = adamw(module.strategy.optimizer_groups(optim.weight_decay), optim.lr, optim.betas)
     total, warm, floor = config.trainer.max_steps, optim.warmup_steps, optim.min_lr_ratio
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

@@ -23,3 +23,25 @@ def test_a_cut_window_keeps_the_position_prefix_and_the_processor_follows():
     for bad in (0, 120, 400):
         with pytest.raises(ModelSpecError, match="encoder_positions"):
             load_model_processor("whisper-tiny-random", encoder_positions=bad)
+
+
+def test_a_preset_hears_the_audio_at_the_scale_of_its_positions(fixed_batch):
+    """From scratch, the conv stem's output on log-mel input must not vanish under the sinusoidal positions it
+    is added to: Whisper's own init (normal, std 0.02) leaves it about 25 times smaller, and pretraining slow
+    to start listening (docs/benchmark.md, "Pretraining the embedded base")."""
+    import torch.nn.functional as F
+
+    from lightning_asr.models.whisper import preset_model
+
+    encoder = preset_model("whisper-toy", seed=1).model.encoder
+
+    def stem_to_positions() -> float:
+        with torch.no_grad():
+            stem = F.gelu(encoder.conv2(F.gelu(encoder.conv1(fixed_batch["input_features"]))))
+        return stem.std().item() / encoder.embed_positions.weight.std().item()
+
+    assert 0.5 < stem_to_positions() < 2
+    assert not encoder.conv1.bias.any() and not encoder.conv2.bias.any()
+    for conv in (encoder.conv1, encoder.conv2):  # Whisper's init, as transformers applies it
+        torch.nn.init.normal_(conv.weight, std=0.02)
+    assert stem_to_positions() < 0.1

@@ -57,8 +57,8 @@ from lightning_asr.text import TextNormalizer, primary_unit
 
 ROOT = Path(lightning_asr.__file__).resolve().parents[1]  # a source checkout: configs/ and git
 # bump when the pretraining code path changes what a cached base would be (2: cached float16 log-mel inputs,
-# the base keyed on the manifests pretraining reads)
-PRETRAIN_RECIPE_VERSION = 2
+# the base keyed on the manifests pretraining reads; 3: whisper-toy's convolution stem He-initialised)
+PRETRAIN_RECIPE_VERSION = 3
 # bump when a default or a code path changes what a finished cell would be (4: cached float16 log-mel inputs).
 # Metrics added to every cell since (delta W read against W0, BLoRA's signal-to-noise per factor) leave the
 # results the same: cells trained before simply lack them. The base's key holds this version too, so a bump
