@@ -25,7 +25,7 @@ def test_a_cut_window_keeps_the_position_prefix_and_the_processor_follows():
             load_model_processor("whisper-tiny-random", encoder_positions=bad)
 
 
-def test_a_preset_hears_the_audio_at_the_scale_of_its_positions(fixed_batch):
+def test_whisper_toy_hears_the_audio_at_the_scale_of_its_positions(fixed_batch):
     """From scratch, the conv stem's output on log-mel input must not vanish under the sinusoidal positions it
     is added to: Whisper's own init (normal, std 0.02) leaves it about 25 times smaller, and pretraining slow
     to start listening (docs/benchmark.md, "Pretraining the embedded base")."""
