@@ -40,13 +40,10 @@ def gather_predictions(predictions: dict[str, list[dict]]) -> dict[str, list[dic
 
 
 def adamw(groups: list[dict], lr: float, betas, mixed_precision: bool = False) -> torch.optim.AdamW:
-    """AdamW over ``groups``, fused (one pass over all tensors) on CPU and CUDA: torch's default on CPU is a
-    loop over tensors that took about 10 % of a whisper-toy pretraining step (``benchmarks/train_throughput.py``
-    prints the optimiser's share). Not under mixed precision, where Lightning refuses to clip the gradients of
-    a fused optimiser (it would unscale them itself)."""
-    fused = not mixed_precision and all(
-        p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"]
-    )
+    """AdamW over ``groups``, fused (one pass over all tensors) on CPU and CUDA, where torch's default is a loop
+    over tensors (``benchmarks/train_throughput.py`` prints the optimiser's time per step; docs/benchmark.md).
+    Not under mixed precision, where Lightning refuses to clip the gradients of a fused optimiser."""
+    fused = not mixed_precision and all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
 
 
