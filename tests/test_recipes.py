@@ -91,7 +91,7 @@ def test_a_profile_based_on_another_takes_its_settings_and_changes_its_own():
     embedded, _ = load_bench_config("embedded")
     calibration, path = load_bench_config("calibration")
     assert calibration.base == embedded.base and calibration.adapt == embedded.adapt
-    assert calibration.name != embedded.name and calibration.reference == "lora-qv-1e-3"
+    assert calibration.name != embedded.name and calibration.reference == "lora-all-4e-3"
     benchmark = Benchmark(calibration, path)
     assert all(m.endswith("/dev.jsonl") for m in benchmark.test_manifests)
     assert len(benchmark.check([1])) > len(calibration.strategies)
