@@ -64,6 +64,7 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
     assert "| strategy | mer | jer | cer | wer | err_ko | err_en | pier |" in comparison and "| base |" in comparison
     assert {"full_ft/target_pier", "lora/target_err_ko", "base/target_mer"} <= set(parent.data.metrics)
     assert "## At matched target error" in comparison and "lora/matched_source_error" in parent.data.metrics
+    assert "lora/matched_common_source_error" in parent.data.metrics
     for child in children:
         data = child.data
         assert (

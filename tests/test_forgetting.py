@@ -76,7 +76,7 @@ def test_mean_interval_and_missing_reference():
 def test_strategies_compared_at_matched_target_error():
     """At the target error the reference ends at, each strategy's source error is read off its own curve
     (linear between points); one that never gets that low is NaN, not extrapolated."""
-    from lightning_asr.study.curves import curve_steps, interpolate_source, matched
+    from lightning_asr.study.curves import common_level, curve_steps, interpolate_source, matched
 
     assert curve_steps(150, 5) == [0, 38, 75, 112, 150] and curve_steps(4, 3) == [0, 2, 4]
     lora = [(0, 0.5, 0.2), (50, 0.3, 0.3), (100, 0.2, 0.35)]
@@ -96,3 +96,10 @@ def test_strategies_compared_at_matched_target_error():
     by = {row["strategy"]: row for row in rows}
     assert level == 0.0 and by["early"]["source_error"] == pytest.approx(0.3)
     assert by["early"]["backward_gain"] == 0.0 and by["early"]["relative_source_gain"] == 0.0
+    # at the lowest target error every curve reaches (slow's 0.4), no strategy drops out
+    curves = {"lora": lora, "gentle": gentle, "slow": slow}
+    level, rows = matched(curves, "lora", common_level(curves))
+    by = {row["strategy"]: row for row in rows}
+    assert level == 0.4 and not any(math.isnan(row["source_error"]) for row in rows)
+    assert by["slow"]["source_error"] == pytest.approx(0.21) and by["lora"]["source_error"] == pytest.approx(0.25)
+    assert by["slow"]["backward_gain"] == pytest.approx((0.05 - 0.01) / 0.05)

@@ -48,6 +48,37 @@ def test_manifest_language_control_prompts_each_utterance_with_its_own_language(
     assert seen["language"] == ["en", "ko", "zh", "zh"]
 
 
+def test_a_model_that_favours_timestamps_still_decodes_each_window_once(mixed_batch, corpus, tmp_path, monkeypatch):
+    """Decoding prompts with <|notimestamps|>, so timestamp tokens are suppressed: a model that favours them
+    cannot make ``generate`` cut a window at a timestamp pair and decode the rest again over some rows only
+    (the rows' text would depend on their batch, and batched serving's row-banked adapters would see fewer
+    rows than requests)."""
+    from lightning_asr.tokenizer import KNOWN_IDS
+
+    module = ASRModule(config_dict(corpus, tmp_path, **{"adapter.name": "frozen", "decode.max_new_tokens": 6}))
+    module.eval()
+    first_timestamp = KNOWN_IDS["<|notimestamps|>"] + 1
+
+    def favour_timestamps(layer, inputs, logits):
+        logits = logits.clone()
+        logits[..., first_timestamp:] += 30.0
+        return logits
+
+    module.model.proj_out.register_forward_hook(favour_timestamps)
+    seen = {}
+    original = module.model.generate
+
+    def spy(*args, **kwargs):
+        seen["output"] = original(*args, **kwargs)
+        return seen["output"]
+
+    monkeypatch.setattr(module.model, "generate", spy)
+    with torch.no_grad():
+        texts, _ = module.transcribe(mixed_batch, mixed_batch["langs"])
+    sequences = seen["output"] if torch.is_tensor(seen["output"]) else seen["output"].sequences
+    assert len(texts) == 4 and sequences.shape == (4, 6) and not (sequences >= first_timestamp).any()
+
+
 def test_unknown_language_control_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="decode.language='korean'.*manifest, auto"):
         ASRModule(config_dict(corpus, tmp_path, **{"decode.language": "korean"}))

@@ -80,6 +80,18 @@ def whisper_generation_config() -> GenerationConfig:
     )
 
 
+def without_timestamps(generation_config: GenerationConfig, vocab_size: int) -> list[int] | None:
+    """The tokens to suppress when decoding without timestamps: the config's own and every timestamp token.
+    Decoding prompts with ``<|notimestamps|>``, as the labels are trained, so a timestamp is never a valid
+    output; but a model that emits two in a row makes ``generate`` cut the window there and decode the rest
+    again in a second pass over those rows alone, so a row's text would depend on its batch and the
+    row-banked adapters of batched serving would see fewer rows than requests."""
+    no_timestamps = getattr(generation_config, "no_timestamps_token_id", None)
+    if no_timestamps is None:
+        return generation_config.suppress_tokens
+    return sorted(set(generation_config.suppress_tokens or ()) | set(range(no_timestamps + 1, vocab_size)))
+
+
 def init_conv_stem(model: WhisperForConditionalGeneration) -> None:
     """He-initialise the encoder's two convolutions (GELU after each), biases zero.
 
@@ -389,6 +401,7 @@ class WhisperBackbone(Backbone):
             task="transcribe",
             max_new_tokens=max_new_tokens,
             num_beams=decode_config.num_beams,
+            suppress_tokens=without_timestamps(model.generation_config, model.config.vocab_size),
         )
         if not torch.is_tensor(sequences):
             sequences = sequences.sequences

@@ -735,40 +735,50 @@ class Benchmark:
         return history[-1].value if history else math.nan
 
     def matched_section(self) -> tuple[str, dict[str, float]]:
-        """The strategies compared at the target error the reference reaches (mean over seeds), as markdown, and
-        the parent run's metrics of it."""
-        from lightning_asr.study.curves import matched
+        """The strategies compared at matched target error (mean over seeds), as markdown, and the parent run's
+        metrics of it: at the target error the reference ends at (``<label>/matched_*``), and at the lowest one
+        every strategy reaches (``<label>/matched_common_*``), where none drops out for ending above the
+        reference."""
+        from lightning_asr.study.curves import common_level, matched
 
-        per_label: dict[str, list[dict]] = {}
-        levels = []
-        for seed in sorted({s for by_seed in self.curves.values() for s in by_seed}):
-            level, rows = matched(
-                {label: c[seed] for label, c in self.curves.items() if c.get(seed)}, self.bench.reference
-            )
-            levels.append(level)
-            for row in rows:
-                per_label.setdefault(row["strategy"], []).append(row)
-        if not per_label:
+        seeds = sorted({s for by_seed in self.curves.values() for s in by_seed})
+        if not seeds:
             return "", {}
         keys = ("source_error", "forgetting", "backward_gain", "relative_source_gain")
-        table, metrics = [], {}
-        for label, rows in per_label.items():
-            means = {
-                k: float(np.nanmean([r[k] for r in rows])) if any(not math.isnan(r[k]) for r in rows) else math.nan
-                for k in keys
-            }
-            table.append([label] + [means[k] for k in keys])
-            metrics.update({f"{label}/matched_{k}": v for k, v in means.items()})
+        readings = (
+            ("matched", f"the target error {self.bench.reference} ends at", lambda curves: None),
+            ("matched_common", "the lowest target error every strategy reaches", common_level),
+        )
         text = (
             f"\n## At matched target error\n\nEach strategy's source error where its curve (dev subsets of "
-            f"{self.bench.curves.subset} utterances per set, {self.bench.curves.points} points) reaches the target "
-            f"error {self.bench.reference} ends at ({float(np.nanmean(levels)):.3f}, mean over seeds), linear between "
-            "points; nan: the strategy never got that low. Forgetting = that source error minus the curve's step-0 "
-            "source error; backward gain = share of the reference's forgetting avoided; relative source gain = "
-            "(E_src(ref) - E_src(k)) / E_src(ref), both at matched target error.\n\n"
-            + markdown_table(["strategy", *keys], table)
-            + "\n"
+            f"{self.bench.curves.subset} utterances per set, {self.bench.curves.points} points) reaches a target "
+            "error, linear between points; nan: the strategy never got that low. Forgetting = that source error "
+            "minus the curve's step-0 source error; backward gain = share of the reference's forgetting avoided; "
+            "relative source gain = (E_src(ref) - E_src(k)) / E_src(ref), both at matched target error.\n"
         )
+        metrics = {}
+        for prefix, what, level_of in readings:
+            per_label: dict[str, list[dict]] = {}
+            levels = []
+            for seed in seeds:
+                curves = {label: c[seed] for label, c in self.curves.items() if c.get(seed)}
+                level, rows = matched(curves, self.bench.reference, level_of(curves))
+                levels.append(level)
+                for row in rows:
+                    per_label.setdefault(row["strategy"], []).append(row)
+            table = []
+            for label, rows in per_label.items():
+                means = {
+                    k: float(np.nanmean([r[k] for r in rows])) if any(not math.isnan(r[k]) for r in rows) else math.nan
+                    for k in keys
+                }
+                table.append([label] + [means[k] for k in keys])
+                metrics.update({f"{label}/{prefix}_{k}": v for k, v in means.items()})
+            text += (
+                f"\nAt {what} ({float(np.nanmean(levels)):.3f}, mean over seeds):\n\n"
+                + markdown_table(["strategy", *keys], table)
+                + "\n"
+            )
         return text, metrics
 
     def closing_lines(self, rows: list[dict], base_errors: dict, breakdown: dict) -> list[str]:

@@ -4,8 +4,9 @@ During adaptation ``LearningCurve`` decodes fixed subsets of the source and targ
 the cell's decoding settings) at evenly spaced steps, step 0 and the step training ends at included, and logs their error rates as step metrics
 (``curve/<set>/error``, ``curve/source_error`` macro over the source sets, ``curve/target_error``), so
 MLflow's chart view shows each cell's trajectory. ``matched`` compares strategies at equal target error:
-each strategy's source error interpolated along its curve at the target error the reference reaches at
-its last point, and the forgetting and backward gain that go with it.
+each strategy's source error interpolated along its curve at a target error (by default the one the reference
+reaches at its last point; ``common_level`` gives the lowest one every strategy reaches), and the forgetting
+and backward gain that go with it.
 """
 
 from __future__ import annotations
@@ -116,13 +117,23 @@ def interpolate_source(curve: list[tuple[int, float, float]], target: float) -> 
     return math.nan
 
 
-def matched(curves: dict[str, list[tuple[int, float, float]]], reference: str) -> tuple[float, list[dict]]:
-    """Each strategy at the target error ``reference`` reaches at its last point: its source error there
-    (interpolated), its forgetting (that source error minus the curve's step-0 source error), and the
-    backward gain in both readings (share of the reference's forgetting avoided; relative source error)."""
+def common_level(curves: dict[str, list[tuple[int, float, float]]]) -> float:
+    """The lowest target error every curve reaches: the highest of the curves' lowest points. Read there, no
+    strategy drops out of the comparison for ending just above the reference."""
+    lows = [min(target for _, target, _ in curve) for curve in curves.values() if curve]
+    return max(lows) if lows else math.nan
+
+
+def matched(
+    curves: dict[str, list[tuple[int, float, float]]], reference: str, level: float | None = None
+) -> tuple[float, list[dict]]:
+    """Each strategy at target error ``level`` (default: the one ``reference`` reaches at its last point): its
+    source error there (interpolated), its forgetting (that source error minus the curve's step-0 source
+    error), and the backward gain in both readings (share of the reference's forgetting avoided; relative
+    source error)."""
     if reference not in curves or not curves[reference]:
         return math.nan, []
-    level = curves[reference][-1][1]
+    level = curves[reference][-1][1] if level is None else level
     # read off the reference's curve like every other one's: where it first reaches its final target error (a
     # curve that gets there early and then moves on the source side has its last point elsewhere)
     ref_source = interpolate_source(curves[reference], level)
