@@ -96,6 +96,20 @@ class CurvesSection:
 
 
 @dataclass
+class StatisticsSection:
+    """How the comparison decides (``study/statistics.py``)."""
+
+    replicates: int = 1000  # crossed bootstrap replicates (seeds and utterances resampled together)
+    # the seeds a decisive comparison is planned on: --check prints what it can detect there
+    decision_seeds: int = 10
+    # the learning levels fronts are compared at: the target's cross-entropy per token as fractions of the
+    # base's, the same for every strategy (none of them sets the level)
+    front_levels: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])
+    # equivalence margins ("no difference" within ±margin), in the units of each paired difference
+    margins: dict = field(default_factory=lambda: {"forgetting": 0.02, "target_error": 0.005, "source_ce": 0.05})
+
+
+@dataclass
 class BenchConfig:
     name: str = "forgetting-embedded"  # the MLflow experiment
     based_on: str | None = None  # a profile whose settings this one starts from
@@ -113,7 +127,7 @@ class BenchConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_root: str = "mlartifacts"
     output_dir: str = "runs/bench"
-    bootstrap: int = 1000
+    statistics: StatisticsSection = field(default_factory=StatisticsSection)
     curves: CurvesSection = field(default_factory=CurvesSection)
     # measured seconds per cell by strategy (training and evaluation) on the machine the profile is sized for;
     # --check estimates the run's cost from them
@@ -701,7 +715,7 @@ class Benchmark:
                 bench.reference,
                 self.source_names,
                 self.target_name,
-                bench.bootstrap if len(seeds) == 1 else 0,
+                bench.statistics.replicates if len(seeds) == 1 else 0,
             )
             for (label, seed), run_id in cell_runs.items():
                 values, _ = derived_metrics(
