@@ -169,6 +169,14 @@ class ASRModule(L.LightningModule):
             self.model, self.tokenizer, inputs, self.decode_languages(langs), self.config.decode
         )
 
+    def utterance_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per utterance, summed cross-entropy (nats) and label units; None for a backbone that cannot score
+        utterances by likelihood."""
+        try:
+            return self.backbone.utterance_losses(self.model, batch)
+        except NotImplementedError:
+            return None
+
     def decode_batch(self, batch: dict) -> tuple[list[str], int]:
         """Texts of a collated batch and the number that hit the decoding cap."""
         return self.transcribe(batch, batch["langs"])
@@ -197,7 +205,11 @@ class ASRModule(L.LightningModule):
     def _eval_step(self, split: str, batch: dict, dataloader_idx: int) -> None:
         name, lang = self.eval_sets[split][dataloader_idx]
         key = f"{split}__{_key(name)}"
-        loss, n_tokens = self.forward_loss(batch)
+        per_utterance = self.utterance_losses(batch) if split == "test" else None
+        if per_utterance is None:
+            loss, n_tokens = self.forward_loss(batch)
+        else:  # the same token-mean cross-entropy, kept per utterance for the paired statistics
+            loss, n_tokens = per_utterance[0].sum() / per_utterance[1].sum(), int(per_utterance[1].sum())
         self.eval_losses[key]["loss"].update(loss.detach(), weight=n_tokens)
         if split == "val" and not self.config.decode.in_validation:
             return
@@ -208,21 +220,23 @@ class ASRModule(L.LightningModule):
             metric.update(texts, batch["texts"])
         if split == "test":
             primary = metrics[METRIC_NAMES[primary_unit(lang)]]
-            for text, reference, utt_lang, speaker, line in zip(
-                texts, batch["texts"], batch["langs"], batch["speakers"], batch["lines"]
+            for row, (text, reference, utt_lang, speaker, line) in enumerate(
+                zip(texts, batch["texts"], batch["langs"], batch["speakers"], batch["lines"])
             ):
                 edits, tokens = primary.utterance_counts(text, reference)
-                self.predictions.setdefault(name, []).append(
-                    {
-                        "line": line,
-                        "reference": reference,
-                        "prediction": text,
-                        "lang": utt_lang,
-                        "speaker": speaker,
-                        "edits": edits,
-                        "tokens": tokens,
-                    }
-                )
+                scored = {
+                    "line": line,
+                    "reference": reference,
+                    "prediction": text,
+                    "lang": utt_lang,
+                    "speaker": speaker,
+                    "edits": edits,
+                    "tokens": tokens,
+                }
+                if per_utterance is not None:  # summed cross-entropy (nats) over the utterance's label units
+                    scored["ce"] = float(per_utterance[0][row])
+                    scored["ce_units"] = int(per_utterance[1][row])
+                self.predictions.setdefault(name, []).append(scored)
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
         results = {}

@@ -8,7 +8,7 @@ import numpy as np
 
 from lightning_asr.study.statistics import Ratios
 
-SOURCE_SETS, TARGET_SET = ["en", "ko", "zh"], "ko-en"
+SOURCE_SETS, TARGET_SET = ["en/test", "ko/test", "zh/test"], "ko-en/test"
 BASE_SOURCE, BASE_TARGET = 0.010, 0.157
 REFERENCE_FORGETTING = 0.225  # LoRA's on the embedded default
 SEED_SD_FORGETTING = 0.035  # per strategy and seed: SD(ΔF) per seed ≈ 0.05 between two independent strategies

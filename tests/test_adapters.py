@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -421,3 +423,33 @@ def test_sparsity_readings_against_the_base_weights():
     rms = float(w0.pow(2).mean().sqrt())
     assert report["below_rms_relative"] == int((delta.abs() < 1e-3 * rms).sum())
     assert "sparsity/rms_relative/frac_below_1e-3" in scalar_metrics(strategy.sparsity_stats())
+
+
+def initial_factors(values: dict, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # as seed_everything does before the module is built
+    _, strategy = attached(values)
+    return {name: layer.lora_A.weight.detach().clone() for name, layer in strategy.layers().items()}
+
+
+def test_adapter_initialisation_is_common_to_strategies_and_independent_across_modules():
+    lora = initial_factors(STRATEGY_CONFIGS["lora"], 3)
+    # GLoRA draws gates and BLoRA draws variances too: their A is LoRA's all the same
+    for name in ("glora1", "glora2", "blora"):
+        other = initial_factors(STRATEGY_CONFIGS[name], 3)
+        assert other.keys() == lora.keys()
+        assert all(torch.equal(other[module], lora[module]) for module in lora), name
+    # a module's A does not depend on which other modules are adapted
+    last = sorted(lora)[-1]
+    fewer = initial_factors({**STRATEGY_CONFIGS["lora"], "target_modules": [re.escape(last) + "$"]}, 3)
+    assert list(fewer) == [last] and all(torch.equal(fewer[module], lora[module]) for module in fewer)
+    # another seed, another draw
+    assert not torch.equal(initial_factors(STRATEGY_CONFIGS["lora"], 4)[next(iter(lora))], lora[next(iter(lora))])
+
+
+def test_attaching_an_adapter_leaves_the_global_random_stream_as_it_was():
+    model = load_base_model("whisper-tiny-random", seed=0)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_strategy(adapter_config(**STRATEGY_CONFIGS["blora"])).attach(model)
+    assert torch.equal(torch.rand(3), expected)

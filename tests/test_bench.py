@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lightning_asr.client import free_port
+from lightning_asr.study.result import BenchmarkResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,14 +58,24 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         "metrics.md",
         "comparison_table.json",
         "tradeoff.png",
+        "tradeoff.svg",
         "curves.png",
+        "fronts.png",
+        "fronts.svg",
+        "result.json",
     } <= parent_files
     assert "forward loss" in Path(client.download_artifacts(parent.info.run_id, "metrics.md", str(tmp))).read_text()
     comparison = Path(client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp))).read_text()
     assert "| strategy | mer | jer | cer | wer | err_ko | err_en | pier |" in comparison and "| base |" in comparison
     assert {"full_ft/target_pier", "lora/target_err_ko", "base/target_mer"} <= set(parent.data.metrics)
-    assert "## At matched target error" in comparison and "lora/matched_source_error" in parent.data.metrics
-    assert "lora/matched_common_source_error" in parent.data.metrics
+    assert "**One run.**" in comparison and "(one run)" in comparison and "## Fronts" in comparison
+    assert "| full_ft | 5.4" in comparison  # a front level (half the base's target cross-entropy) and its reading
+    assert {"full_ft/delta_forgetting", "full_ft/forgetting_ce", "base/ko-en/test/ce"} <= set(parent.data.metrics)
+    result = BenchmarkResult.from_json(
+        Path(client.download_artifacts(parent.info.run_id, "result.json", str(tmp))).read_text()
+    )
+    assert result.labels == ["full_ft", "lora"] and result.seeds == [1]
+    assert {c.run_id for c in result.cells} == {c.info.run_id for c in children}
     for child in children:
         data = child.data
         assert (
@@ -89,12 +100,19 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         ):
             assert metric in data.metrics, metric
         assert client.get_metric_history(child.info.run_id, "train/loss")  # per-step training metrics
+        # dense cross-entropy curves of the target and source dev sets at every validation, no decoding
+        assert len(client.get_metric_history(child.info.run_id, "val/en/dev/loss")) == 2  # every 2 of 4 steps
+        assert {"test/en/test/ce", "test/ko-en/test/ce", "cl/forgetting_ce"} <= set(data.metrics)
+        interpolation = client.get_metric_history(child.info.run_id, "interpolation/source_ce")
+        assert [m.step for m in interpolation] == list(range(11))  # λ = 0, 0.1, ..., 1
+        cell = result.cell(data.tags["label"], 1)
+        assert cell.interpolation["lambda"][-1] == 1.0 and cell.scores["en/test"].ce is not None
         curve = client.get_metric_history(child.info.run_id, "curve/target_error")
         assert [m.step for m in curve] == [0, 2, 4]  # the profile's three points: step 0, the middle, the end
         assert {m.step for m in client.get_metric_history(child.info.run_id, "curve/en/dev/error")} == {0, 2, 4}
         assert data.metrics["train/stopped_step"] == 4
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
-        assert {"adapter", "config.yaml", "predictions.json", "sparsity"} <= files
+        assert {"adapter", "config.yaml", "predictions.json", "interpolation.json", "sparsity"} <= files
         assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {
             "sparsity/histogram.png",
             "sparsity/table.json",

@@ -66,7 +66,8 @@ def test_every_planned_cell_keeps_the_identity_its_finished_runs_are_found_by():
     ``tests/data/cell_identities.json`` holds the hash of every planned cell of the tiny and embedded
     reproductions as the code computed it when the study moved into ``lightning_asr/study`` (a placeholder
     stands for the corpus checksum): equal hashes mean every cell trained since is reused, not retrained. A
-    deliberate change of what a cell computes bumps ``RESULTS_VERSION`` and this file with it."""
+    deliberate change of what a cell computes bumps ``RESULTS_VERSION`` (or ``CELL_VERSION``, which leaves bases
+    cached) and this file with it."""
     import json
 
     from lightning_asr.study.reproduction import Reproduction

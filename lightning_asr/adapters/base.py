@@ -152,6 +152,10 @@ class AdapterStrategy:
     imports_plain_peft = False  # a directory PEFT wrote (no side file) holds everything this strategy needs
     target_names: list[str] | None = None  # the base modules this strategy wraps, when it wraps some
     unadapted = False  # trains nothing: evaluating it evaluates the base model itself
+    # scale_adaptation(λ) scales exactly what the strategy adds to the base's layers by λ (0: the base, 1: as
+    # trained): a learning–forgetting curve of a trained model for free. A strategy that overwrites base weights
+    # cannot, and is interpolated in parameter space instead (W0 + λ·ΔW, with the base's weights at hand).
+    scalable = False
 
     def __init__(self, config):
         typed = isinstance(config, DictConfig) and OmegaConf.get_type(config) is self.config_class
@@ -179,6 +183,12 @@ class AdapterStrategy:
 
             extend_model_vocabulary(model, len(new_tokens)).requires_grad_(True)
         return model
+
+    def scale_adaptation(self, factor: float) -> None:
+        """Scale this strategy's contribution to every adapted layer by ``factor`` (see ``scalable``)."""
+        raise NotImplementedError(
+            f"strategy {self.name!r} does not scale its adaptation: interpolate its parameters against the base's"
+        )
 
     def owns_base_parameter(self, name: str) -> bool:
         """Whether this strategy trains (and so overwrites) the base parameter ``name``. Everything else is the

@@ -161,9 +161,11 @@ class BayesianLoRALinear(LoRALinear):
         self.lora_A.noise = self.lora_B.noise = noise
 
     def make_factors(self) -> None:
+        initial_a = self.initial_a()  # before the variances' draws: the same A as LoRA's at the same seed
         self.lora_A = GaussianFactor(self.in_features, self.rank, True, self.rho_init_a)
         self.lora_B = GaussianFactor(self.rank, self.out_features, self.bayesian_b, self.rho_init_b)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.lora_A.weight.copy_(initial_a)
         nn.init.zeros_(self.lora_B.weight)
 
     def bayesian_factors(self) -> list[GaussianFactor]:

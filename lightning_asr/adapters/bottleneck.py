@@ -58,11 +58,13 @@ class BottleneckAdapterLinear(nn.Module):
         nn.init.zeros_(self.adapter_down.bias)
         nn.init.zeros_(self.adapter_up.weight)
         nn.init.zeros_(self.adapter_up.bias)
+        self.output_scale = 1.0  # scale_adaptation's share of the adapter's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         hidden = self.adapter_dropout(y.to(self.adapter_down.weight.dtype))
-        return y + self.adapter_up(self.activation(self.adapter_down(hidden))).to(y.dtype)
+        added = self.adapter_up(self.activation(self.adapter_down(hidden))).to(y.dtype)
+        return y + added if self.output_scale == 1.0 else y + self.output_scale * added
 
     def factors(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters() if not name.startswith("base_layer.")}
@@ -71,6 +73,7 @@ class BottleneckAdapterLinear(nn.Module):
 @register("bottleneck", BottleneckConfig)
 class BottleneckAdapter(AdapterStrategy):
     not_mergeable_reason = NOT_MERGEABLE
+    scalable = True  # the up-projection's output is what the adapter adds: it scales exactly
 
     def __init__(self, config):
         super().__init__(config)
@@ -98,6 +101,10 @@ class BottleneckAdapter(AdapterStrategy):
 
     def layers(self) -> dict[str, BottleneckAdapterLinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
+
+    def scale_adaptation(self, factor: float) -> None:
+        for layer in self.layers().values():
+            layer.output_scale = factor
 
     def settings_mismatch(self, saved: dict) -> list[str]:
         differ = super().settings_mismatch(saved)

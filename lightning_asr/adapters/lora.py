@@ -10,6 +10,7 @@ step 0. The layer keeps PEFT's names (``base_layer``, ``lora_A``, ``lora_B``), s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -49,9 +50,20 @@ def resolve_targets(patterns: list[str], model: nn.Module) -> list[str]:
     return resolved
 
 
+def module_seed(run_seed: int, name: str) -> int:
+    """The seed of one module's adapter initialisation, from the run's seed and the module's name alone."""
+    digest = hashlib.sha256(f"{run_seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def wrap_linear_layers(model: nn.Module, patterns: list[str], make_layer, key: str = "target_modules") -> list[str]:
     """Replace every ``nn.Linear`` whose name matches ``patterns`` (presets of the backbone or regular
-    expressions; never the output layer) with ``make_layer(linear)``; return the wrapped names."""
+    expressions; never the output layer) with ``make_layer(linear)``; return the wrapped names.
+
+    Each layer is made under its own random stream, seeded by the run's seed (``torch.initial_seed()``, which
+    ``seed_everything`` sets) and the module's name, and the global stream is left as it was: the same module
+    gets the same initial draws at the same seed whatever the strategy draws for other modules (common random
+    numbers, so a comparison of strategies at one seed is paired in its initialisation as in its data order)."""
     from lightning_asr.models import backbone_of
 
     resolved = resolve_targets(patterns, model)
@@ -67,10 +79,14 @@ def wrap_linear_layers(model: nn.Module, patterns: list[str], make_layer, key: s
             f"adapter.{key} {patterns} match no linear layer of {model.__class__.__name__} — fix: use a preset "
             f"({presets}) or a pattern such as 'self_attn\\.q_proj$'"
         )
+    run_seed = torch.initial_seed()
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, make_layer(getattr(parent, child)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(module_seed(run_seed, name))
+            layer = make_layer(getattr(parent, child))
+        setattr(parent, child, layer)
     return targets
 
 
@@ -81,15 +97,23 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.rank, self.scaling = rank, alpha / rank
+        self.trained_scaling = self.scaling  # alpha / rank; ``scaling`` is a share of it under scale_adaptation
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.make_factors()
         self.merged = False
 
+    def initial_a(self) -> torch.Tensor:
+        """A's initial values (PEFT's: Kaiming-uniform), drawn first from the layer's stream, so every low-rank
+        strategy starts the same module from the same A at the same seed."""
+        return nn.init.kaiming_uniform_(torch.empty(self.rank, self.in_features), a=math.sqrt(5))
+
     def make_factors(self) -> None:
+        initial_a = self.initial_a()
         self.lora_A = nn.Linear(self.in_features, self.rank, bias=False)
         self.lora_B = nn.Linear(self.rank, self.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.lora_A.weight.copy_(initial_a)
         nn.init.zeros_(self.lora_B.weight)
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +153,13 @@ class LoRA(AdapterStrategy):
     mergeable = True
     peft_exports_factors = True
     imports_plain_peft = True
+    scalable = True  # the factor B is the last map of every low-rank layer's branch: its output scales exactly
+
+    def scale_adaptation(self, factor: float) -> None:
+        for name, layer in self.layers().items():
+            if layer.merged:
+                raise ValueError(f"{name} is merged into the base weights: unmerge before scaling the adaptation")
+            layer.scaling = factor * layer.trained_scaling
 
     def make_layer(self, linear: nn.Linear) -> LoRALinear:
         return LoRALinear(linear, self.config.rank, self.config.alpha, self.config.dropout)

@@ -3,7 +3,8 @@
     python -m lightning_asr.data.synth --out data_manifests/synth [--seed 0] [--train 800 --dev 50 --test 50]
 
 writes 16 kHz WAV files and manifests ``<out>/<set>/{train,dev,test}.jsonl`` for the source-domain sets
-``en``, ``ko``, ``zh`` and the code-switched target sets ``ko-en`` (KECS-like) and ``zh-en`` (SEAME-like).
+``en``, ``ko``, ``zh`` and the code-switched target sets ``ko-en`` (KECS-like), ``zh-en`` (SEAME-like) and
+``ko-en-mixed`` (half monolingual Korean, English in varied places).
 Each set has 12 synthetic speakers (voice variants with their own rate, pitch and pitch range).
 Sentences are drawn without replacement from template pools (``text_pools``), so no test or dev sentence
 occurs in training. The same seed and sizes give byte-identical files; a folder already built with the
@@ -34,7 +35,7 @@ from lightning_asr.data.text_pools import SENTENCE_MAKERS
 
 GENERATOR_VERSION = 1
 SOURCE_SETS = ("en", "ko", "zh")
-TARGET_SETS = ("ko-en", "zh-en")
+TARGET_SETS = ("ko-en", "zh-en", "ko-en-mixed")
 ESPEAK_VOICE = {"en": "en-us", "ko": "ko", "zh": "cmn"}
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "klatt2", "klatt4"]
 SPLITS = ("train", "dev", "test")
@@ -86,6 +87,12 @@ def _speak(text: str, voice: Voice, seed: int, ssml: bool) -> np.ndarray:
     return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
 
 
+def utterance_language(segments: list[tuple[str, str]], matrix: str) -> str:
+    """The matrix language alone for a monolingual utterance, ``<matrix>-<other>`` for a switched one."""
+    others = sorted({lang for lang, _ in segments} - {matrix})
+    return f"{matrix}-{others[0]}" if others else matrix
+
+
 def build_set(name: str, spec: CorpusSpec, out: Path) -> dict[str, int]:
     """Synthesise one set's splits into ``out/name``; return the number of utterances per split."""
     sizes = spec.sizes(name)
@@ -116,7 +123,8 @@ def build_set(name: str, spec: CorpusSpec, out: Path) -> dict[str, int]:
             samples = _speak(_spoken_form(segments, matrix, use_ssml), voice, rng.randrange(1 << 30), use_ssml)
             wav = set_dir / "audio" / f"{split}_{index:05d}.wav"
             write_wav(wav, samples)
-            utterances.append(Utterance(str(wav.resolve()), round(len(samples) / SAMPLE_RATE, 3), text, name, speaker))
+            lang = utterance_language(segments, matrix)
+            utterances.append(Utterance(str(wav.resolve()), round(len(samples) / SAMPLE_RATE, 3), text, lang, speaker))
         write_manifest(set_dir / f"{split}.jsonl", utterances)
         start += sizes[split]
     return sizes
@@ -127,6 +135,7 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     out = Path(out)
     stamp = out / "corpus.json"
     wanted = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
+    kept: list[str] = []  # sets already built with these parameters: each set is drawn on its own
     if stamp.exists():
         built = json.loads(stamp.read_text()).get("spec", {})
         same = {k: v for k, v in built.items() if k != "sets"} == {k: v for k, v in wanted.items() if k != "sets"}
@@ -134,9 +143,12 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
             if verbose:
                 print(f"{out}: synthetic corpus already built with these parameters")
             return out
+        if same:
+            kept = [name for name in built.get("sets", []) if (out / name).is_dir()]
     if out.exists():
         for name in spec.sets:
-            shutil.rmtree(out / name, ignore_errors=True)
+            if name not in kept:
+                shutil.rmtree(out / name, ignore_errors=True)
         stamp.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -144,6 +156,9 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     for name in spec.sets:
         if name not in SENTENCE_MAKERS:
             raise ValueError(f"unknown set {name!r}; choose from {', '.join(SENTENCE_MAKERS)}")
+        if name in kept:
+            counts[name] = spec.sizes(name)
+            continue
         set_started = time.perf_counter()
         counts[name] = build_set(name, spec, out)
         if verbose:
@@ -155,7 +170,7 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     partial.write_text(
         json.dumps(
             {
-                "spec": wanted,
+                "spec": {**wanted, "sets": sorted(set(wanted["sets"]) | set(kept))},
                 "counts": counts,
                 "manifest_sha256": checksum.hexdigest(),
                 "seconds": round(time.perf_counter() - started, 1),
@@ -177,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = CorpusSpec()
     for name in ("seed", "train", "dev", "test", "target_train"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--sets", default=",".join(defaults.sets), help="comma-separated: en,ko,zh,ko-en,zh-en")
+    parser.add_argument(
+        "--sets", default=",".join(defaults.sets), help="comma-separated: en,ko,zh,ko-en,zh-en,ko-en-mixed"
+    )
     args = parser.parse_args(argv)
     spec = CorpusSpec(args.seed, args.train, args.dev, args.test, args.target_train, args.sets.split(","))
     build_corpus(spec, args.out)

@@ -1,8 +1,9 @@
 """Sentence pools for the synthetic corpora: templates and word lists, one set per language.
 
 Source-domain sets are monolingual (en, ko, zh). Target sets are code-switched: a Korean frame with an
-English noun phrase (KECS-like ``ko-en``) and a Mandarin frame with English words separated by spaces
-(SEAME-like ``zh-en``). Every word a target sentence uses also occurs in the source pools, so a model
+English noun phrase (KECS-like ``ko-en``), a Mandarin frame with English words separated by spaces
+(SEAME-like ``zh-en``), and a mixed Korean-English set (``ko-en-mixed``) where half the utterances are
+monolingual and the English sits in varied places. Every word a target sentence uses also occurs in the source pools, so a model
 pretrained on the source sets has trained embeddings for every target token: a real Whisper knows all
 its tokens, and a toy base must too, or adapters that cannot touch embeddings cannot learn the target.
 Each template has tens of thousands of fillings, so test sentences never repeat training sentences.
@@ -179,4 +180,66 @@ def mandarin_english(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     return f"{head} {english_part}", segments
 
 
-SENTENCE_MAKERS = {"en": english, "ko": korean, "zh": mandarin, "ko-en": korean_english, "zh-en": mandarin_english}
+def korean_english_mixed(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    """A target as real code-switching corpora are: about half the utterances monolingual Korean, the other half
+    with English in varied places (the object, the place, a time phrase at the start, or two of them), and
+    half of all sentences in frames the source pools never use (the subject first, no place, or the place
+    first). Every word is a source-pool word, so a base pretrained here has trained embeddings for each."""
+    time, subject, verb, noun = (
+        rng.choice(KO_TIMES),
+        rng.choice(KO_SUBJECTS),
+        rng.choice(KO_VERBS),
+        rng.choice(KO_NOUNS),
+    )
+    place = rng.choice(KO_PLACES)
+    english_object = rng.choice(EN_NOUNS)
+    if rng.random() < 0.3:
+        english_object = f"{rng.choice(EN_ADJECTIVES)} {english_object}"
+    if rng.random() < 0.5:  # monolingual Korean, in the source frame or in a new one
+        frame = rng.randrange(4)
+        if frame == 0:
+            return korean(rng)
+        obj = f"{noun}{_object_particle(noun)}"
+        text = [
+            None,
+            f"{subject} {time} {obj} {verb}",
+            f"{place}에서 {time} {subject} {obj} {verb}",
+            f"{subject} {time} {place}에서 {obj} {verb}",
+        ][frame]
+        return text, [("ko", text)]
+    switch = rng.randrange(4)
+    if switch == 0:  # the English object, in a new frame
+        segments = [
+            ("ko", f"{subject} {time} "),
+            ("en", english_object),
+            ("ko", f"{_object_particle(english_object)} {verb}"),
+        ]
+    elif switch == 1:  # an English place, the Korean object
+        segments = [
+            ("ko", f"{time} {subject} "),
+            ("en", rng.choice(EN_PLACES)),
+            ("ko", f"에서 {noun}{_object_particle(noun)} {verb}"),
+        ]
+    elif switch == 2:  # an English time phrase first
+        segments = [
+            ("en", rng.choice(EN_TIMES)),
+            ("ko", f" {subject} {place}에서 {noun}{_object_particle(noun)} {verb}"),
+        ]
+    else:  # two switches: an English time phrase and the English object
+        segments = [
+            ("en", rng.choice(EN_TIMES)),
+            ("ko", f" {subject} {place}에서 "),
+            ("en", english_object),
+            ("ko", f"{_object_particle(english_object)} {verb}"),
+        ]
+    return "".join(text for _, text in segments), segments
+
+
+SENTENCE_MAKERS = {
+    "en": english,
+    "ko": korean,
+    "zh": mandarin,
+    "ko-en": korean_english,
+    "zh-en": mandarin_english,
+    "ko-en-mixed": korean_english_mixed,
+}

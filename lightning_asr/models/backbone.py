@@ -85,6 +85,12 @@ class Backbone:
         (``model.decoder_input_dropout``); a family without a decoder rejects a non-zero share."""
         raise NotImplementedError
 
+    def utterance_losses(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per utterance of the batch, the summed negative log-likelihood of its labels (nats: teacher-forced
+        cross-entropy for a decoder, the CTC loss for CTC) and its number of target units. Their ratio pooled
+        over a set is the set's cross-entropy per unit, a continuous score beside the decoded error rates."""
+        raise NotImplementedError(f"{type(self).__name__} does not score utterances by likelihood")
+
     def decode(
         self, model: nn.Module, tokenizer, inputs: dict, languages: list[str] | str | None, decode_config
     ) -> tuple[list[str], int]:

@@ -256,6 +256,23 @@ class Wav2Vec2Backbone(Backbone):
         out = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=labels)
         return out.loss, int((labels != IGNORE_INDEX).sum())
 
+    def utterance_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        logits = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"]).logits
+        frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).long()
+        mask = labels != IGNORE_INDEX
+        log_probs = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        nats = torch.nn.functional.ctc_loss(
+            log_probs,
+            labels[mask],
+            frames,
+            mask.sum(-1),
+            blank=model.config.pad_token_id,
+            reduction="none",
+            zero_infinity=True,
+        )
+        return nats, mask.sum(dim=1)
+
     def decode(self, model, tokenizer, inputs, languages, decode_config) -> tuple[list[str], int]:
         """Greedy CTC decoding: the best unit per frame, repeats merged, blanks dropped; jamo recomposed. It
         never hits a cap, and has no language control."""

@@ -373,6 +373,17 @@ class WhisperBackbone(Backbone):
         ``EncoderCTC``), the loss is its weight's mix of cross-entropy and the encoder's CTC loss. With
         ``input_dropout``, that share of the text tokens among the decoder's inputs is replaced by tokens drawn
         from the batch's texts (the targets stay the true ones)."""
+        labels = batch["labels"]
+        outputs, mask, logits = self.label_logits(model, batch, input_dropout)
+        loss = F.cross_entropy(logits.float(), labels[mask])
+        if auxiliary is not None:
+            ctc = auxiliary(outputs.encoder_last_hidden_state, batch["texts"], batch["langs"])
+            loss = (1 - auxiliary.weight) * loss + auxiliary.weight * ctc
+        return loss, int(mask.sum())
+
+    def label_logits(self, model, batch: dict, input_dropout: float = 0.0):
+        """The model's outputs on a batch fed its own labels (shifted right), the label mask, and the output
+        layer's logits at the labelled positions only."""
         labels, config = batch["labels"], model.config
         decoder_input_ids = shift_tokens_right(
             labels.masked_fill(labels == IGNORE_INDEX, config.pad_token_id),
@@ -385,12 +396,15 @@ class WhisperBackbone(Backbone):
             input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
         )
         mask = labels != IGNORE_INDEX
-        logits = model.proj_out(outputs.last_hidden_state[mask])
-        loss = F.cross_entropy(logits.float(), labels[mask])
-        if auxiliary is not None:
-            ctc = auxiliary(outputs.encoder_last_hidden_state, batch["texts"], batch["langs"])
-            loss = (1 - auxiliary.weight) * loss + auxiliary.weight * ctc
-        return loss, int(mask.sum())
+        return outputs, mask, model.proj_out(outputs.last_hidden_state[mask])
+
+    def utterance_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        _, mask, logits = self.label_logits(model, batch)
+        nats = F.cross_entropy(logits.float(), labels[mask], reduction="none")
+        rows = mask.nonzero()[:, 0]
+        per_row = torch.zeros(labels.shape[0], dtype=nats.dtype, device=nats.device).index_add_(0, rows, nats)
+        return per_row, mask.sum(dim=1)
 
     def decode(self, model, tokenizer, inputs, languages, decode_config) -> tuple[list[str], int]:
         """Greedy or beam decoding with the language token forced per row (or for every row, or detected)."""

@@ -50,9 +50,10 @@ from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study import figures, tracking
 from lightning_asr.study.curves import LearningCurve
-from lightning_asr.study.forgetting import METRICS_DOC, Scores, compare, derived_metrics, errors
+from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors
 from lightning_asr.study.plan import cost_text
 from lightning_asr.study.report import markdown_table
+from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
 
 ROOT = Path(lightning_asr.__file__).resolve().parents[1]  # a source checkout: configs/ and git
@@ -64,6 +65,11 @@ PRETRAIN_RECIPE_VERSION = 3
 # results the same: cells trained before simply lack them. The base's key holds this version too, so a bump
 # also retrains the cached base.
 RESULTS_VERSION = 4
+INTERPOLATION = "interpolation.json"  # a cell's λ curve, beside predictions.json
+# bump when a code path changes what an adaptation cell would be but not what a base is (1: adapter
+# initialisation drawn per module from the seed and the module's name; cells keep per-utterance cross-entropy
+# and their interpolation curve)
+CELL_VERSION = 1
 
 
 @dataclass
@@ -105,6 +111,9 @@ class StatisticsSection:
     # the learning levels fronts are compared at: the target's cross-entropy per token as fractions of the
     # base's, the same for every strategy (none of them sets the level)
     front_levels: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])
+    # a finished result with several seeds (<target>: the profile's target set) whose measured variance --check
+    # turns into minimum detectable differences
+    pilot: str = ""
     # equivalence margins ("no difference" within ±margin), in the units of each paired difference
     margins: dict = field(default_factory=lambda: {"forgetting": 0.02, "target_error": 0.005, "source_ce": 0.05})
 
@@ -466,7 +475,9 @@ class Benchmark:
                 "model": {"spec": base_spec},
                 "data": {
                     "train_manifests": [self.target["train"]],
-                    "val_manifests": [self.target["dev"]],
+                    # the target's dev set first: its loss picks the best checkpoint and stops training; the
+                    # source dev sets' cross-entropy at every validation is the cell's dense forgetting curve
+                    "val_manifests": [self.target["dev"]] + [self.manifest(s, "dev") for s in self.bench.source_sets],
                     "test_manifests": [],
                 },
             },
@@ -480,15 +491,18 @@ class Benchmark:
 
     def cell_hash(self, config) -> str:
         """What makes a cell's result: its config and the content of the data (not only the paths)."""
-        return digest({"config": config_identity(config), "data": self.corpus_checksum})
+        return digest({"config": config_identity(config), "data": self.corpus_checksum, "cell": CELL_VERSION})
 
     def base_evaluation_path(self, base_spec: str, config) -> Path:
         """Where the base's evaluation is cached: under the base (its files, for a directory), the test sets,
         the decoding settings and the data's checksum."""
-        key = digest([base_identity(base_spec), self.test_manifests, to_dict(config.decode), self.corpus_checksum])
+        key = digest(
+            [base_identity(base_spec), self.test_manifests, to_dict(config.decode), self.corpus_checksum, CELL_VERSION]
+        )
         return self.out / f"base-eval-{key[:12]}.json"
 
-    def evaluate_base(self, base_spec: str) -> dict[str, Scores]:
+    def evaluate_base(self, base_spec: str) -> tuple[dict[str, Scores], dict[str, list[dict]]]:
+        """The base's scores on every test set, and its per-utterance rows (cached)."""
         from lightning_asr.adapters import unadapted_strategy
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate
@@ -513,7 +527,7 @@ class Benchmark:
                 + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
             )
         self.target_rows["base"] = [rows[self.target_name]]
-        return {name: Scores.from_rows(r) for name, r in rows.items()}
+        return {name: Scores.from_rows(r) for name, r in rows.items()}, rows
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
         query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
@@ -548,8 +562,14 @@ class Benchmark:
             client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
             with tempfile.TemporaryDirectory() as tmp:
                 rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
+                artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+                interpolation = (
+                    json.loads(Path(client.download_artifacts(run.info.run_id, INTERPOLATION, tmp)).read_text())
+                    if INTERPOLATION in artifacts
+                    else {}
+                )
             self.target_rows.setdefault(label, []).append(rows[self.target_name])
-            return run.info.run_id, {name: Scores.from_rows(r) for name, r in rows.items()}
+            return self.cell_result(client, run.info.run_id, label, seed, rows, interpolation)
         output = Path(config.output_dir)
         resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
         if resume:
@@ -599,7 +619,8 @@ class Benchmark:
             f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})"
         )
         test_metrics = evaluate(module, self.test_manifests)
-        self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds)
+        interpolation = self.interpolation(module, config, base_spec)
+        self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds, interpolation)
         client.set_tag(run_id, tracking.TAG_STATUS, "finished")
         client.set_terminated(run_id, "FINISHED")
         say(
@@ -607,10 +628,61 @@ class Benchmark:
             + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error"))
         )
         self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
-        return run_id, {name: Scores.from_rows(rows) for name, rows in module.predictions.items()}
+        return self.cell_result(client, run_id, label, seed, module.predictions, interpolation)
+
+    def interpolation(self, module, config, base_spec: str) -> dict:
+        """The cell's λ curve on the test sets (``study/interpolation.py``); empty where the backbone cannot
+        score utterances by likelihood."""
+        from lightning_asr.study.interpolation import interpolation_curve
+
+        if not self.bench.statistics.front_levels:
+            return {}
+
+        def base_weights() -> dict:
+            model, _ = backbone_for(base_spec).load(config.model)
+            return dict(model.named_parameters())
+
+        started = time.perf_counter()
+        try:
+            curve = interpolation_curve(module, self.test_manifests, base_weights)
+        except NotImplementedError:
+            return {}
+        say(
+            f"  λ curve ({len(curve['lambda'])} points, cross-entropy on {len(curve['sets'])} test sets) in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        return curve
+
+    def cell_result(
+        self, client, run_id: str, label: str, seed: int, predictions: dict, interpolation: dict
+    ) -> CellResult:
+        dev_curves = {}
+        for name in [set_name(self.target["dev"])] + [
+            set_name(self.manifest(s, "dev")) for s in self.bench.source_sets
+        ]:
+            history = client.get_metric_history(run_id, f"val/{name}/loss")
+            dev_curves[name] = [[m.step, m.value] for m in sorted(history, key=lambda m: m.step)]
+        return CellResult(
+            label,
+            seed,
+            run_id,
+            {name: Scores.from_rows(rows) for name, rows in predictions.items()},
+            {self.target_name: predictions[self.target_name]},
+            interpolation,
+            dev_curves,
+            self.cell_stopped_step(client, run_id),
+        )
 
     def log_cell(
-        self, client, run_id: str, module, config: DictConfig, test_metrics: dict, timer, train_seconds: float
+        self,
+        client,
+        run_id: str,
+        module,
+        config: DictConfig,
+        test_metrics: dict,
+        timer,
+        train_seconds: float,
+        interpolation: dict,
     ) -> None:
         from lightning_asr.adapters.sparsity import scalar_metrics
 
@@ -625,8 +697,22 @@ class Benchmark:
             client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
             (Path(tmp) / "predictions.json").write_text(json.dumps(module.predictions, ensure_ascii=False))
             client.log_artifact(run_id, str(Path(tmp) / "predictions.json"))
+            if interpolation:
+                (Path(tmp) / INTERPOLATION).write_text(json.dumps(interpolation))
+                client.log_artifact(run_id, str(Path(tmp) / INTERPOLATION))
+        if interpolation:  # the λ curve as step metrics (step = 10 λ), for MLflow's chart view
+            for index, factor in enumerate(interpolation["lambda"]):
+                per_set = {
+                    name: sum(entry["ce"][index]) / sum(entry["units"]) for name, entry in interpolation["sets"].items()
+                }
+                values = {
+                    "interpolation/target_ce": per_set[self.target_name],
+                    "interpolation/source_ce": float(np.mean([per_set[n] for n in self.source_names])),
+                }
+                tracking.log_values(client, run_id, values, step=round(10 * factor))
         metrics = {
             **test_metrics,
+            **{f"test/{name}/ce": Scores.from_rows(rows).cross_entropy() for name, rows in module.predictions.items()},
             **scalar_metrics(report),
             "params/trainable": counts["trainable"],
             "params/total": counts["total"],
@@ -673,10 +759,35 @@ class Benchmark:
         )
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
             lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
-        return lines
+        return lines + self.power_lines(seeds)
+
+    def power_lines(self, seeds: list[int]) -> list[str]:
+        """The minimum detectable differences at the run's seeds and at ``statistics.decision_seeds``, from the
+        variance measured by the profile's ``statistics.pilot`` (a finished result with several seeds)."""
+        from lightning_asr.study import summary
+
+        pilot = self.bench.statistics.pilot.replace("<target>", self.bench.target_set)
+        if not pilot:
+            return []
+        if not Path(pilot).exists():
+            return [f"power: no pilot result at {pilot} to measure the variance from (see statistics.pilot)"]
+        result = BenchmarkResult.from_json(Path(pilot).read_text())
+        if len(result.seeds) < 2:
+            return [f"power: the pilot {pilot} has one seed; its variance over seeds is unknown"]
+        counts = sorted({len(seeds), self.bench.statistics.decision_seeds})
+        rows = summary.planned_power(result, counts, self.bench.statistics.replicates)
+        return [
+            f"power (variance measured on {pilot}: {len(result.seeds)} seeds × {len(result.labels)} strategies):",
+            markdown_table(
+                ["strategy", "seeds", "min. detectable ΔF", "of the reference's forgetting", "min. detectable ΔE"],
+                rows,
+            ),
+        ]
 
     # ---- stage 4 ----------------------------------------------------------------------------------------------
-    def run(self, seeds: list[int]) -> list[dict]:
+    def run(self, seeds: list[int]) -> BenchmarkResult:
+        """Every stage; returns the ``BenchmarkResult`` the comparison was computed from (also logged to the
+        parent run as ``result.json`` and written as ``output_dir/<name>/result-<target set>.json``)."""
         started = time.perf_counter()
         bench = self.bench
         self.corpus_checksum = self.prepare_data()
@@ -697,42 +808,54 @@ class Benchmark:
         parent_id = self.parent_id = parent.info.run_id
         say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
         try:
-            base_scores = self.evaluate_base(base_spec)
-            tracking.log_values(client, parent_id, {f"base/{name}/error": v for name, v in errors(base_scores).items()})
-            cells: dict[str, dict[int, dict[str, Scores]]] = {}
-            cell_runs = self.cell_runs = {}
-            for entry in bench.strategies:
-                entry = OmegaConf.to_container(entry, resolve=True)
-                for seed in seeds:
-                    run_id, scores = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
-                    cells.setdefault(entry["label"], {})[seed] = scores
-                    cell_runs[(entry["label"], seed)] = run_id
-                    self.curves.setdefault(entry["label"], {})[seed] = self.cell_curve(client, run_id)
-                    self.stopped.setdefault(entry["label"], {})[seed] = self.cell_stopped_step(client, run_id)
-            rows, reasons = compare(
-                base_scores,
-                cells,
+            base_scores, base_rows = self.evaluate_base(base_spec)
+            base_metrics = {f"base/{name}/error": s.error() for name, s in base_scores.items()}
+            base_metrics.update({f"base/{name}/ce": s.cross_entropy() for name, s in base_scores.items()})
+            tracking.log_values(client, parent_id, base_metrics)
+            result = BenchmarkResult(
+                bench.name,
                 bench.reference,
                 self.source_names,
                 self.target_name,
-                bench.statistics.replicates if len(seeds) == 1 else 0,
+                list(seeds),
+                base_scores,
+                {self.target_name: base_rows[self.target_name]},
+                parent_run_id=parent_id,
             )
-            for (label, seed), run_id in cell_runs.items():
-                values, _ = derived_metrics(
-                    errors(base_scores),
-                    errors(cells[bench.reference][seed]),
-                    errors(cells[label][seed]),
-                    self.source_names,
-                    self.target_name,
-                )
-                tracking.log_values(client, run_id, {f"cl/{key}": value for key, value in values.items()})
-            self.log_comparison(client, parent_id, rows, reasons, base_scores, seeds)
+            self.cell_runs = {}
+            for entry in bench.strategies:
+                entry = OmegaConf.to_container(entry, resolve=True)
+                for seed in seeds:
+                    cell = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
+                    result.cells.append(cell)
+                    self.cell_runs[(cell.label, seed)] = cell.run_id
+                    if self.bench.curves.points > 0:
+                        self.curves.setdefault(cell.label, {})[seed] = self.cell_curve(client, cell.run_id)
+            self.log_cell_metrics(client, result)
+            self.log_comparison(client, result)
             client.set_terminated(parent_id, "FINISHED")
         except BaseException:
             client.set_terminated(parent_id, "FAILED")
             raise
         say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
-        return rows
+        return result
+
+    def log_cell_metrics(self, client, result) -> None:
+        """Each cell's continual-learning metrics against the base and the reference of its seed (one run each:
+        the intervals are the comparison's)."""
+        base = errors(result.base)
+        for cell in result.cells:
+            reference = next((c for c in result.cells if c.label == result.reference and c.seed == cell.seed), None)
+            if reference is None:
+                continue
+            values, _ = derived_metrics(
+                base, errors(reference.scores), errors(cell.scores), self.source_names, self.target_name
+            )
+            base_ce = np.mean([result.base[n].cross_entropy() for n in self.source_names])
+            values["forgetting_ce"] = float(
+                np.mean([cell.scores[n].cross_entropy() for n in self.source_names]) - base_ce
+            )
+            tracking.log_values(client, cell.run_id, {f"cl/{key}": value for key, value in values.items()})
 
     @staticmethod
     def cell_curve(client, run_id: str) -> list[tuple[int, float, float]]:
@@ -748,162 +871,77 @@ class Benchmark:
         history = client.get_metric_history(run_id, "train/stopped_step")
         return history[-1].value if history else math.nan
 
-    def matched_section(self) -> tuple[str, dict[str, float]]:
-        """The strategies compared at matched target error (mean over seeds), as markdown, and the parent run's
-        metrics of it: at the target error the reference ends at (``<label>/matched_*``), and at the lowest one
-        every strategy reaches (``<label>/matched_common_*``), where none drops out for ending above the
-        reference."""
-        from lightning_asr.study.curves import common_level, matched
-
-        seeds = sorted({s for by_seed in self.curves.values() for s in by_seed})
-        if not seeds:
-            return "", {}
-        keys = ("source_error", "forgetting", "backward_gain", "relative_source_gain")
-        readings = (
-            ("matched", f"the target error {self.bench.reference} ends at", lambda curves: None),
-            ("matched_common", "the lowest target error every strategy reaches", common_level),
-        )
-        text = (
-            f"\n## At matched target error\n\nEach strategy's source error where its curve (dev subsets of "
-            f"{self.bench.curves.subset} utterances per set, {self.bench.curves.points} points) reaches a target "
-            "error, linear between points; nan: the strategy never got that low. Forgetting = that source error "
-            "minus the curve's step-0 source error; backward gain = share of the reference's forgetting avoided; "
-            "relative source gain = (E_src(ref) - E_src(k)) / E_src(ref), both at matched target error.\n"
-        )
-        metrics = {}
-        for prefix, what, level_of in readings:
-            per_label: dict[str, list[dict]] = {}
-            levels = []
-            for seed in seeds:
-                curves = {label: c[seed] for label, c in self.curves.items() if c.get(seed)}
-                level, rows = matched(curves, self.bench.reference, level_of(curves))
-                levels.append(level)
-                for row in rows:
-                    per_label.setdefault(row["strategy"], []).append(row)
-            table = []
-            for label, rows in per_label.items():
-                means = {
-                    k: float(np.nanmean([r[k] for r in rows])) if any(not math.isnan(r[k]) for r in rows) else math.nan
-                    for k in keys
-                }
-                table.append([label] + [means[k] for k in keys])
-                metrics.update({f"{label}/{prefix}_{k}": v for k, v in means.items()})
-            text += (
-                f"\nAt {what} ({float(np.nanmean(levels)):.3f}, mean over seeds):\n\n"
-                + markdown_table(["strategy", *keys], table)
-                + "\n"
-            )
-        return text, metrics
-
-    def closing_lines(self, rows: list[dict], base_errors: dict, breakdown: dict) -> list[str]:
-        """One line per strategy: what it learned on the target set and what it forgot of the source sets."""
-        unit = METRIC_NAMES[primary_unit(self.target_lang)].upper()
-        base_source = sum(base_errors[s] for s in self.source_names) / len(self.source_names)
-        lines = []
-        for row in rows:
-            label = row["strategy"]
-            pier = breakdown.get(label, {}).get("pier", math.nan)
-            cap = self.bench.adapt.get("trainer", {}).get("max_steps")
-            stopped = [
-                v for v in self.stopped.get(label, {}).values() if not math.isnan(v) and (cap is None or v < cap)
-            ]
-            lines.append(
-                f"{label:<10} learned {row['adaptation_gain']:+.3f} {unit} ({base_errors[self.target_name]:.3f} -> "
-                f"{row['target_error']:.3f}, PIER {breakdown.get('base', {}).get('pier', math.nan):.2f} -> {pier:.2f}); "
-                f"forgot {row['forgetting']:+.3f} source error ({base_source:.3f} -> {row['source_error']:.3f})"
-                + (f"; stopped at step {', '.join(str(int(v)) for v in stopped)}" if stopped else "")
-            )
-        return lines
-
-    def log_comparison(self, client, parent_id: str, rows: list[dict], reasons: dict, base_scores, seeds) -> None:
+    def log_comparison(self, client, result) -> None:
+        """The comparison (``study/summary.py``) printed, written under ``output_dir/<name>/`` and logged to the
+        parent run with the result it was computed from, the fronts figure and the target's breakdown."""
         import pandas as pd
 
-        interval = "95 % t-interval over seeds" if len(seeds) > 1 else "95 % paired bootstrap over utterances"
-        columns = [
-            "strategy",
-            "target_error",
-            "adaptation_gain",
-            "source_error",
-            "forgetting",
-            "backward_gain",
-            "relative_source_gain",
-            "forward_loss",
-        ]
-        base_errors = errors(base_scores)
-        table_rows = [
-            [
-                "base",
-                base_errors[self.target_name],
-                0.0,
-                sum(base_errors[s] for s in self.source_names) / len(self.source_names),
-                0.0,
-                math.nan,
-                math.nan,
-                math.nan,
-            ]
-        ]
-        table_rows += [[row["strategy"]] + [row[c] for c in columns[1:]] for row in rows]
-        frame = pd.DataFrame(table_rows, columns=columns)
-        lows = {c: [math.nan] + [row.get(f"{c}_low", math.nan) for row in rows] for c in columns[1:]}
-        highs = {c: [math.nan] + [row.get(f"{c}_high", math.nan) for row in rows] for c in columns[1:]}
-        detailed = frame.copy()
-        for column in columns[1:]:
-            detailed[f"{column}_low"], detailed[f"{column}_high"] = lows[column], highs[column]
-        for name in self.source_names:
-            detailed[f"forgetting/{name}"] = [0.0] + [row[f"forgetting/{name}"] for row in rows]
-        printable = [
-            [r[0]] + [self.with_interval(r[i], lows[c][j], highs[c][j]) for i, c in enumerate(columns[1:], 1)]
-            for j, r in enumerate(table_rows)
-        ]
-        markdown = markdown_table(columns, printable)
-        notes = "\n".join(f"- {k}: {v}" for k, v in sorted(reasons.items()))
+        from lightning_asr.study import summary
+
+        parent_id = result.parent_run_id
+        unit = METRIC_NAMES[primary_unit(self.target_lang)].upper()
+        comparison = summary.compare(result, self.bench.statistics)
         breakdown_columns, breakdown = self.target_breakdown()
-        matched_text, matched_metrics = self.matched_section()
         breakdown_markdown = markdown_table(
             ["strategy"] + breakdown_columns,
             [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()],
         )
+        text = (
+            summary.markdown(comparison, result, unit)
+            + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
+            f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the embedded "
+            f"language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
+        )
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "comparison.md").write_text(text)
+        result.save(self.out / f"result-{self.bench.target_set}.json")
+        rows = summary.table_rows(comparison)
         with tempfile.TemporaryDirectory() as tmp:
-            detailed.to_csv(Path(tmp) / "comparison.csv", index=False)
-            summary = (
-                f"# {self.bench.name}\n\nError rates: source = macro average over {', '.join(self.source_names)} "
-                f"(WER for en, CER for ko/zh); target = {self.target_name} ({METRIC_NAMES[primary_unit(self.target_lang)].upper()}). "
-                f"Reference: {self.bench.reference}. Brackets: {interval}.\n\n{markdown}\n"
-                + (f"\nUndefined values:\n{notes}\n" if notes else "")
-                + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
-                f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the "
-                f"embedded language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
-                + matched_text
-            )
-            (Path(tmp) / "comparison.md").write_text(summary)
+            (Path(tmp) / "comparison.md").write_text(text)
+            pd.DataFrame(rows).to_csv(Path(tmp) / "comparison.csv", index=False)
             (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
             (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
+            result.save(Path(tmp) / "result.json")
             client.log_artifacts(parent_id, tmp)
-        client.log_table(
-            parent_id, detailed.where(detailed.notna(), None).to_dict(orient="list"), "comparison_table.json"
+        metrics = {f"{label}/target_{key}": v for label, values in breakdown.items() for key, v in values.items()}
+        for s in comparison.strategies:
+            metrics.update(
+                {
+                    f"{s.label}/target_error": s.target_error,
+                    f"{s.label}/adaptation_gain": s.gain.value,
+                    f"{s.label}/forgetting": s.forgetting.value,
+                    f"{s.label}/forgetting_low": s.forgetting.low,
+                    f"{s.label}/forgetting_high": s.forgetting.high,
+                }
+            )
+            if s.forgetting_ce:
+                metrics[f"{s.label}/forgetting_ce"] = s.forgetting_ce.value
+            for key, hypothesis in s.vs_reference.items():
+                metrics[f"{s.label}/delta_{key}"] = hypothesis.estimate.value
+            if s.backward_gain:
+                metrics[f"{s.label}/backward_gain"] = s.backward_gain.value
+            for index, reading in enumerate(s.fronts):
+                metrics[f"{s.label}/front{index}_delta_source_ce"] = reading.difference.value
+        tracking.log_values(client, parent_id, metrics)
+        frame = pd.DataFrame(rows)
+        client.log_table(parent_id, frame.where(frame.notna(), None).to_dict(orient="list"), "comparison_table.json")
+        tradeoff = figures.benchmark_tradeoff_figure(
+            rows, f"{self.bench.name}: forgetting vs adaptation gain\n({comparison.interval})"
         )
-        figure = figures.benchmark_tradeoff_figure(
-            rows, f"{self.bench.name}: forgetting vs adaptation gain\n({interval})"
-        )
-        client.log_figure(parent_id, figure, "tradeoff.png")
+        figures.log_figure(client, parent_id, tradeoff, "tradeoff")
+        if comparison.front_curves:
+            figure = figures.fronts_figure(
+                comparison.front_curves,
+                comparison.levels,
+                f"{self.bench.name}: learning–forgetting fronts (λ from base to adapted)\n"
+                f"source vs target cross-entropy on the test sets; bands: {comparison.interval[:60]}…",
+            )
+            figures.log_figure(client, parent_id, figure, "fronts")
         if any(c for by_seed in self.curves.values() for c in by_seed.values()):
             curves = figures.curves_figure(self.curves, f"{self.bench.name}: forgetting along training (dev subsets)")
-            client.log_figure(parent_id, curves, "curves.png")
-        summary_metrics = {
-            f"{label}/target_{key}": v for label, values in breakdown.items() for key, v in values.items()
-        }
-        summary_metrics.update(
-            {
-                f"{row['strategy']}/{key}": row[key]
-                for row in rows
-                for key in ("forgetting", "adaptation_gain", "backward_gain", "forward_loss", "target_error")
-            }
-        )
-        tracking.log_values(client, parent_id, {**summary_metrics, **matched_metrics})
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "comparison.md").write_text(summary)
-        print("\n" + summary)
-        print("In one line per strategy:\n" + "\n".join(self.closing_lines(rows, base_errors, breakdown)))
+            figures.log_figure(client, parent_id, curves, "curves")
+        print("\n" + text)
+        print("In one line per strategy:\n" + "\n".join(summary.closing_lines(comparison, result, unit)))
 
     @property
     def target_lang(self) -> str:
@@ -937,16 +975,6 @@ class Benchmark:
             if any(c in values for values in breakdown.values())
         ]
         return columns, {label: {c: values.get(c, math.nan) for c in columns} for label, values in breakdown.items()}
-
-    @staticmethod
-    def with_interval(value, low, high) -> str:
-        if not isinstance(value, float):
-            return str(value)
-        if math.isnan(value):
-            return "nan"
-        if math.isnan(low) or math.isnan(high):
-            return f"{value:.3f}"
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 class StepTimer(L.Callback):

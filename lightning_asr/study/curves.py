@@ -3,15 +3,11 @@
 During adaptation ``LearningCurve`` decodes fixed subsets of the source and target dev sets (batched, with
 the cell's decoding settings) at evenly spaced steps, step 0 and the step training ends at included, and logs their error rates as step metrics
 (``curve/<set>/error``, ``curve/source_error`` macro over the source sets, ``curve/target_error``), so
-MLflow's chart view shows each cell's trajectory. ``matched`` compares strategies at equal target error:
-each strategy's source error interpolated along its curve at a target error (by default the one the reference
-reaches at its last point; ``common_level`` gives the lowest one every strategy reaches), and the forgetting
-and backward gain that go with it.
+MLflow's chart view shows each cell's trajectory. Strategies are compared at matched learning on their
+fronts (``study/summary.py``), not on these few decoded points.
 """
 
 from __future__ import annotations
-
-import math
 
 import lightning as L
 import numpy as np
@@ -104,51 +100,3 @@ class LearningCurve(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         if was_training:
             module.train()
-
-
-def interpolate_source(curve: list[tuple[int, float, float]], target: float) -> float:
-    """The source error where a (step, target error, source error) curve first reaches ``target``, linear
-    between the two points around it; NaN where the curve never gets that low."""
-    for (_, t0, s0), (_, t1, s1) in zip(curve, curve[1:]):
-        if t1 <= target <= t0 or t0 <= target <= t1:
-            return s0 if t0 == t1 else s0 + (s1 - s0) * (target - t0) / (t1 - t0)
-    if curve and math.isclose(curve[0][1], target):
-        return curve[0][2]
-    return math.nan
-
-
-def common_level(curves: dict[str, list[tuple[int, float, float]]]) -> float:
-    """The lowest target error every curve reaches: the highest of the curves' lowest points. Read there, no
-    strategy drops out of the comparison for ending just above the reference."""
-    lows = [min(target for _, target, _ in curve) for curve in curves.values() if curve]
-    return max(lows) if lows else math.nan
-
-
-def matched(
-    curves: dict[str, list[tuple[int, float, float]]], reference: str, level: float | None = None
-) -> tuple[float, list[dict]]:
-    """Each strategy at target error ``level`` (default: the one ``reference`` reaches at its last point): its
-    source error there (interpolated), its forgetting (that source error minus the curve's step-0 source
-    error), and the backward gain in both readings (share of the reference's forgetting avoided; relative
-    source error)."""
-    if reference not in curves or not curves[reference]:
-        return math.nan, []
-    level = curves[reference][-1][1] if level is None else level
-    # read off the reference's curve like every other one's: where it first reaches its final target error (a
-    # curve that gets there early and then moves on the source side has its last point elsewhere)
-    ref_source = interpolate_source(curves[reference], level)
-    ref_forgetting = ref_source - curves[reference][0][2]
-    rows = []
-    for label, curve in curves.items():
-        source = interpolate_source(curve, level)
-        forgetting = source - curve[0][2] if curve else math.nan
-        rows.append(
-            {
-                "strategy": label,
-                "source_error": source,
-                "forgetting": forgetting,
-                "backward_gain": (ref_forgetting - forgetting) / ref_forgetting if ref_forgetting > 0 else math.nan,
-                "relative_source_gain": (ref_source - source) / ref_source if ref_source > 0 else math.nan,
-            }
-        )
-    return level, rows

@@ -278,3 +278,30 @@ def curves_figure(curves: dict[str, dict[int, list[tuple]]], title: str):
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def log_figure(client, run_id: str, figure, stem: str) -> None:
+    """A figure in a run as ``<stem>.png`` and, beside it, its vector copy ``<stem>.svg``."""
+    client.log_figure(run_id, figure, f"{stem}.png")
+    client.log_figure(run_id, figure, f"{stem}.svg")
+    pyplot().close(figure)
+
+
+def fronts_figure(bands: dict[str, dict], levels: list[float], title: str):
+    """Every strategy's learning–forgetting front (source cross-entropy against target cross-entropy, mean over
+    seeds) with its 95 % band, the declared levels as vertical lines; learning goes to the left."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    for index, (label, band) in enumerate(bands.items()):
+        color = f"C{index % 10}"
+        axes.plot(band["levels"], band["mean"], color=color, label=label, linewidth=1.8)
+        axes.fill_between(band["levels"], band["low"], band["high"], color=color, alpha=0.15, linewidth=0)
+    for level in levels:
+        axes.axvline(level, color="0.6", linestyle=":", linewidth=1)
+    axes.invert_xaxis()
+    axes.set_xlabel("target cross-entropy, nats per token (declared levels dotted; learning to the right)")
+    axes.set_ylabel("source cross-entropy at that level (front)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -14,8 +14,10 @@ LoRA in the shipped ones), ``k`` the strategy being judged.
 
 Source metrics are given per source set and macro-averaged over source sets. A zero denominator (F_ref = 0,
 say) makes a ratio undefined: it is NaN with a reason, never a crash or a silent division.
-Intervals: with several seeds, mean +- 95 % Student-t interval over seeds; with one seed, a paired bootstrap
-over test utterances (the same resampled utterances for base, ref and k).
+These are the per-cell values (one seed against the reference at the same seed). The benchmark's comparison
+(``study/summary.py``) decides on paired differences over seeds and utterances (``study/statistics.py``):
+ΔF = F_k − F_ref, ΔE = E_tgt(k) − E_tgt(ref) and the rise of source cross-entropy, with backward gain as a ratio
+of means over seeds, never a mean of per-seed ratios.
 """
 
 from __future__ import annotations
@@ -30,16 +32,26 @@ METRICS_DOC = __doc__
 
 @dataclass
 class Scores:
-    """Per-utterance edit and reference-token counts of one model on one test set (in a fixed order)."""
+    """Per-utterance edit and reference-token counts of one model on one test set (in a fixed order), and its
+    teacher-forced cross-entropy (summed nats and label units per utterance; NaN where not scored)."""
 
     edits: np.ndarray
     tokens: np.ndarray
+    ce: np.ndarray | None = None
+    ce_units: np.ndarray | None = None
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Scores:
-        return cls(
-            np.array([r["edits"] for r in rows], dtype=float), np.array([r["tokens"] for r in rows], dtype=float)
-        )
+        def column(key: str) -> np.ndarray:
+            return np.array([r.get(key, np.nan) for r in rows], dtype=float)
+
+        return cls(column("edits"), column("tokens"), column("ce"), column("ce_units"))
+
+    def cross_entropy(self) -> float:
+        """Cross-entropy per label unit over the set (nats); NaN where not scored."""
+        if self.ce is None or not np.isfinite(self.ce).all() or not self.ce_units.sum():
+            return float("nan")
+        return float(self.ce.sum() / self.ce_units.sum())
 
     def error(self, index: np.ndarray | None = None) -> float:
         edits, tokens = (self.edits, self.tokens) if index is None else (self.edits[index], self.tokens[index])
@@ -107,57 +119,3 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
         return mean, float("nan"), float("nan")
     half = t_quantile_975(len(finite) - 1) * float(np.std(finite, ddof=1)) / math.sqrt(len(finite))
     return mean, mean - half, mean + half
-
-
-def compare(
-    base: dict[str, Scores],
-    cells: dict[str, dict[int, dict[str, Scores]]],
-    reference: str,
-    source_sets: list[str],
-    target_set: str,
-    bootstrap: int = 1000,
-    seed: int = 0,
-) -> tuple[list[dict], dict]:
-    """One row per strategy label: each metric's value (mean over seeds) with ``_low``/``_high`` bounds.
-
-    ``cells[label][seed][set]`` are the scores of a strategy; the reference must have every seed the
-    others have. Returns the rows and the reasons for undefined values."""
-    if reference not in cells:
-        raise ValueError(f"reference strategy {reference!r} is not in the grid ({', '.join(cells)})")
-    rows, all_reasons = [], {}
-    rng = np.random.default_rng(seed)
-    for label, by_seed in cells.items():
-        per_seed = []
-        for run_seed, scores in by_seed.items():
-            if run_seed not in cells[reference]:
-                raise ValueError(f"reference {reference!r} has no run with seed {run_seed}")
-            values, reasons = derived_metrics(
-                errors(base), errors(cells[reference][run_seed]), errors(scores), source_sets, target_set
-            )
-            per_seed.append(values)
-            all_reasons.update({f"{label}/{k}": v for k, v in reasons.items()})
-        row = {"strategy": label, "seeds": len(per_seed)}
-        if len(per_seed) > 1:
-            for metric in per_seed[0]:
-                row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean_interval([v[metric] for v in per_seed])
-        else:
-            run_seed, scores = next(iter(by_seed.items()))
-            ref_scores = cells[reference][run_seed]
-            samples = {metric: [] for metric in per_seed[0]}
-            for _ in range(bootstrap):
-                index = {name: rng.integers(0, len(s.edits), len(s.edits)) for name, s in base.items()}
-                values, _ = derived_metrics(
-                    errors(base, index), errors(ref_scores, index), errors(scores, index), source_sets, target_set
-                )
-                for metric, value in values.items():
-                    samples[metric].append(value)
-            for metric, value in per_seed[0].items():
-                finite = [v for v in samples[metric] if not math.isnan(v)]
-                row[metric] = value
-                row[f"{metric}_low"], row[f"{metric}_high"] = (
-                    (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
-                    if finite and bootstrap
-                    else (float("nan"),) * 2
-                )
-        rows.append(row)
-    return rows, all_reasons

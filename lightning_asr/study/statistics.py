@@ -316,7 +316,7 @@ def decide(hypotheses: list[Hypothesis], alpha: float = ALPHA, power: float = PO
         e = h.estimate
         label = "" if h.primary else " (exploratory)"
         if e.conditional:
-            h.verdict, h.reason = UNDECIDABLE, f"one seed: the interval is {CONDITIONAL}"
+            h.verdict, h.reason = UNDECIDABLE, "one run"
             continue
         if h.margin and h.margin < h.resolution:
             h.verdict = UNDECIDABLE

@@ -1,0 +1,421 @@
+"""The benchmark's comparison as pure functions of its ``BenchmarkResult``: paired, crossed statistics of every
+strategy against the reference (``study/statistics.py``), fronts at declared learning levels, and the markdown
+the run prints and logs. Nothing here trains, caches or talks to MLflow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lightning_asr.study.report import markdown_table
+from lightning_asr.study.result import BenchmarkResult
+from lightning_asr.study.statistics import (
+    CONDITIONAL,
+    Estimate,
+    FrontReading,
+    Hypothesis,
+    PairedStatistics,
+    Ratios,
+    decide,
+    front_at,
+    front_difference,
+)
+
+
+def ratios(result: BenchmarkResult, kind: str) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]]:
+    """The base's and every complete strategy's per-utterance ``Ratios`` (``error``: edits over tokens; ``ce``:
+    nats over label units), seeds in the result's order."""
+    numerator, denominator = ("edits", "tokens") if kind == "error" else ("ce", "ce_units")
+    sets = [*result.source_sets, result.target_set]
+
+    def of(scores) -> tuple[np.ndarray, np.ndarray]:
+        return getattr(scores, numerator), getattr(scores, denominator)
+
+    base = {name: Ratios.stack([of(result.base[name])]) for name in sets}
+    cells = {}
+    for label in result.labels:
+        runs = result.of(label)
+        if [c.seed for c in runs] == list(result.seeds):
+            cells[label] = {name: Ratios.stack([of(c.scores[name]) for c in runs]) for name in sets}
+    return base, cells
+
+
+def has_cross_entropy(result: BenchmarkResult) -> bool:
+    every = [result.base, *(c.scores for c in result.cells)]
+    return all(s.ce is not None and np.isfinite(s.ce).all() for by_set in every for s in by_set.values())
+
+
+@dataclass
+class StrategyComparison:
+    label: str
+    target_error: float
+    source_error: float
+    gain: Estimate  # E_tgt(base) − E_tgt(k)
+    forgetting: Estimate  # E_src(k) − E_src(base), macro
+    forgetting_by_set: dict[str, Estimate]
+    forgetting_ce: Estimate | None  # CE_src(k) − CE_src(base), macro
+    vs_reference: dict[str, Hypothesis] = field(default_factory=dict)  # forgetting, target_error, source_ce
+    backward_gain: Estimate | None = None  # ratio of means, where the reference's forgetting excludes 0
+    backward_gain_reason: str = ""
+    fronts: list[FrontReading] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    seeds: int
+    reference: str
+    strategies: list[StrategyComparison]
+    levels: list[float]  # the fronts' target cross-entropy levels (nats per unit)
+    front_curves: dict[str, dict] = field(default_factory=dict)  # label -> levels, mean, low, high (figure)
+    missing: list[str] = field(default_factory=list)  # strategies without every seed
+
+    @property
+    def interval(self) -> str:
+        if self.seeds < 2:
+            return f"95 % utterance bootstrap of one seed, {CONDITIONAL}"
+        return (
+            f"95 % interval over {self.seeds} seeds and the test utterances (crossed bootstrap, paired; Student t "
+            "with Satterthwaite's degrees of freedom)"
+        )
+
+
+def resolution(result: BenchmarkResult, sets: list[str]) -> float:
+    """The smallest change of a macro-averaged error rate over ``sets``: one token error in the largest set."""
+    return min(1 / (len(sets) * float(result.base[name].tokens.sum())) for name in sets)
+
+
+def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Comparison:
+    """Every strategy against the base and against the reference. ``statistics``: the profile's
+    ``StatisticsSection`` (replicates, margins, front levels)."""
+    sources, target, reference = result.source_sets, [result.target_set], result.reference
+    base, cells = ratios(result, "error")
+    if reference not in cells:
+        raise ValueError(f"reference {reference!r} lacks some of the seeds {result.seeds}")
+    errors = PairedStatistics(base, cells, statistics.replicates, rng_seed)
+    with_ce = has_cross_entropy(result)
+    ce = PairedStatistics(*ratios(result, "ce"), statistics.replicates, rng_seed) if with_ce else None
+    margins = dict(statistics.margins)
+    reference_forgetting = errors.difference(reference, "base", sources)
+    defined = reference_forgetting.low > 0 if not reference_forgetting.conditional else reference_forgetting.value > 0
+    levels = front_levels(result, statistics.front_levels) if with_ce else []
+    strategies = []
+    for label in cells:
+        comparison = StrategyComparison(
+            label,
+            float(np.mean([c.scores[result.target_set].error() for c in result.of(label)])),
+            float(np.mean([np.mean([c.scores[s].error() for s in sources]) for c in result.of(label)])),
+            negate(errors.difference(label, "base", target)),
+            errors.difference(label, "base", sources),
+            {name: errors.difference(label, "base", [name]) for name in sources},
+            ce.difference(label, "base", sources) if ce else None,
+        )
+        if label != reference:
+            comparison.vs_reference = {
+                "forgetting": Hypothesis(
+                    f"{label}: forgetting",
+                    errors.difference(label, reference, sources),
+                    "less",
+                    margins.get("forgetting", 0.0),
+                    resolution(result, sources),
+                ),
+                "target_error": Hypothesis(
+                    f"{label}: target error",
+                    errors.difference(label, reference, target),
+                    "less",
+                    margins.get("target_error", 0.0),
+                    resolution(result, target),
+                ),
+            }
+            if ce:
+                comparison.vs_reference["source_ce"] = Hypothesis(
+                    f"{label}: source cross-entropy",
+                    ce.difference(label, reference, sources),
+                    "less",
+                    margins.get("source_ce", 0.0),
+                    primary=False,
+                )
+            if defined:
+                comparison.backward_gain = errors.ratio_of_means(label, reference, sources)
+            else:
+                comparison.backward_gain_reason = (
+                    f"not reported: the reference's forgetting {reference_forgetting.text()} does not exclude 0"
+                )
+            if levels:
+                curves = lambda_ratios(result)
+                comparison.fronts = [
+                    front_difference(errors.bootstrap, curves, label, reference, level) for level in levels
+                ]
+        strategies.append(comparison)
+    decide([h for s in strategies for h in s.vs_reference.values()])
+    missing = [label for label in result.labels if label not in cells]
+    curves = front_bands(result, errors, levels) if levels else {}
+    return Comparison(len(result.seeds), reference, strategies, levels, curves, missing)
+
+
+def negate(estimate: Estimate) -> Estimate:
+    return Estimate(
+        -estimate.value,
+        estimate.se,
+        -estimate.high,
+        -estimate.low,
+        estimate.seeds,
+        estimate.se_seeds,
+        estimate.se_utterances,
+        -estimate.replicates,
+        estimate.utterances,
+    )
+
+
+def front_levels(result: BenchmarkResult, fractions: list[float]) -> list[float]:
+    """The declared learning levels in nats per unit: fractions of the base's target cross-entropy (the same
+    for every strategy; no strategy's outcome sets them)."""
+    return [float(f) * result.base[result.target_set].cross_entropy() for f in fractions]
+
+
+def lambda_ratios(result: BenchmarkResult) -> dict[str, tuple[dict[str, Ratios], dict[str, Ratios]]]:
+    """Per complete strategy, (target, sources) ``Ratios`` of its λ curves: (seeds × λ × utterances)."""
+    curves = {}
+    for label in result.labels:
+        runs = result.of(label)
+        if [c.seed for c in runs] != list(result.seeds) or not all(c.interpolation for c in runs):
+            continue
+
+        def stacked(name: str, runs=runs) -> Ratios:
+            numerator = np.stack([np.array(c.interpolation["sets"][name]["ce"], dtype=float) for c in runs])
+            units = np.stack([np.array(c.interpolation["sets"][name]["units"], dtype=float) for c in runs])
+            return Ratios(numerator, np.broadcast_to(units[:, None, :], numerator.shape).copy())
+
+        curves[label] = (
+            {result.target_set: stacked(result.target_set)},
+            {name: stacked(name) for name in result.source_sets},
+        )
+    return curves
+
+
+def front_bands(result: BenchmarkResult, statistics: PairedStatistics, levels: list[float]) -> dict[str, dict]:
+    """For the figure: each strategy's front (source cross-entropy, mean over seeds) on a grid of target levels
+    from the base's down to the deepest declared level, with a 95 % crossed-bootstrap band."""
+    curves = lambda_ratios(result)
+    if not curves:
+        return {}
+    base_level = result.base[result.target_set].cross_entropy()
+    grid = np.linspace(min(levels) * 0.8, base_level, 40)
+    weights_u, weights_s = statistics.bootstrap.designs["crossed"]
+    bands = {}
+    for label, (target, sources) in curves.items():
+        ((name, data),) = target.items()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t_point = data.numerator.sum(-1) / data.denominator.sum(-1)
+            t_reps = np.einsum("bu,spu->bsp", weights_u[name], data.numerator) / np.einsum(
+                "bu,spu->bsp", weights_u[name], data.denominator
+            )
+            s_point = np.mean([d.numerator.sum(-1) / d.denominator.sum(-1) for d in sources.values()], axis=0)
+            s_reps = np.mean(
+                [
+                    np.einsum("bu,spu->bsp", weights_u[n], d.numerator)
+                    / np.einsum("bu,spu->bsp", weights_u[n], d.denominator)
+                    for n, d in sources.items()
+                ],
+                axis=0,
+            )
+        mean, low, high = [], [], []
+        for level in grid:
+            point = front_at(t_point, s_point, level)
+            reps = front_at(t_reps, s_reps, level)
+            usable = np.isfinite(reps)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_replicate = (np.where(usable, reps, 0) * weights_s).sum(1) / (usable * weights_s).sum(1)
+            finite = per_replicate[np.isfinite(per_replicate)]
+            mean.append(float(np.nanmean(point)) if np.isfinite(point).any() else math.nan)
+            lo, hi = np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan)
+            low.append(float(lo))
+            high.append(float(hi))
+        bands[label] = {"levels": grid.tolist(), "mean": mean, "low": low, "high": high}
+    return bands
+
+
+def table_rows(comparison: Comparison) -> list[dict]:
+    """One flat row per strategy (values with ``_low``/``_high``): the CSV, the MLflow table and the trade-off
+    figure."""
+    rows = []
+    for s in comparison.strategies:
+        row = {"strategy": s.label, "seeds": comparison.seeds, "target_error": s.target_error}
+        row["source_error"] = s.source_error
+        estimates = {"adaptation_gain": s.gain, "forgetting": s.forgetting, "forgetting_ce": s.forgetting_ce}
+        estimates.update({f"forgetting/{name}": e for name, e in s.forgetting_by_set.items()})
+        estimates.update({f"delta_{key}": h.estimate for key, h in s.vs_reference.items()})
+        estimates["backward_gain"] = s.backward_gain
+        for index, reading in enumerate(s.fronts):
+            estimates[f"front{index}_delta_source_ce"] = reading.difference
+        for key, estimate in estimates.items():
+            values = (estimate.value, estimate.low, estimate.high) if estimate else (math.nan,) * 3
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = values
+        row.update({f"verdict_{key}": h.verdict for key, h in s.vs_reference.items()})
+        rows.append(row)
+    return rows
+
+
+def planned_power(result: BenchmarkResult, seed_counts: list[int], replicates: int = 1000) -> list[list]:
+    """What a study of this design could detect, from the variance a finished multi-seed result measured: per
+    strategy, the minimum detectable ΔF and ΔE (two-sided 5 %, 80 % power) at each seed count, ΔF also as a
+    share of the reference's forgetting. The seed component shrinks with more seeds; the utterance component
+    (the same test sets) does not."""
+    from lightning_asr.study.statistics import planned_minimum_detectable
+
+    base, cells = ratios(result, "error")
+    statistics = PairedStatistics(base, cells, replicates)
+    sources, target = result.source_sets, [result.target_set]
+    reference_forgetting = statistics.difference(result.reference, "base", sources).value
+    rows = []
+    for label in cells:
+        if label == result.reference:
+            continue
+        forgetting = statistics.difference(label, result.reference, sources)
+        target_error = statistics.difference(label, result.reference, target)
+        for seeds in seed_counts:
+            mde_f = planned_minimum_detectable(forgetting.se_seeds, forgetting.se_utterances, forgetting.seeds, seeds)
+            mde_e = planned_minimum_detectable(
+                target_error.se_seeds, target_error.se_utterances, target_error.seeds, seeds
+            )
+            share = mde_f / reference_forgetting if reference_forgetting > 0 else math.nan
+            rows.append([label, seeds, f"{mde_f:.4f}", f"{share:.0%}", f"{mde_e:.4f}"])
+    return rows
+
+
+# ---- text -----------------------------------------------------------------------------------------------------
+def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
+    """The comparison as the run prints it and logs it (``comparison.md``)."""
+    sources = ", ".join(result.source_sets)
+    one_run = comparison.seeds < 2
+    lines = [
+        f"# {result.name}",
+        "",
+        f"Error rates as fractions: target {result.target_set} ({unit}); source = macro average over {sources} "
+        f"(WER for English, CER for Korean and Chinese). Cross-entropy: teacher-forced, nats per label unit. "
+        f"Reference: {comparison.reference}. Brackets: {comparison.interval}.",
+    ]
+    if one_run:
+        lines += [
+            "",
+            "**One run.** With one seed nothing measures how much a rerun moves these numbers (training "
+            "randomness moved single-run backward gains by up to 0.3 here): every interval below is conditional "
+            "on this training run and no difference is a finding. `SEEDS=...` with the profile's "
+            "`statistics.decision_seeds` gives verdicts.",
+        ]
+    lines += ["", "## Each strategy against the base", ""]
+    base_ce = [result.base[name].cross_entropy() for name in result.source_sets]
+    table = [
+        [
+            "base",
+            f"{result.base[result.target_set].error():.3f}",
+            "",
+            f"{np.mean([result.base[name].error() for name in result.source_sets]):.3f}",
+            "",
+            f"(source CE {np.mean(base_ce):.3f})",
+            *[f"({result.base[name].error():.3f})" for name in result.source_sets],
+        ]
+    ]
+    for s in comparison.strategies:
+        table.append(
+            [
+                s.label,
+                f"{s.target_error:.3f}",
+                s.gain.text(),
+                f"{s.source_error:.3f}",
+                s.forgetting.text(),
+                s.forgetting_ce.text() if s.forgetting_ce else "—",
+                *[s.forgetting_by_set[name].text() for name in result.source_sets],
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "strategy",
+                "target error",
+                "adaptation gain",
+                "source error",
+                "forgetting",
+                "forgetting (CE)",
+                *[f"forgetting {name}" for name in result.source_sets],
+            ],
+            table,
+        )
+    )
+    lines += [
+        "",
+        f"## Against the reference ({comparison.reference}), paired by seed and utterance",
+        "",
+        "Differences are strategy minus reference (negative: forgets less, or lower target error). Verdicts: "
+        "Holm-corrected over the forgetting and target-error comparisons of every strategy; source "
+        "cross-entropy is exploratory; *equivalent* = 90 % interval inside ±margin; *not detected* gives the "
+        "minimum detectable difference at 80 % power. Backward gain = (F̄_ref − F̄_k) / F̄_ref, a ratio of means.",
+        "",
+    ]
+    table = []
+    for s in comparison.strategies:
+        if not s.vs_reference:
+            continue
+        f, e = s.vs_reference["forgetting"], s.vs_reference["target_error"]
+        c = s.vs_reference.get("source_ce")
+        table.append(
+            [
+                s.label,
+                f.estimate.text(),
+                f"{f.verdict}: {f.reason}",
+                e.estimate.text(),
+                f"{e.verdict}: {e.reason}",
+                c.estimate.text() if c else "—",
+                s.backward_gain.text() if s.backward_gain else s.backward_gain_reason,
+            ]
+        )
+    lines.append(
+        markdown_table(
+            ["strategy", "ΔF", "forgetting verdict", "ΔE", "target verdict", "ΔCE source", "backward gain"], table
+        )
+    )
+    if comparison.levels:
+        lines += [
+            "",
+            "## Fronts: forgetting at matched learning",
+            "",
+            "Each cell's model between the base (λ = 0) and the adapted model (λ = 1) in steps of 0.1, scored by "
+            "cross-entropy on the test sets; a strategy's front is the lower envelope of its points (source "
+            "cross-entropy against target cross-entropy). Read at declared target levels (fractions "
+            "of the base's target cross-entropy, the same for every strategy, the reference included): the "
+            "difference of source cross-entropy from the reference's, and in how many seeds each reaches the level.",
+            "",
+        ]
+        table = []
+        for s in comparison.strategies:
+            for reading in s.fronts:
+                table.append(
+                    [
+                        s.label,
+                        f"{reading.level:.3f}",
+                        reading.difference.text(),
+                        f"{reading.reached}/{reading.seeds}",
+                        f"{reading.reference_reached}/{reading.seeds}",
+                    ]
+                )
+        lines.append(
+            markdown_table(
+                ["strategy", "target CE level", "ΔCE source at the level", "reached", "reference reached"], table
+            )
+        )
+    if comparison.missing:
+        lines += ["", f"Left out (not every seed finished): {', '.join(comparison.missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def closing_lines(comparison: Comparison, result: BenchmarkResult, unit: str) -> list[str]:
+    """One line per strategy: what it learned and what it forgot, marked as one run where it is."""
+    base_target = result.base[result.target_set].error()
+    base_source = float(np.mean([result.base[s].error() for s in result.source_sets]))
+    mark = " (one run)" if comparison.seeds < 2 else ""
+    return [
+        f"{s.label:<10} learned {s.gain.value:+.3f} {unit} ({base_target:.3f} -> {s.target_error:.3f}); forgot "
+        f"{s.forgetting.value:+.3f} source error ({base_source:.3f} -> {s.source_error:.3f}){mark}"
+        for s in comparison.strategies
+    ]

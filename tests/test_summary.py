@@ -1,0 +1,74 @@
+"""The benchmark's comparison as a pure function of a ``BenchmarkResult``: no training, no MLflow."""
+
+import numpy as np
+import pytest
+from simulated_study import REFERENCE_FORGETTING, SOURCE_SETS, TARGET_SET, simulate
+
+from lightning_asr.study import summary
+from lightning_asr.study.benchmark import StatisticsSection
+from lightning_asr.study.forgetting import Scores
+from lightning_asr.study.result import BenchmarkResult, CellResult
+from lightning_asr.study.statistics import HOLDS, UNDECIDABLE
+
+
+def simulated_result(seeds: int, forgetting: dict[str, float], rng_seed: int = 0) -> BenchmarkResult:
+    rng = np.random.default_rng(rng_seed)
+    base, cells = simulate(rng, seeds, forgetting)
+
+    def scores(ratios, row) -> Scores:
+        # cross-entropy that follows the error: nats per token grow with the edits
+        edits, tokens = ratios.numerator[row], ratios.denominator[row]
+        return Scores(edits, tokens, 0.2 * tokens + 3.0 * edits, tokens.copy())
+
+    sets = SOURCE_SETS + [TARGET_SET]
+    result = BenchmarkResult(
+        "simulated", "lora", SOURCE_SETS, TARGET_SET, list(range(1, seeds + 1)), {s: scores(base[s], 0) for s in sets}
+    )
+    for label, by_set in cells.items():
+        for row, seed in enumerate(result.seeds):
+            result.cells.append(
+                CellResult(label, seed, f"run-{label}-{seed}", {s: scores(by_set[s], row) for s in sets})
+            )
+    return result
+
+
+def test_a_planted_cut_in_forgetting_holds_and_backward_gain_is_a_ratio_of_means():
+    result = simulated_result(10, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    comparison = summary.compare(result, StatisticsSection(replicates=400, front_levels=[]))
+    blora = next(s for s in comparison.strategies if s.label == "blora")
+    assert blora.vs_reference["forgetting"].verdict == HOLDS
+    assert blora.backward_gain.value == pytest.approx(
+        1 - blora.forgetting.value / next(s for s in comparison.strategies if s.label == "lora").forgetting.value
+    )
+    assert blora.backward_gain.low < 0.5 < blora.backward_gain.high
+    text = summary.markdown(comparison, result, "MER")
+    assert "Against the reference (lora)" in text and "One run" not in text and "holds" in text
+
+
+def test_one_seed_is_labelled_one_run_everywhere_and_decides_nothing():
+    result = simulated_result(1, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    comparison = summary.compare(result, StatisticsSection(replicates=200, front_levels=[]))
+    blora = next(s for s in comparison.strategies if s.label == "blora")
+    assert {h.verdict for h in blora.vs_reference.values()} == {UNDECIDABLE}
+    text = summary.markdown(comparison, result, "MER")
+    assert "**One run.**" in text and text.count("(one run)") >= 6
+    assert all(line.endswith("(one run)") for line in summary.closing_lines(comparison, result, "MER"))
+
+
+def test_a_strategy_without_every_seed_is_left_out_and_named():
+    result = simulated_result(3, {"lora": REFERENCE_FORGETTING, "blora": REFERENCE_FORGETTING})
+    result.cells = [c for c in result.cells if not (c.label == "blora" and c.seed == 2)]
+    comparison = summary.compare(result, StatisticsSection(replicates=200, front_levels=[]))
+    assert comparison.missing == ["blora"] and "Left out" in summary.markdown(comparison, result, "MER")
+
+
+def test_the_result_round_trips_through_json():
+    result = simulated_result(2, {"lora": REFERENCE_FORGETTING, "blora": REFERENCE_FORGETTING})
+    result.cells[0].interpolation = {"lambda": [0.0, 1.0], "sets": {}}
+    again = BenchmarkResult.from_json(result.to_json())
+    assert again.labels == result.labels and again.seeds == result.seeds
+    assert again.cells[0].interpolation == result.cells[0].interpolation
+    np.testing.assert_array_equal(
+        again.cell("blora", 2).scores["ko/test"].edits, result.cell("blora", 2).scores["ko/test"].edits
+    )
+    assert summary.table_rows(summary.compare(again, StatisticsSection(replicates=100, front_levels=[])))
