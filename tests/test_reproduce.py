@@ -12,6 +12,7 @@ from lightning_asr.study.claims import EXPERIMENTS
 from lightning_asr.study.claims.token_normalisation import count_compatibility_jamo, rescore, to_compatibility_jamo
 from lightning_asr.study.plan import Variant, benchmark_groups, build_plan, plan_lines
 from lightning_asr.study.report import generate_report
+from lightning_asr.study.statistics import UNDECIDABLE
 from lightning_asr.study.tracking import TAG_EXPERIMENT
 from lightning_asr.study.verdicts import FAILS, HOLDS, INCONCLUSIVE, Estimate, Verdict, combine_verdicts, judge
 from lightning_asr.text import TextNormalizer
@@ -452,7 +453,9 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
         "R2",
     ):
         rows = [line for line in text.splitlines() if line.startswith(f"| {claim} |")]
-        assert len(rows) == 1 and "**inconclusive**" in rows[0], claim  # one seed: inconclusive by rule
+        # one seed: the primary family (paired statistics) gives no verdict, the rest are inconclusive by rule
+        expected = "| primary | **no verdict** | one run" if claim in ("B1", "B2", "G1") else "**inconclusive**"
+        assert len(rows) == 1 and expected in rows[0], claim
     assert "## Missing cells\n\nNone" in text and (tmp_path / "reports" / "tiny" / "blora_tradeoff.png").exists()
     assert "](sparsity_histograms.png)" in text
 
@@ -478,7 +481,7 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
         "sparsity.png",
         "verdicts.json",
     }
-    assert report_run.data.tags["verdict/B1"] == INCONCLUSIVE
+    assert report_run.data.tags["verdict/B1"] == UNDECIDABLE  # one seed: the primary family decides nothing
     cells = json.loads(
         Path(
             client.download_artifacts(parents["token-normalisation"].info.run_id, "cells.json", str(tmp_path))
@@ -525,6 +528,6 @@ def test_tiny_profile_one_experiment(tmp_path):
     assert main(["--profile", "tiny", bench, f"report_dir={tmp_path}/reports", "--experiments", "glora-types"]) == 0
     text = (tmp_path / "reports" / "tiny" / "REPRODUCTION.md").read_text()
     g1 = [line for line in text.splitlines() if line.startswith("| G1 |")]
-    assert len(g1) == 1 and "**inconclusive**" in g1[0] and "1 seed" in g1[0]
+    assert len(g1) == 1 and "**no verdict**" in g1[0] and "1 seed" in g1[0]
     missing = text.split("## Missing cells", 1)[1]
     assert "blora-vs-lora / blora" in missing and "glora-types /" not in missing

@@ -790,8 +790,11 @@ class Benchmark:
         parent run as ``result.json`` and written as ``output_dir/<name>/result-<target set>.json``)."""
         started = time.perf_counter()
         bench = self.bench
+        seconds = {}
         self.corpus_checksum = self.prepare_data()
+        seconds["data"] = time.perf_counter() - started
         base_spec = self.prepare_base()
+        seconds["base"] = time.perf_counter() - started - seconds["data"]
         client = tracking.client_for(bench.tracking_uri)
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)
         parent = client.create_run(
@@ -808,7 +811,9 @@ class Benchmark:
         parent_id = self.parent_id = parent.info.run_id
         say(f"MLflow: experiment {bench.name!r}, parent run {parent_id} ({bench.tracking_uri})")
         try:
+            stage = time.perf_counter()
             base_scores, base_rows = self.evaluate_base(base_spec)
+            seconds["base_eval"] = time.perf_counter() - stage
             base_metrics = {f"base/{name}/error": s.error() for name, s in base_scores.items()}
             base_metrics.update({f"base/{name}/ce": s.cross_entropy() for name, s in base_scores.items()})
             tracking.log_values(client, parent_id, base_metrics)
@@ -821,7 +826,10 @@ class Benchmark:
                 base_scores,
                 {self.target_name: base_rows[self.target_name]},
                 parent_run_id=parent_id,
+                git_commit=git_commit(),
+                seconds=seconds,
             )
+            stage = time.perf_counter()
             self.cell_runs = {}
             for entry in bench.strategies:
                 entry = OmegaConf.to_container(entry, resolve=True)
@@ -831,6 +839,8 @@ class Benchmark:
                     self.cell_runs[(cell.label, seed)] = cell.run_id
                     if self.bench.curves.points > 0:
                         self.curves.setdefault(cell.label, {})[seed] = self.cell_curve(client, cell.run_id)
+            seconds["cells"] = time.perf_counter() - stage
+            seconds["total"] = time.perf_counter() - started
             self.log_cell_metrics(client, result)
             self.log_comparison(client, result)
             client.set_terminated(parent_id, "FINISHED")

@@ -69,6 +69,42 @@ class Cells:
             result[seed] = values
         return result
 
+    def paired_difference(self, experiment: Experiment, variant: Variant, reference: Variant, sets: list[str]):
+        """``variant`` minus ``reference`` in error rate (macro over ``sets``), mean over the seeds both have,
+        with its crossed seed-and-utterance interval (``study/statistics.py``); None without per-utterance
+        scores."""
+        import numpy as np
+
+        from lightning_asr.study.statistics import PairedStatistics, Ratios
+
+        pairs = [
+            (self.get(experiment.name, variant.label, seed), self.get(experiment.name, reference.label, seed))
+            for seed in experiment.seeds_of(variant)
+        ]
+        pairs = [(a, b) for a, b in pairs if a and b and a.get("scores") and b.get("scores")]
+        if not pairs:
+            return None
+
+        def stacked(cells: list[dict]) -> dict[str, Ratios]:
+            return {
+                name: Ratios.stack(
+                    [(np.array(c["scores"][name]["edits"]), np.array(c["scores"][name]["tokens"])) for c in cells]
+                )
+                for name in sets
+            }
+
+        grid = {"k": stacked([a for a, _ in pairs]), "ref": stacked([b for _, b in pairs])}
+        base = {name: Ratios(data.numerator[:1], data.denominator[:1]) for name, data in grid["ref"].items()}
+        return PairedStatistics(base, grid).difference("k", "ref", sets)
+
+    def resolution(self, experiment: Experiment, variant: Variant, sets: list[str]) -> float:
+        """The smallest change of a macro error rate over ``sets``: one token error in the largest set."""
+        for seed in experiment.seeds_of(variant):
+            cell = self.get(experiment.name, variant.label, seed)
+            if cell and cell.get("scores"):
+                return min(1 / (len(sets) * sum(cell["scores"][name]["tokens"])) for name in sets)
+        return 0.0
+
     def summed_histogram(self, experiment: Experiment, variant: Variant) -> list[int] | None:
         """The |delta W| histogram counts of ``variant``'s cells, summed over seeds (None when no cell has one)."""
         found = [
@@ -91,6 +127,11 @@ def cell_from_run(record: dict, run, sets: list[str], base_errors: dict, predict
     cell = dict(record)
     cell["status"] = run.data.tags.get(TAG_STATUS, "unknown")
     if predictions is not None:
+        cell["scores"] = {
+            name: {"edits": [r["edits"] for r in predictions[name]], "tokens": [r["tokens"] for r in predictions[name]]}
+            for name in sets
+            if name in predictions
+        }
         cell["errors"] = {
             name: sum(r["edits"] for r in predictions[name]) / sum(r["tokens"] for r in predictions[name])
             for name in sets

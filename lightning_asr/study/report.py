@@ -11,7 +11,7 @@ from pathlib import Path
 from lightning_asr.study.cells import Cells
 from lightning_asr.study.figures import pyplot
 from lightning_asr.study.plan import Experiment
-from lightning_asr.study.verdicts import MIN_SEEDS, RULES, ClaimResult, fmt_estimate
+from lightning_asr.study.verdicts import MIN_SEEDS, RULES, ClaimResult, Estimate, fmt_estimate
 
 
 @dataclass
@@ -65,6 +65,7 @@ def render_head(claims: list[ClaimResult], missing: list[tuple], context: dict, 
             claim.setting,
             claim.measure,
             fmt_estimate(claim.estimate, claim.unit) if claim.estimate else "see the parts",
+            "primary" if claim.hypothesis is not None else "exploratory",
             f"**{claim.verdict.status}**",
             claim.verdict.reason + (f". Note: {claim.note}" if claim.note else ""),
         ]
@@ -72,11 +73,12 @@ def render_head(claims: list[ClaimResult], missing: list[tuple], context: dict, 
     ]
     lines += [
         markdown_table(
-            ["#", "claim (seed)", "our setting", "measured", "mean [95 % CI] (seeds)", "verdict", "why"], table
+            ["#", "claim (seed)", "our setting", "measured", "mean [95 % CI] (seeds)", "family", "verdict", "why"],
+            table,
         ),
         "",
     ]
-    lines += [RULES, "", "Per claim:", ""]
+    lines += [RULES, "", PRIMARY_RULES, "", "Per claim:", ""]
     lines += [f"- {claim.id}: {claim.rule}" for claim in claims if claim.rule != "—"]
     lines += ["", "## Missing cells", ""]
     if missing:
@@ -89,6 +91,41 @@ def render_head(claims: list[ClaimResult], missing: list[tuple], context: dict, 
         lines += ["None: every planned (variant, seed) cell finished."]
     lines.append("")
     return lines
+
+
+def decide_primary_family(claims: list[ClaimResult]) -> None:
+    """The claims that carry a hypothesis form the primary family: decided together with Holm's correction on
+    paired seed-and-utterance intervals (``study/statistics.py``). Their verdict replaces the rule-based one
+    (the same object, so the experiments' tables show it too); every other claim is exploratory."""
+    from lightning_asr.study.statistics import decide
+
+    family = [c for c in claims if c.hypothesis is not None]
+    decide([c.hypothesis for c in family])
+    names = ", ".join(c.id for c in family)
+    for claim in family:
+        h = claim.hypothesis
+        claim.verdict.status = h.verdict
+        claim.verdict.reason = f"{h.reason} [primary family {names}, Holm]"
+        e = h.estimate
+        claim.estimate = Estimate(e.value, e.low, e.high, e.seeds)
+        claim.measure = f"{claim.measure}; decided on the paired difference {h.id}: {PRIMARY_MEASURES.get(h.id, '')}"
+        claim.unit = ""
+
+
+PRIMARY_RULES = """\
+**The primary family** (B1's direction, B2, G1) is not judged by the rules above but on paired differences over
+seeds and test utterances together (a crossed bootstrap with the same utterances for every strategy; Student t
+with Satterthwaite's degrees of freedom), with Holm's correction over the family: *holds* / *does not hold* when
+the difference is shown on one side; *equivalent* when the 90 % interval lies inside the declared margin;
+*not detected* otherwise, with the minimum detectable difference at 80 % power; *no verdict* for one seed or a
+margin below one token error of the test set. A stated size (54 %) is compared with the interval apart from
+the direction. Every other claim is exploratory (`lightning_asr/study/statistics.py`)."""
+
+PRIMARY_MEASURES = {
+    "B1": "BLoRA's forgetting minus LoRA's (macro source error; < 0 supports the claim)",
+    "B2": "BLoRA's target error minus LoRA's (at most +4 % of LoRA's supports the claim)",
+    "G1": "GLoRA type 1's target error minus LoRA's (< 0 supports the claim)",
+}
 
 
 def generate_report(plan: list[Experiment], cells: list[dict], context: dict, out_dir: str | Path) -> Report:
@@ -116,6 +153,7 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
             drawn[stem] = f"{stem}.png"
         figures.update(drawn)
         sections += named.render(rows, context, drawn)
+    decide_primary_family(claims)
     text = "\n".join(render_head(claims, index.missing, context, plan) + sections)
     path = out_dir / "REPRODUCTION.md"
     path.write_text(text)

@@ -141,7 +141,11 @@ class Reproduction:
                             if key.startswith("base/") and key.endswith("/error")
                         }
                         context.setdefault("base_model", {})[arm] = run.data.tags.get("base_model", "?")
-                    context.update(source_sets=benchmark.source_names, target_set=benchmark.target_name)
+                    context.update(
+                        source_sets=benchmark.source_names,
+                        target_set=benchmark.target_name,
+                        margins=OmegaConf.to_container(self.bench.statistics.margins),
+                    )
                     if "base" in benchmark.target_rows:
                         context.update(target_lang=benchmark.target_lang, target_metric=benchmark.target_metric)
                     known = {(r["label"], r["seed"], r["arm"]) for r in records}

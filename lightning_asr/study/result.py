@@ -41,6 +41,8 @@ class BenchmarkResult:
     base_predictions: dict[str, list[dict]] = field(default_factory=dict, repr=False)
     cells: list[CellResult] = field(default_factory=list)
     parent_run_id: str = ""
+    git_commit: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage (data, base, base_eval, cells)
 
     @property
     def labels(self) -> list[str]:

@@ -272,7 +272,11 @@ class Hypothesis:
     ``direction``: ``less`` (the claim says the difference is below 0, e.g. "forgets less") or ``greater``.
     ``margin``: the equivalence margin (absolute, in the estimate's units), under which a difference is
     declared negligible; ``resolution``: the smallest difference the test set can express (one token error
-    over the set's tokens), below which a margin is refused. ``primary`` claims are corrected together."""
+    over the set's tokens), below which a margin is refused. ``primary`` claims are corrected together.
+
+    ``kind``: ``difference`` (the claim is about the sign) or ``non_inferiority`` (the claim is "worse by at most
+    ``margin``", e.g. "only a 4 % drop"): it holds when the difference is shown below the margin (one-sided),
+    and does not hold when it is shown above it."""
 
     id: str
     estimate: Estimate
@@ -280,9 +284,22 @@ class Hypothesis:
     margin: float
     resolution: float = 0.0
     primary: bool = True
+    kind: str = "difference"
     verdict: str = ""
     reason: str = ""
     adjusted_p: float = math.nan
+
+    @property
+    def p_value(self) -> float:
+        """The p-value the verdict rests on: two-sided for a difference; for non-inferiority, one-sided on the
+        side the estimate lies (below the margin: evidence for the claim; above: against it)."""
+        e = self.estimate
+        if self.kind == "difference":
+            return e.p_value
+        if e.conditional or not e.se > 0:
+            return math.nan
+        sign = 1 if self.direction == "less" else -1
+        return t_two_sided_p((sign * self.margin - e.value) / e.se, e.df) / 2
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -306,11 +323,11 @@ def decide(hypotheses: list[Hypothesis], alpha: float = ALPHA, power: float = PO
     - **not detected**: otherwise, with the minimum detectable difference at ``power``.
     """
     primary = [h for h in hypotheses if h.primary]
-    for h, adjusted in zip(primary, holm([h.estimate.p_value for h in primary])):
+    for h, adjusted in zip(primary, holm([h.p_value for h in primary])):
         h.adjusted_p = adjusted
     for h in hypotheses:
         if not h.primary:
-            h.adjusted_p = h.estimate.p_value
+            h.adjusted_p = h.p_value
     tests = len(primary)
     for h in hypotheses:
         e = h.estimate
@@ -324,6 +341,21 @@ def decide(hypotheses: list[Hypothesis], alpha: float = ALPHA, power: float = PO
                 f"margin {h.margin:.4g} is below the test set's resolution {h.resolution:.4g} (one token error "
                 "over the set): refused, not judged"
             )
+            continue
+        if h.kind == "non_inferiority":
+            bound = h.margin if h.direction == "less" else -h.margin
+            inside = (e.value < bound) == (h.direction == "less")
+            if h.adjusted_p < alpha:
+                h.verdict = HOLDS if inside else FAILS
+                where = "within" if inside else "beyond"
+                h.reason = f"{e.text(4)} {where} the stated {bound:+.4g}, p = {h.adjusted_p:.3g}{label}"
+            else:
+                mde = e.minimum_detectable(alpha / tests if h.primary and tests else alpha, power)
+                h.verdict = NOT_DETECTED
+                h.reason = (
+                    f"{e.text(4)} against the stated {bound:+.4g}: neither side shown; minimum detectable "
+                    f"distance from it {mde:.4g} at {power:.0%} power{label}"
+                )
             continue
         if h.adjusted_p < alpha:
             claimed = (e.value < 0) == (h.direction == "less")

@@ -296,6 +296,9 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
         f"(WER for English, CER for Korean and Chinese). Cross-entropy: teacher-forced, nats per label unit. "
         f"Reference: {comparison.reference}. Brackets: {comparison.interval}.",
     ]
+    if result.seconds:
+        stages = ", ".join(f"{stage} {value:.0f} s" for stage, value in result.seconds.items())
+        lines += ["", f"Run: commit {result.git_commit[:10] or 'unknown'}, seeds {result.seeds}; wall time {stages}."]
     if one_run:
         lines += [
             "",

@@ -69,6 +69,9 @@ class ClaimResult:
     rule: str
     unit: str = ""  # "%": shown as a percentage
     note: str = ""
+    # a claim of the primary family: its test on per-utterance results over seeds (``study/statistics.py``),
+    # decided with the family's other claims (Holm); None: exploratory, judged by the rules below alone
+    hypothesis: object = None
 
 
 def judge(

@@ -210,9 +210,39 @@ class BloraVsLora(NamedExperiment):
                     rule,
                     unit,
                     note,
+                    self.primary_hypothesis(claim_id, headline, lora, lora_values, experiment, cells, context),
                 )
             )
         return claims, rows
+
+    @staticmethod
+    def primary_hypothesis(claim_id, headline, lora, lora_values, experiment, cells, context):
+        """B1's direction and B2 as tests of the primary family, on paired differences over seeds and
+        utterances: B1, BLoRA's forgetting minus LoRA's below 0; B2, BLoRA's target error at most 4 % of LoRA's
+        above it (non-inferiority; refused where 4 % is below one token error of the test set)."""
+        from lightning_asr.study.statistics import Hypothesis
+
+        margins = context.get("margins", {})
+        variant = headline["variant"]
+        if "source_sets" not in context:  # no cell ran: nothing to test
+            return None
+        if claim_id == "B1":
+            sets = context["source_sets"]
+            difference = cells.paired_difference(experiment, variant, lora, sets)
+            if difference is None:
+                return None
+            return Hypothesis(
+                "B1", difference, "less", margins.get("forgetting", 0.02), cells.resolution(experiment, lora, sets)
+            )
+        if claim_id == "B2":
+            sets = [context["target_set"]]
+            difference = cells.paired_difference(experiment, variant, lora, sets)
+            if difference is None:
+                return None
+            margin = 0.04 * metric(lora_values, "target_error").mean
+            resolution = cells.resolution(experiment, lora, sets)
+            return Hypothesis("B2", difference, "less", margin, resolution, kind="non_inferiority")
+        return None
 
     def figures(self, rows, context, interval):
         if not rows:

@@ -106,6 +106,21 @@ class GloraTypes(NamedExperiment):
     def control_of(self, experiment, variant):
         return next(iter(experiment.of("lora", scale=scale_label(self.start_scale_of(variant.entry)))), None)
 
+    @staticmethod
+    def primary_hypothesis(type1, lora, experiment, cells, context):
+        """G1 as a test of the primary family: GLoRA type 1's target error minus LoRA's below 0, paired over
+        seeds and utterances."""
+        from lightning_asr.study.statistics import Hypothesis
+
+        if "target_set" not in context:  # no cell ran: nothing to test
+            return None
+        sets = [context["target_set"]]
+        difference = cells.paired_difference(experiment, type1, lora, sets)
+        if difference is None:
+            return None
+        margin = context.get("margins", {}).get("target_error", 0.005)
+        return Hypothesis("G1", difference, "less", margin, cells.resolution(experiment, lora, sets))
+
     def judge(self, experiment, cells, context):
         lora = experiment.of("lora")[0]
         lora_values = cells.per_seed(experiment, lora, context)
@@ -167,6 +182,7 @@ class GloraTypes(NamedExperiment):
                     "",
                     f"extra trainable parameters over LoRA: {fmt_estimate(type1['extra_params'])}; "
                     + scale_note(type1),
+                    self.primary_hypothesis(type1["variant"], lora, experiment, cells, context),
                 )
             )
         parts, notes = [], []
