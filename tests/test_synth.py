@@ -56,3 +56,35 @@ def test_source_pools_cover_every_target_token():
             tokens[name].update(tokenizer.encode(make(rng)[0], add_special_tokens=False))
     source = tokens["en"] | tokens["ko"] | tokens["zh"]
     assert tokens["ko-en"] <= source and tokens["zh-en"] <= source
+
+
+def test_a_set_added_later_is_built_alone_and_the_others_stay_byte_identical(tmp_path):
+    from lightning_asr.data.synth import CorpusSpec, build_corpus
+
+    spec = CorpusSpec(seed=5, train=3, dev=1, test=1, target_train=3, sets=["ko"])
+    build_corpus(spec, tmp_path, verbose=False)
+    before = (tmp_path / "ko" / "train.jsonl").read_bytes()
+    stamp = (tmp_path / "ko" / "audio" / "train_00000.wav").stat().st_mtime_ns
+    build_corpus(
+        CorpusSpec(seed=5, train=3, dev=1, test=1, target_train=3, sets=["ko", "ko-en-mixed"]), tmp_path, verbose=False
+    )
+    assert (tmp_path / "ko" / "train.jsonl").read_bytes() == before
+    assert (tmp_path / "ko" / "audio" / "train_00000.wav").stat().st_mtime_ns == stamp  # not synthesised again
+    mixed = [line for line in (tmp_path / "ko-en-mixed" / "train.jsonl").read_text().splitlines()]
+    assert len(mixed) == 3
+
+
+def test_the_mixed_target_has_monolingual_and_switched_utterances_in_varied_frames():
+    import random
+
+    from lightning_asr.data.synth import utterance_language
+    from lightning_asr.data.text_pools import korean_english_mixed
+
+    rng = random.Random(0)
+    drawn = [korean_english_mixed(rng) for _ in range(400)]
+    langs = [utterance_language(segments, "ko") for _, segments in drawn]
+    assert 0.4 < langs.count("ko") / len(langs) < 0.6 and set(langs) == {"ko", "ko-en"}
+    # English after the first word, before the verb, at the end, and twice in one sentence
+    switched = [segments for _, segments in drawn if len(segments) > 1]
+    words_before = {len(segments[0][1].split()) for segments in switched}
+    assert {1, 2} <= words_before and any(s[-1][0] == "en" for s in switched) and any(len(s) == 5 for s in switched)

@@ -139,7 +139,7 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     if stamp.exists():
         built = json.loads(stamp.read_text()).get("spec", {})
         same = {k: v for k, v in built.items() if k != "sets"} == {k: v for k, v in wanted.items() if k != "sets"}
-        if same and set(spec.sets) <= set(built.get("sets", [])):
+        if same and set(spec.sets) <= set(built.get("sets", [])) and all((out / n).is_dir() for n in spec.sets):
             if verbose:
                 print(f"{out}: synthetic corpus already built with these parameters")
             return out
@@ -181,7 +181,8 @@ def build_corpus(spec: CorpusSpec, out: Path, verbose: bool = True) -> Path:
     partial.replace(stamp)
     if verbose:
         print(
-            f"{out}: built {sum(sum(c.values()) for c in counts.values())} utterances in {time.perf_counter() - started:.1f} s"
+            f"{out}: built {sum(sum(c.values()) for n, c in counts.items() if n not in kept)} utterances in "
+            f"{time.perf_counter() - started:.1f} s" + (f" (kept {', '.join(kept)})" if kept else "")
         )
     return out
 

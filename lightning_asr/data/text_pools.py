@@ -182,9 +182,11 @@ def mandarin_english(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
 
 def korean_english_mixed(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     """A target as real code-switching corpora are: about half the utterances monolingual Korean, the other half
-    with English in varied places (the object, the place, a time phrase at the start, or two of them), and
-    half of all sentences in frames the source pools never use (the subject first, no place, or the place
-    first). Every word is a source-pool word, so a base pretrained here has trained embeddings for each."""
+    with English in varied places (the object, the place, a time phrase after the verb, or two of them), and
+    half of all sentences in frames the source pools never use (no place, or the place before the subject).
+    Every word keeps a position it has in the source pools (a sentence starts with a Korean time word; an
+    English time phrase follows a space), so every output token of the target occurs in the source training
+    text and a base pretrained here has trained embeddings for it."""
     time, subject, verb, noun = (
         rng.choice(KO_TIMES),
         rng.choice(KO_SUBJECTS),
@@ -192,43 +194,32 @@ def korean_english_mixed(rng: random.Random) -> tuple[str, list[tuple[str, str]]
         rng.choice(KO_NOUNS),
     )
     place = rng.choice(KO_PLACES)
+    obj = f"{noun}{_object_particle(noun)}"
     english_object = rng.choice(EN_NOUNS)
     if rng.random() < 0.3:
         english_object = f"{rng.choice(EN_ADJECTIVES)} {english_object}"
     if rng.random() < 0.5:  # monolingual Korean, in the source frame or in a new one
-        frame = rng.randrange(4)
+        frame = rng.randrange(3)
         if frame == 0:
             return korean(rng)
-        obj = f"{noun}{_object_particle(noun)}"
-        text = [
-            None,
-            f"{subject} {time} {obj} {verb}",
-            f"{place}에서 {time} {subject} {obj} {verb}",
-            f"{subject} {time} {place}에서 {obj} {verb}",
-        ][frame]
+        text = f"{time} {subject} {obj} {verb}" if frame == 1 else f"{time} {place}에서 {subject} {obj} {verb}"
         return text, [("ko", text)]
     switch = rng.randrange(4)
-    if switch == 0:  # the English object, in a new frame
+    if switch == 0:  # the English object, without a place
         segments = [
-            ("ko", f"{subject} {time} "),
+            ("ko", f"{time} {subject} "),
             ("en", english_object),
             ("ko", f"{_object_particle(english_object)} {verb}"),
         ]
-    elif switch == 1:  # an English place, the Korean object
+    elif switch == 1:  # an English place before the subject
+        segments = [("ko", f"{time} "), ("en", rng.choice(EN_PLACES)), ("ko", f"에서 {subject} {obj} {verb}")]
+    elif switch == 2:  # an English time phrase after the verb
+        segments = [("ko", f"{time} {subject} {place}에서 {obj} {verb} "), ("en", rng.choice(EN_TIMES))]
+    else:  # two switches: an English place and the English object
         segments = [
             ("ko", f"{time} {subject} "),
             ("en", rng.choice(EN_PLACES)),
-            ("ko", f"에서 {noun}{_object_particle(noun)} {verb}"),
-        ]
-    elif switch == 2:  # an English time phrase first
-        segments = [
-            ("en", rng.choice(EN_TIMES)),
-            ("ko", f" {subject} {place}에서 {noun}{_object_particle(noun)} {verb}"),
-        ]
-    else:  # two switches: an English time phrase and the English object
-        segments = [
-            ("en", rng.choice(EN_TIMES)),
-            ("ko", f" {subject} {place}에서 "),
+            ("ko", "에서 "),
             ("en", english_object),
             ("ko", f"{_object_particle(english_object)} {verb}"),
         ]
