@@ -171,6 +171,17 @@ class CrossedBootstrap:
         with np.errstate(invalid="ignore", divide="ignore"):
             return (weights @ data.numerator.T) / (weights @ data.denominator.T)
 
+    def curve_rates(self, data: Ratios, name: str, design: str = "crossed") -> tuple[np.ndarray, np.ndarray]:
+        """For curves (``Ratios`` of seeds × points × utterances): the pooled rate per seed and point, and per
+        replicate, seed and point."""
+        weights = self.designs[design][0][name]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point = data.numerator.sum(-1) / data.denominator.sum(-1)
+            replicates = np.einsum("bu,spu->bsp", weights, data.numerator) / np.einsum(
+                "bu,spu->bsp", weights, data.denominator
+            )
+        return point, replicates
+
     def seed_mean(self, per_seed: np.ndarray, design: str = "crossed") -> np.ndarray:
         weights = self.designs[design][1]
         return (weights * per_seed).sum(axis=1) / weights.sum(axis=1)
@@ -390,6 +401,17 @@ def front_at(target: np.ndarray, source: np.ndarray, level: float) -> np.ndarray
     return np.where(np.isfinite(best), best, np.nan)
 
 
+def curve_pair(
+    bootstrap: CrossedBootstrap, target: dict[str, Ratios], sources: dict[str, Ratios], design: str = "crossed"
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A strategy's curves as (target, source) rates, each (per seed × point, per replicate × seed × point); the
+    source side is the macro average over the source sets."""
+    ((target_set, target_data),) = target.items()
+    source_rates = [bootstrap.curve_rates(data, name, design) for name, data in sources.items()]
+    source = (np.mean([p for p, _ in source_rates], axis=0), np.mean([r for _, r in source_rates], axis=0))
+    return bootstrap.curve_rates(target_data, target_set, design), source
+
+
 @dataclass
 class FrontReading:
     """Strategy k against the reference at one target level: the paired difference of their fronts' source
@@ -412,22 +434,8 @@ def front_difference(
     """``curves[label] = (target, sources)``: per set, ``Ratios`` whose numerator and denominator are
     (seeds × points × utterances). The source side is the macro average over the source sets."""
 
-    def rates(data: Ratios, name: str, design: str) -> tuple[np.ndarray, np.ndarray]:
-        weights = bootstrap.designs[design][0][name]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            point = data.numerator.sum(-1) / data.denominator.sum(-1)  # seeds × points
-            replicates = np.einsum("bu,spu->bsp", weights, data.numerator) / np.einsum(
-                "bu,spu->bsp", weights, data.denominator
-            )
-        return point, replicates
-
     def fronts(name: str, design: str) -> tuple[np.ndarray, np.ndarray]:
-        target, sources = curves[name]
-        ((target_set, target_data),) = target.items()
-        t_point, t_reps = rates(target_data, target_set, design)
-        s_pairs = [rates(data, set_name, design) for set_name, data in sources.items()]
-        s_point = np.mean([p for p, _ in s_pairs], axis=0)
-        s_reps = np.mean([r for _, r in s_pairs], axis=0)
+        (t_point, t_reps), (s_point, s_reps) = curve_pair(bootstrap, *curves[name], design)
         return front_at(t_point, s_point, level), front_at(t_reps, s_reps, level)
 
     def mean_difference(design: str) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:

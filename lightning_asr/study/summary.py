@@ -18,6 +18,7 @@ from lightning_asr.study.statistics import (
     Hypothesis,
     PairedStatistics,
     Ratios,
+    curve_pair,
     decide,
     front_at,
     front_difference,
@@ -202,24 +203,10 @@ def front_bands(result: BenchmarkResult, statistics: PairedStatistics, levels: l
         return {}
     base_level = result.base[result.target_set].cross_entropy()
     grid = np.linspace(min(levels) * 0.8, base_level, 40)
-    weights_u, weights_s = statistics.bootstrap.designs["crossed"]
+    weights_s = statistics.bootstrap.designs["crossed"][1]
     bands = {}
     for label, (target, sources) in curves.items():
-        ((name, data),) = target.items()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t_point = data.numerator.sum(-1) / data.denominator.sum(-1)
-            t_reps = np.einsum("bu,spu->bsp", weights_u[name], data.numerator) / np.einsum(
-                "bu,spu->bsp", weights_u[name], data.denominator
-            )
-            s_point = np.mean([d.numerator.sum(-1) / d.denominator.sum(-1) for d in sources.values()], axis=0)
-            s_reps = np.mean(
-                [
-                    np.einsum("bu,spu->bsp", weights_u[n], d.numerator)
-                    / np.einsum("bu,spu->bsp", weights_u[n], d.denominator)
-                    for n, d in sources.items()
-                ],
-                axis=0,
-            )
+        (t_point, t_reps), (s_point, s_reps) = curve_pair(statistics.bootstrap, target, sources)
         mean, low, high = [], [], []
         for level in grid:
             point = front_at(t_point, s_point, level)
