@@ -365,7 +365,7 @@ def test_sweep_points_cut_to_fewer_seeds_keep_every_seed_for_the_claims(tmp_path
     got = verdicts(report)
     assert got["B1"] == HOLDS and got["G1"] == HOLDS and got["R1"] == INCONCLUSIVE and got["R2"] == INCONCLUSIVE
     assert "1 seed(s) with a defined value" in next(c for c in report.claims if c.id == "R1").verdict.reason
-    assert "cut to seed(s) 1 by the profile's `sweep_seeds`" in report.text and "blora-r2 (rank-sweep)" in report.text
+    assert "Cut to seed(s) 1 by the profile's `sweep_seeds`" in report.text and "blora-r2 (rank-sweep)" in report.text
     with pytest.raises(ConfigError, match="sweep_seeds=-1"):
         build_plan(profile(sweep_seeds=-1), BENCH_STRATEGIES)
 
@@ -531,3 +531,15 @@ def test_tiny_profile_one_experiment(tmp_path):
     assert len(g1) == 1 and "**no verdict**" in g1[0] and "1 seed" in g1[0]
     missing = text.split("## Missing cells", 1)[1]
     assert "blora-vs-lora / blora" in missing and "glora-types /" not in missing
+
+
+def test_secondary_seeds_keep_every_seed_for_the_primary_arms_only():
+    plan = {e.name: e for e in build_plan(profile(seeds=[1, 2, 3, 4, 5], secondary_seeds=3), BENCH_STRATEGIES)}
+    blora = plan["blora-vs-lora"]
+    assert blora.seeds_of(blora.variant("lora")) == [1, 2, 3, 4, 5]
+    assert blora.seeds_of(next(v for v in blora.variants if v.method == "blora" and v.headline)) == [1, 2, 3, 4, 5]
+    assert blora.seeds_of(blora.variant("blora-paper")) == [1, 2, 3]
+    glora = plan["glora-types"]
+    assert glora.seeds_of(glora.variant("glora-1")) == [1, 2, 3, 4, 5]
+    assert glora.seeds_of(glora.variant("glora-2")) == [1, 2, 3]  # the profile here has types 1 and 2
+    assert plan["glora-vs-adapters"].seeds_of(plan["glora-vs-adapters"].variant("lora")) == [1, 2, 3]

@@ -60,6 +60,9 @@ def reproduce_schema() -> type:
             # how many of the seeds the sweep points run on (settings other than the benchmark's); 0: all. The
             # claims judged with an interval always get every seed.
             ("sweep_seeds", int, field(default=0)),
+            # how many of the seeds the variants outside the primary family's arms run on (0: all): the primary
+            # claims are planned for power (statistics.decision_seeds), the exploratory ones need fewer
+            ("secondary_seeds", int, field(default=0)),
             ("experiments", list[str], field(default_factory=lambda: list(EXPERIMENTS))),
             *sections,
             ("cell_seconds", dict, field(default_factory=dict)),  # measured seconds per cell by method (--check)
@@ -86,7 +89,13 @@ def build_plan(config: dict, strategies: list[dict], seeds: list[int] | None = N
         if name in config["experiments"]:
             # the section's defaults for keys the profile leaves out
             section = {**asdict(experiment.section()), **config.get(experiment.key, {})} if experiment.section else {}
-            plan.append(Experiment(name, experiment.variants(section, templates, strategies, sweep_seeds), seeds))
+            variants = experiment.variants(section, templates, strategies, sweep_seeds)
+            plan.append(Experiment(name, variants, seeds))
+            if 0 < config.get("secondary_seeds", 0) < len(seeds):
+                primary = experiment.primary_arms(variants)
+                for variant in variants:
+                    if variant.seeds is None and variant.label not in primary:
+                        variant.seeds = seeds[: config["secondary_seeds"]]
     return plan
 
 

@@ -50,11 +50,16 @@ def render_head(claims: list[ClaimResult], missing: list[tuple], context: dict, 
     if len(seeds) < MIN_SEEDS:
         lines += [f"**Only {len(seeds)} seed(s) planned: every verdict below is inconclusive by rule 2.**", ""]
     cut = sorted({(e.name, v.label, tuple(v.seeds)) for e in plan for v in e.variants if v.seeds is not None})
-    if cut:
-        names = ", ".join(f"{label} ({name})" for name, label, _ in cut)
+    for seeds_cut in sorted({c[2] for c in cut}, key=len):
+        names = ", ".join(f"{label} ({name})" for name, label, kept in cut if kept == seeds_cut)
+        by = "`sweep_seeds`" if len(seeds_cut) == 1 else "`secondary_seeds` (outside the primary family's arms)"
         lines += [
-            f"**Sweep points cut to seed(s) {', '.join(map(str, cut[0][2]))} by the profile's `sweep_seeds`:** "
-            f"{names}. Their rows show single values, and a claim that needs them is inconclusive by rule 2.",
+            f"**Cut to seed(s) {', '.join(map(str, seeds_cut))} by the profile's {by}:** {names}."
+            + (
+                " Their rows show single values, and a claim that needs them is inconclusive by rule 2."
+                if len(seeds_cut) == 1
+                else ""
+            ),
             "",
         ]
     lines += ["## Verdicts", ""]

@@ -32,6 +32,11 @@ class NamedExperiment:
         """The variants this experiment trains (``templates``: the benchmark's entries by method)."""
         raise NotImplementedError
 
+    def primary_arms(self, variants: list[Variant]) -> set[str]:
+        """The labels of the variants this experiment's primary claims compare (they get every seed of the
+        profile; the other variants ``secondary_seeds`` of them)."""
+        return set()
+
     def after_run(self, records: list[dict], client, context: dict, profile, bench) -> None:
         """Extra per-cell metrics once the cells are trained (set as each record's ``metrics``); ``profile``
         is the reproduce profile, ``bench`` the benchmark config."""

@@ -141,6 +141,9 @@ class BloraVsLora(NamedExperiment):
             variants.append(paper)
         return variants
 
+    def primary_arms(self, variants):
+        return {variants[0].label} | {v.label for v in variants if v.method == "blora" and v.headline}
+
     def judge(self, experiment, cells, context):
         lora = experiment.of("lora")[0]
         lora_values = cells.per_seed(experiment, lora, context)

@@ -99,6 +99,9 @@ class GloraTypes(NamedExperiment):
                 variants.append(control)
         return variants
 
+    def primary_arms(self, variants):
+        return {variants[0].label} | {v.label for v in variants if v.method == "glora" and v.settings.get("type") == 1}
+
     @staticmethod
     def start_scale_of(entry: dict) -> float:
         return start_scale(adapter_value(entry, "type"), adapter_value(entry, "gate_init"))
