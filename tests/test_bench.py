@@ -115,6 +115,7 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         assert {"adapter", "config.yaml", "predictions.json", "interpolation.json", "sparsity"} <= files
         assert {f.path for f in client.list_artifacts(child.info.run_id, "sparsity")} == {
             "sparsity/histogram.png",
+            "sparsity/histogram.svg",
             "sparsity/table.json",
             "sparsity/report.json",
         }

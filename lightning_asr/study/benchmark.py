@@ -620,7 +620,7 @@ class Benchmark:
         )
         test_metrics = evaluate(module, self.test_manifests)
         interpolation = self.interpolation(module, config, base_spec)
-        self.log_cell(client, run_id, module, config, test_metrics, timer, train_seconds, interpolation)
+        self.log_cell(client, run_id, cell, module, config, test_metrics, timer, train_seconds, interpolation)
         client.set_tag(run_id, tracking.TAG_STATUS, "finished")
         client.set_terminated(run_id, "FINISHED")
         say(
@@ -677,6 +677,7 @@ class Benchmark:
         self,
         client,
         run_id: str,
+        cell: str,
         module,
         config: DictConfig,
         test_metrics: dict,
@@ -723,11 +724,9 @@ class Benchmark:
         normalizers = {f"normalizer/{name}": normalizer_id for name, normalizer_id in module.normalizer_ids.items()}
         tracking.log_values(client, run_id, metrics, normalizers)
         if report["overall"]["delta_w"]["count"]:
-            figure = figures.cell_sparsity_figure(report, f"{config.adapter.name}: |delta W|")
-            client.log_figure(run_id, figure, "sparsity/histogram.png")
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+            settings = ", ".join(f"{k} {v}" for k, v in flatten(to_dict(config.adapter)).items() if k != "name")
+            title = f"{cell}: {config.adapter.name} ({settings[:90]}), |delta W|"
+            figures.log_figure(client, run_id, figures.cell_sparsity_figure(report, title), "sparsity/histogram")
             client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
             client.log_dict(run_id, report, "sparsity/report.json")  # histogram counts, for side-by-side plots
 

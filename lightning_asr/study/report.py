@@ -154,6 +154,7 @@ def generate_report(plan: list[Experiment], cells: list[dict], context: dict, ou
             if figure is None:
                 continue
             figure.savefig(out_dir / f"{stem}.png", dpi=110)
+            figure.savefig(out_dir / f"{stem}.svg")  # the vector copy beside each picture
             pyplot().close(figure)
             drawn[stem] = f"{stem}.png"
         figures.update(drawn)
