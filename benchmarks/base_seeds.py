@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark profile")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
-    from lightning_asr.study.benchmark import BaseGateError, Benchmark, load_bench_config
+    from lightning_asr.study.benchmark import BaseGateError, Benchmark
     from lightning_asr.study.forgetting import errors
+    from lightning_asr.study.profile import load_bench_config
 
     quiet()
     rows = []

@@ -75,7 +75,7 @@ class PhaseTimer(L.Callback):
 
 def phase_config(phase: str, corpus: Path, steps: int, output: Path):
     from lightning_asr.config import TrainConfig, structured
-    from lightning_asr.study.benchmark import load_bench_config
+    from lightning_asr.study.profile import load_bench_config
 
     bench, _ = load_bench_config("embedded")
     if phase == "pretrain":
@@ -176,7 +176,7 @@ def plain_steps(config, warmup: int) -> list[dict]:
 def embedded_corpus(corpus: Path) -> Path:
     """The embedded profile's synthetic corpus at ``corpus``, built where it is missing."""
     from lightning_asr.data.synth import CorpusSpec, build_corpus
-    from lightning_asr.study.benchmark import load_bench_config
+    from lightning_asr.study.profile import load_bench_config
 
     c = load_bench_config("embedded")[0].corpus
     build_corpus(CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), corpus, verbose=False)

@@ -241,7 +241,9 @@ def test_a_base_above_its_bounds_stops_the_benchmark_and_is_not_cached(tmp_path,
 def test_a_base_evaluation_is_cached_under_the_base_s_files_not_only_its_path(tmp_path):
     """A base trained again at the same path (a rejected base is always kept at one) is evaluated again."""
     from lightning_asr.adapters import unadapted_strategy
-    from lightning_asr.study.benchmark import Benchmark, base_identity, load_bench_config
+    from lightning_asr.study.benchmark import Benchmark
+    from lightning_asr.study.identity import base_identity
+    from lightning_asr.study.profile import load_bench_config
 
     bench, path = load_bench_config("smoke", [f"output_dir={tmp_path}/runs", f"corpus.root={tmp_path}/corpus"])
     benchmark = Benchmark(bench, path)

@@ -6,8 +6,9 @@ import pytest
 
 from lightning_asr.config import ConfigError
 from lightning_asr.models import PRESETS
-from lightning_asr.study.benchmark import Benchmark, load_bench_config
+from lightning_asr.study.benchmark import Benchmark
 from lightning_asr.study.cli import forgetting_main as main
+from lightning_asr.study.profile import load_bench_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 def test_config_identity_ignores_options_at_their_defaults():
     from lightning_asr.config import load_config, to_dict
-    from lightning_asr.study.benchmark import RESULTS_VERSION, config_identity
+    from lightning_asr.study.identity import RESULTS_VERSION, config_identity
 
     config = to_dict(load_config(overrides=["adapter.name=lora", "output_dir=runs/x"]))
     assert config_identity(config) == {"results_version": RESULTS_VERSION, "adapter": {"name": "lora"}}

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from simulated_study import REFERENCE_FORGETTING, SOURCE_SETS, TARGET_SET, simulate
 
-from lightning_asr.study.benchmark import ROOT
+from lightning_asr.study.profile import ROOT
 from lightning_asr.study.statistics import (
     EQUIVALENT,
     FAILS,

@@ -5,8 +5,8 @@ import pytest
 from simulated_study import REFERENCE_FORGETTING, SOURCE_SETS, TARGET_SET, simulate
 
 from lightning_asr.study import summary
-from lightning_asr.study.benchmark import StatisticsSection
 from lightning_asr.study.forgetting import Scores
+from lightning_asr.study.profile import StatisticsSection
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.study.statistics import HOLDS, UNDECIDABLE
 

@@ -18,17 +18,13 @@ again in new runs (old runs stay).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -41,7 +37,6 @@ from lightning_asr.config import (
     TrainConfig,
     check_keys,
     flatten,
-    load_config,
     structured,
     to_dict,
 )
@@ -51,96 +46,21 @@ from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study import figures, tracking
 from lightning_asr.study.curves import LearningCurve
 from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors
+from lightning_asr.study.identity import (
+    CELL_VERSION,
+    PRETRAIN_RECIPE_VERSION,
+    base_identity,
+    checksum,
+    config_identity,
+    digest,
+    git_commit,
+)
 from lightning_asr.study.plan import cost_text
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
 
-ROOT = Path(lightning_asr.__file__).resolve().parents[1]  # a source checkout: configs/ and git
-# bump when the pretraining code path changes what a cached base would be (2: cached float16 log-mel inputs,
-# the base keyed on the manifests pretraining reads; 3: whisper-toy's convolution stem He-initialised)
-PRETRAIN_RECIPE_VERSION = 3
-# bump when a default or a code path changes what a finished cell would be (4: cached float16 log-mel inputs).
-# Metrics added to every cell since (delta W read against W0, BLoRA's signal-to-noise per factor) leave the
-# results the same: cells trained before simply lack them. The base's key holds this version too, so a bump
-# also retrains the cached base.
-RESULTS_VERSION = 4
 INTERPOLATION = "interpolation.json"  # a cell's λ curve, beside predictions.json
-# bump when a code path changes what an adaptation cell would be but not what a base is (1: adapter
-# initialisation drawn per module from the seed and the module's name; cells keep per-utterance cross-entropy
-# and their interpolation curve)
-CELL_VERSION = 1
-
-
-@dataclass
-class CorpusSection:
-    build: bool = True  # false: use manifests already under ``root`` (<root>/<set>/<split>.jsonl)
-    root: str = "data_manifests/synth"
-    seed: int = 0
-    train: int = 800
-    dev: int = 50
-    test: int = 50
-    target_train: int = 400
-
-
-@dataclass
-class BaseSection:
-    spec: str = "whisper-toy"  # preset, local directory or hub id
-    pretrain: bool = True  # pretrain a preset on the source training sets (ignored for directories and hub ids)
-    train: dict = field(default_factory=dict)  # run-config overrides for pretraining
-    require_vocabulary_coverage: bool = True  # stop if a target token never occurs in the source training text
-    cache_dir: str = ".cache/bases"
-    # the gate: a pretrained base whose error on a source set's dev split is above its bound ({set: bound},
-    # e.g. {en: 0.05}) stops the benchmark and is not cached as good (it is kept beside, as <name>.rejected)
-    max_dev_error: dict = field(default_factory=dict)
-
-
-@dataclass
-class CurvesSection:
-    points: int = 5  # evaluations along each cell's training, step 0 and the last step included (0: none)
-    subset: int = 24  # utterances of each source and target dev set, the first ones of each manifest
-
-
-@dataclass
-class StatisticsSection:
-    """How the comparison decides (``study/statistics.py``)."""
-
-    replicates: int = 1000  # crossed bootstrap replicates (seeds and utterances resampled together)
-    # the seeds a decisive comparison is planned on: --check prints what it can detect there
-    decision_seeds: int = 10
-    # the learning levels fronts are compared at: the target's cross-entropy per token as fractions of the
-    # base's, the same for every strategy (none of them sets the level)
-    front_levels: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])
-    # a finished result with several seeds (<target>: the profile's target set) whose measured variance --check
-    # turns into minimum detectable differences
-    pilot: str = ""
-    # equivalence margins ("no difference" within ±margin), in the units of each paired difference
-    margins: dict = field(default_factory=lambda: {"forgetting": 0.02, "target_error": 0.005, "source_ce": 0.05})
-
-
-@dataclass
-class BenchConfig:
-    name: str = "forgetting-embedded"  # the MLflow experiment
-    based_on: str | None = None  # a profile whose settings this one starts from
-    corpus: CorpusSection = field(default_factory=CorpusSection)
-    base: BaseSection = field(default_factory=BaseSection)
-    source_sets: list[str] = field(default_factory=lambda: ["en", "ko", "zh"])
-    target_set: str = "ko-en"
-    # where a set's manifests are, when not <corpus.root>/<set>/<split>.jsonl: {set: {train|dev|test: path}}
-    # (importers name splits after the corpus: LibriSpeech's test-clean.jsonl, ASCEND's validation.jsonl)
-    manifests: dict = field(default_factory=dict)
-    strategies: list[Any] = field(default_factory=list)  # [{label, adapter: {...}, optim: {...}, ...}]
-    reference: str = ""  # the label of the strategy the others are compared with (required)
-    seeds: list[int] = field(default_factory=lambda: [1])
-    adapt: dict = field(default_factory=dict)  # run-config overrides shared by every cell
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlartifacts"
-    output_dir: str = "runs/bench"
-    statistics: StatisticsSection = field(default_factory=StatisticsSection)
-    curves: CurvesSection = field(default_factory=CurvesSection)
-    # measured seconds per cell by strategy (training and evaluation) on the machine the profile is sized for;
-    # --check estimates the run's cost from them
-    cell_seconds: dict = field(default_factory=dict)
 
 
 class BaseGateError(ConfigError):
@@ -154,91 +74,6 @@ class BaseGateError(ConfigError):
 
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
-
-
-def checksum(manifests) -> str:
-    """A hash of the manifests' content (their audio paths included)."""
-    digest = hashlib.sha256()
-    for manifest in sorted(manifests):
-        digest.update(Path(manifest).read_bytes())
-    return digest.hexdigest()
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def config_identity(config) -> dict:
-    """What identifies a run's result: its config without ``output_dir`` and without values equal to the
-    schema's defaults (the adapter's: its strategy's defaults), so adding an option (at a default that changes
-    nothing) keeps cached bases and finished cells valid. Changing a default's value is a code change: bump
-    ``RESULTS_VERSION``."""
-    from lightning_asr.adapters import StrategyConfig
-
-    config = to_dict(config) if isinstance(config, DictConfig) else config
-    name = config.get("adapter", {}).get("name", StrategyConfig.name)
-    defaults = to_dict(structured(TrainConfig, {"adapter": {"name": name}}))
-    # the strategy's name always counts, as it did when every strategy shared one adapter schema (full_ft's
-    # default): identities computed then stay valid
-    defaults["adapter"]["name"] = StrategyConfig.name
-
-    def differing(values: dict, reference: dict) -> dict:
-        kept = {}
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(reference.get(key), dict):
-                nested = differing(value, reference[key])
-                if nested:
-                    kept[key] = nested
-            elif key not in reference or reference[key] != value:
-                kept[key] = value
-        return kept
-
-    return {
-        "results_version": RESULTS_VERSION,
-        **differing({k: v for k, v in config.items() if k != "output_dir"}, defaults),
-    }
-
-
-def base_identity(spec: str) -> Any:
-    """What a base evaluation is cached under: a preset or hub id by its name; a local directory also by its
-    files' names, sizes and modification times, so a base trained again at the same path is evaluated again
-    (a rejected base is kept at one path whatever it reached)."""
-    path = Path(spec)
-    if not path.is_dir():
-        return spec
-    return [spec] + [
-        [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(path.rglob("*"))
-        if f.is_file()
-    ]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def profile_path(profile: str, kind: str = "bench", names: str = "embedded, smoke") -> Path:
-    """A profile by name (``configs/<kind>/<name>.yaml``) or path."""
-    path = Path(profile) if profile.endswith((".yaml", ".yml")) else ROOT / "configs" / kind / f"{profile}.yaml"
-    if not path.exists():
-        raise ConfigError(f"{path}: no such {kind} profile — fix: use {names} or a YAML under configs/{kind}/")
-    return path
-
-
-def load_bench_config(profile: str, overrides: list[str] | None = None):
-    """A benchmark profile by name (``configs/bench/<name>.yaml``) or path, with ``key=value`` overrides. A
-    profile whose ``based_on`` names another starts from that one's settings (one level)."""
-    path = profile_path(profile)
-    parent = (OmegaConf.load(path) or {}).get("based_on")
-    bench = load_config([profile_path(parent), path] if parent else path, overrides, schema=BenchConfig)
-    if any("label" not in entry for entry in bench.strategies):
-        raise ConfigError(f"{path}: every entry of 'strategies' needs a 'label'")
-    return bench, path
 
 
 class Benchmark:

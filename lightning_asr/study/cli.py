@@ -35,7 +35,8 @@ def forgetting_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
-    from lightning_asr.study.benchmark import Benchmark, load_bench_config
+    from lightning_asr.study.benchmark import Benchmark
+    from lightning_asr.study.profile import load_bench_config
 
     quiet()
     try:

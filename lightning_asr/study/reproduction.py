@@ -21,10 +21,12 @@ from omegaconf import OmegaConf
 
 from lightning_asr.config import ConfigError, load_config, to_dict
 from lightning_asr.models import backbone_for, is_preset
-from lightning_asr.study.benchmark import ROOT, Benchmark, digest, git_commit, load_bench_config, profile_path
+from lightning_asr.study.benchmark import Benchmark
 from lightning_asr.study.cells import load_cells, logged_histogram
 from lightning_asr.study.claims import EXPERIMENTS
+from lightning_asr.study.identity import digest, git_commit
 from lightning_asr.study.plan import Experiment, Variant, benchmark_groups, build_plan, reproduce_schema
+from lightning_asr.study.profile import ROOT, load_bench_config, profile_path
 from lightning_asr.study.report import Report, generate_report
 from lightning_asr.study.tracking import TAG_CELLS, TAG_EXPERIMENT, TAG_REPRODUCE
 
