@@ -610,10 +610,19 @@ class Benchmark:
             return [f"power: the pilot {pilot} has one seed; its variance over seeds is unknown"]
         counts = sorted({len(seeds), self.bench.statistics.decision_seeds})
         rows = summary.planned_power(result, counts, self.bench.statistics.replicates)
+        rows += summary.planned_power(result, counts, self.bench.statistics.replicates, utterances=300)
         return [
-            f"power (variance measured on {pilot}: {len(result.seeds)} seeds × {len(result.labels)} strategies):",
+            f"power (variance measured on {pilot}: {len(result.seeds)} seeds × {len(result.labels)} strategies; "
+            "the 300-utterance rows scale the utterance component to test sets of that size):",
             markdown_table(
-                ["strategy", "seeds", "min. detectable ΔF", "of the reference's forgetting", "min. detectable ΔE"],
+                [
+                    "strategy",
+                    "seeds",
+                    "test utterances per set",
+                    "min. detectable ΔF",
+                    "of the reference's forgetting",
+                    "min. detectable ΔE",
+                ],
                 rows,
             ),
         ]

@@ -244,11 +244,14 @@ def table_rows(comparison: Comparison) -> list[dict]:
     return rows
 
 
-def planned_power(result: BenchmarkResult, seed_counts: list[int], replicates: int = 1000) -> list[list]:
+def planned_power(
+    result: BenchmarkResult, seed_counts: list[int], replicates: int = 1000, utterances: int | None = None
+) -> list[list]:
     """What a study of this design could detect, from the variance a finished multi-seed result measured: per
     strategy, the minimum detectable ΔF and ΔE (two-sided 5 %, 80 % power) at each seed count, ΔF also as a
     share of the reference's forgetting. The seed component shrinks with more seeds; the utterance component
-    (the same test sets) does not."""
+    (the same test sets for every seed) does not, but shrinks with ``utterances`` per test set (default: the
+    result's own)."""
     from lightning_asr.study.statistics import planned_minimum_detectable
 
     base, cells = ratios(result, "error")
@@ -261,13 +264,18 @@ def planned_power(result: BenchmarkResult, seed_counts: list[int], replicates: i
             continue
         forgetting = statistics.difference(label, result.reference, sources)
         target_error = statistics.difference(label, result.reference, target)
+        scale = math.sqrt(statistics.utterances / utterances) if utterances else 1.0
         for seeds in seed_counts:
-            mde_f = planned_minimum_detectable(forgetting.se_seeds, forgetting.se_utterances, forgetting.seeds, seeds)
+            mde_f = planned_minimum_detectable(
+                forgetting.se_seeds, scale * forgetting.se_utterances, forgetting.seeds, seeds
+            )
             mde_e = planned_minimum_detectable(
-                target_error.se_seeds, target_error.se_utterances, target_error.seeds, seeds
+                target_error.se_seeds, scale * target_error.se_utterances, target_error.seeds, seeds
             )
             share = mde_f / reference_forgetting if reference_forgetting > 0 else math.nan
-            rows.append([label, seeds, f"{mde_f:.4f}", f"{share:.0%}", f"{mde_e:.4f}"])
+            rows.append(
+                [label, seeds, utterances or statistics.utterances, f"{mde_f:.4f}", f"{share:.0%}", f"{mde_e:.4f}"]
+            )
     return rows
 
 
