@@ -313,6 +313,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
             "",
             f"(source CE {np.mean(base_ce):.3f})",
             *[f"({result.base[name].error():.3f})" for name in result.source_sets],
+            "",
         ]
     ]
     for s in comparison.strategies:
@@ -325,6 +326,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 s.forgetting.text(),
                 s.forgetting_ce.text() if s.forgetting_ce else "—",
                 *[s.forgetting_by_set[name].text() for name in result.source_sets],
+                ", ".join(f"{c.stopped_step:.0f}" for c in result.of(s.label)),
             ]
         )
     lines.append(
@@ -337,6 +339,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 "forgetting",
                 "forgetting (CE)",
                 *[f"forgetting {name}" for name in result.source_sets],
+                "stopped at step",
             ],
             table,
         )
