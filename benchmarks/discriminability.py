@@ -66,7 +66,7 @@ def end_forgetting(result: BenchmarkResult, sets: list[str]) -> dict[str, list[f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", help=f"result files (default: {DEFAULT})")
-    parser.add_argument("--level", type=float, default=0.3, help="front level, a fraction of the base's target CE")
+    parser.add_argument("--level", type=float, default=0.1, help="front level, a fraction of the base's target CE")
     args = parser.parse_args(argv)
     paths = args.results or sorted(glob.glob(DEFAULT))
     if not paths:
