@@ -51,7 +51,9 @@ bench-forgetting: setup
 # discriminability table of both targets (docs/results/)
 publish-results: setup
 	mkdir -p docs/results
-	cp runs/bench/forgetting-embedded/comparison.md docs/results/forgetting-embedded.md
+	for f in runs/bench/forgetting-embedded/comparison-*.md; do cp $$f docs/results/embedded-$${f##*comparison-}; done
+	for f in runs/bench/discriminability/forgetting-embedded/comparison-*.md; do \
+		cp $$f docs/results/discriminability-$${f##*comparison-}; done
 	$(BIN)/python benchmarks/discriminability.py > docs/results/discriminability.md
 
 # PROFILE=embedded|tiny|configs/reproduce/<gpu profile>.yaml; SEEDS as above; ARGS='key=value ...' overrides the

@@ -747,7 +747,7 @@ class Benchmark:
             f"language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
         )
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "comparison.md").write_text(text)
+        (self.out / f"comparison-{self.bench.target_set}.md").write_text(text)
         result.save(self.out / f"result-{self.bench.target_set}.json")
         rows = summary.table_rows(comparison)
         with tempfile.TemporaryDirectory() as tmp:

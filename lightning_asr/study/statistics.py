@@ -380,7 +380,10 @@ def decide(hypotheses: list[Hypothesis], alpha: float = ALPHA, power: float = PO
             continue
         mde = e.minimum_detectable(alpha / tests if h.primary and tests else alpha, power)
         h.verdict = NOT_DETECTED
-        h.reason = f"{e.text(4)}; minimum detectable difference {mde:.4g} at {power:.0%} power{label}"
+        h.reason = (
+            f"{e.text(4)}, p = {h.adjusted_p:.3g}{' (Holm)' if h.primary else ''}; minimum detectable difference "
+            f"{mde:.4g} at {power:.0%} power{label}"
+        )
     return hypotheses
 
 
