@@ -453,3 +453,28 @@ def test_attaching_an_adapter_leaves_the_global_random_stream_as_it_was():
     torch.manual_seed(5)
     build_strategy(adapter_config(**STRATEGY_CONFIGS["blora"])).attach(model)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", ["lora", "glora1", "glora4", "blora", "bottleneck"])
+def test_scale_adaptation_moves_the_model_from_the_base_to_the_adapted_one(name, batch):
+    base = logits(load_base_model("whisper-tiny-random", seed=0).eval(), batch)
+    model, strategy = attached(name)
+    randomize_adapter(strategy)
+    model.eval()
+    adapted = logits(model, batch)
+    strategy.scale_adaptation(0.0)
+    torch.testing.assert_close(logits(model, batch), base)
+    strategy.scale_adaptation(1.0)
+    torch.testing.assert_close(logits(model, batch), adapted)
+    if name == "lora":  # exact for a linear adapter: the layer's output at λ is W0 x + λ ΔW x
+        layer = next(iter(strategy.layers().values()))
+        x, delta = torch.randn(3, layer.in_features), layer.delta_weight()
+        strategy.scale_adaptation(0.5)
+        expected = layer.base_layer(x) + 0.5 * x @ delta.T
+        torch.testing.assert_close(layer(x), expected)
+
+
+def test_a_strategy_that_overwrites_base_weights_refuses_to_scale():
+    _, strategy = attached("full_ft")
+    with pytest.raises(NotImplementedError, match="interpolate its parameters"):
+        strategy.scale_adaptation(0.5)
