@@ -63,6 +63,14 @@ def end_forgetting(result: BenchmarkResult, sets: list[str]) -> dict[str, list[f
     return values
 
 
+def mean_sd(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "not reached"
+    sd = f"{np.std(finite, ddof=1):.3f}" if len(finite) > 1 else "—"
+    return f"{np.mean(finite):.3f} ± {sd}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", help=f"result files (default: {DEFAULT})")
@@ -95,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     result.target_set,
                     label,
-                    f"{np.nanmean(matched[label]):.3f} ± {np.nanstd(matched[label], ddof=1):.3f}",
+                    f"{mean_sd(matched[label])} ({sum(map(math.isfinite, matched[label]))} of {len(result.seeds)})",
                     f"{np.mean(end[label]):.3f} ± {np.std(end[label], ddof=1):.3f}",
                     f"{np.mean(by_ko):.3f}",
                     f"{np.mean(by_others):.3f}",
                 ]
             )
+    print(f"Written by `benchmarks/discriminability.py --level {args.level:g}` from {', '.join(paths)}.\n")
     print(
         markdown_table(
             [
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "target",
                 "strategy",
-                "matched forgetting (CE, mean ± SD over seeds)",
+                "matched forgetting (CE, mean ± SD over the seeds that reach the level)",
                 "end forgetting (error)",
                 "ko",
                 "en + zh",
