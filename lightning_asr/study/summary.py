@@ -101,6 +101,7 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
     reference_forgetting = errors.difference(reference, "base", sources)
     defined = reference_forgetting.low > 0 if not reference_forgetting.conditional else reference_forgetting.value > 0
     levels = front_levels(result, statistics.front_levels) if with_ce else []
+    curves = lambda_ratios(result) if levels else {}
     strategies = []
     for label in cells:
         comparison = StrategyComparison(
@@ -143,16 +144,15 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
                 comparison.backward_gain_reason = (
                     f"not reported: the reference's forgetting {reference_forgetting.text()} does not exclude 0"
                 )
-            if levels:
-                curves = lambda_ratios(result)
+            if levels and label in curves and reference in curves:
                 comparison.fronts = [
                     front_difference(errors.bootstrap, curves, label, reference, level) for level in levels
                 ]
         strategies.append(comparison)
     decide([h for s in strategies for h in s.vs_reference.values()])
     missing = [label for label in result.labels if label not in cells]
-    curves = front_bands(result, errors, levels) if levels else {}
-    return Comparison(len(result.seeds), reference, strategies, levels, curves, missing)
+    bands = front_bands(result, curves, errors, levels) if curves else {}
+    return Comparison(len(result.seeds), reference, strategies, levels, bands, missing)
 
 
 def negate(estimate: Estimate) -> Estimate:
@@ -195,12 +195,10 @@ def lambda_ratios(result: BenchmarkResult) -> dict[str, tuple[dict[str, Ratios],
     return curves
 
 
-def front_bands(result: BenchmarkResult, statistics: PairedStatistics, levels: list[float]) -> dict[str, dict]:
-    """For the figure: each strategy's front (source cross-entropy, mean over seeds) on a grid of target levels
-    from the base's down to the deepest declared level, with a 95 % crossed-bootstrap band."""
-    curves = lambda_ratios(result)
-    if not curves:
-        return {}
+def front_bands(result: BenchmarkResult, curves: dict, statistics: PairedStatistics, levels: list[float]) -> dict:
+    """For the figure: each strategy's front (source cross-entropy, mean over seeds; ``curves`` from
+    ``lambda_ratios``) on a grid of target levels from the base's down to below the deepest declared level, with a
+    95 % crossed-bootstrap band."""
     base_level = result.base[result.target_set].cross_entropy()
     grid = np.linspace(min(levels) * 0.8, base_level, 40)
     weights_s = statistics.bootstrap.designs["crossed"][1]
