@@ -787,8 +787,9 @@ class Benchmark:
             figure = figures.fronts_figure(
                 comparison.front_curves,
                 comparison.levels,
-                f"{self.bench.name}: learning–forgetting fronts (λ from base to adapted)\n"
-                f"source vs target cross-entropy on the test sets; bands: {comparison.interval[:60]}…",
+                f"{self.bench.name} ({self.bench.target_set}): learning–forgetting fronts, λ from base to adapted\n"
+                f"bands: 95 % over {comparison.seeds} seed(s) and the test utterances"
+                + (" (one run)" if comparison.seeds < 2 else ""),
             )
             figures.log_figure(client, parent_id, figure, "fronts")
         if any(c for by_seed in self.curves.values() for c in by_seed.values()):

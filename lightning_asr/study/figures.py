@@ -298,8 +298,9 @@ def fronts_figure(bands: dict[str, dict], levels: list[float], title: str):
         axes.fill_between(band["levels"], band["low"], band["high"], color=color, alpha=0.15, linewidth=0)
     for level in levels:
         axes.axvline(level, color="0.6", linestyle=":", linewidth=1)
+    axes.set_xscale("log")  # the fronts part where the target's cross-entropy is small
     axes.invert_xaxis()
-    axes.set_xlabel("target cross-entropy, nats per token (declared levels dotted; learning to the right)")
+    axes.set_xlabel("target cross-entropy, nats per token, log scale (declared levels dotted; learning to the right)")
     axes.set_ylabel("source cross-entropy at that level (front)")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
