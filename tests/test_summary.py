@@ -82,3 +82,17 @@ def test_planned_power_shrinks_with_seeds_and_with_test_utterances():
     assert utterances == 50 and float(at10) < float(at3) and float(target10) < float(target3)
     assert float(share10.rstrip("%")) < float(holm10.rstrip("%"))  # a stricter level needs a larger effect
     assert float(larger[1][3]) < float(at10) and float(larger[1][6]) < float(target10)
+
+
+def test_the_discriminability_index_is_the_spread_of_strategy_means_over_the_pooled_seed_spread():
+    import importlib.util
+
+    from lightning_asr.study.profile import ROOT
+
+    spec = importlib.util.spec_from_file_location("discriminability", ROOT / "benchmarks" / "discriminability.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    apart = {"a": [0.1, 0.12, 0.11], "b": [0.3, 0.32, 0.31]}  # means 0.11 and 0.31, seed SD 0.01 each
+    assert module.index(apart) == pytest.approx(np.std([0.11, 0.31], ddof=1) / 0.01)
+    assert module.index({"a": [0.1, 0.3, 0.2], "b": [0.11, 0.31, 0.21]}) < 0.2  # alike: seeds dominate
+    assert np.isnan(module.index({"a": [0.1], "b": [0.2]}))  # one seed: no within-strategy spread
