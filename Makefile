@@ -47,13 +47,15 @@ test-all: setup
 bench-forgetting: setup
 	$(BIN)/python benchmarks/forgetting.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
-# The embedded results the README and docs show, as the runs wrote them: the benchmark's comparison and the
-# discriminability table of both targets (docs/results/)
+# The embedded results the README and docs show, as the runs wrote them: the benchmark's comparison, the
+# discriminability table of both targets, and the pilots' results whose variance --check plans from (docs/results/)
 publish-results: setup
 	mkdir -p docs/results
 	for f in runs/bench/forgetting-embedded/comparison-*.md; do cp $$f docs/results/embedded-$${f##*comparison-}; done
 	for f in runs/bench/discriminability/forgetting-embedded/comparison-*.md; do \
 		cp $$f docs/results/discriminability-$${f##*comparison-}; done
+	for f in runs/bench/discriminability/forgetting-embedded/result-*.json; do \
+		cp $$f docs/results/discriminability-$${f##*/}; done
 	$(BIN)/python benchmarks/discriminability.py > docs/results/discriminability.md
 
 # PROFILE=embedded|tiny|configs/reproduce/<gpu profile>.yaml; SEEDS as above; ARGS='key=value ...' overrides the
