@@ -56,7 +56,8 @@ publish-results: setup
 		cp $$f docs/results/discriminability-$${f##*comparison-}; done
 	for f in runs/bench/discriminability/forgetting-embedded/result-*.json; do \
 		cp $$f docs/results/discriminability-$${f##*/}; done
-	$(BIN)/python benchmarks/discriminability.py > docs/results/discriminability.md
+	( $(BIN)/python benchmarks/discriminability.py --level 0.1 && echo && \
+		$(BIN)/python benchmarks/discriminability.py --level 0.15 ) > docs/results/discriminability.md
 
 # PROFILE=embedded|tiny|configs/reproduce/<gpu profile>.yaml; SEEDS as above; ARGS='key=value ...' overrides the
 # reproduce profile (e.g. ARGS='experiments=[blora-vs-lora]'); writes reports/<profile>/REPRODUCTION.md

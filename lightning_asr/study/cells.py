@@ -17,8 +17,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from lightning_asr.study.forgetting import derived_metrics
 from lightning_asr.study.plan import Experiment, Variant
+from lightning_asr.study.statistics import PairedStatistics, Ratios, resolution
 from lightning_asr.study.tracking import TAG_CELLS, TAG_EXPERIMENT, TAG_REPRODUCE, TAG_STATUS
 
 
@@ -73,10 +76,6 @@ class Cells:
         """``variant`` minus ``reference`` in error rate (macro over ``sets``), mean over the seeds both have,
         with its crossed seed-and-utterance interval (``study/statistics.py``); None without per-utterance
         scores."""
-        import numpy as np
-
-        from lightning_asr.study.statistics import PairedStatistics, Ratios
-
         pairs = [
             (self.get(experiment.name, variant.label, seed), self.get(experiment.name, reference.label, seed))
             for seed in experiment.seeds_of(variant)
@@ -102,7 +101,7 @@ class Cells:
         for seed in experiment.seeds_of(variant):
             cell = self.get(experiment.name, variant.label, seed)
             if cell and cell.get("scores"):
-                return min(1 / (len(sets) * sum(cell["scores"][name]["tokens"])) for name in sets)
+                return resolution([sum(cell["scores"][name]["tokens"]) for name in sets])
         return 0.0
 
     def summed_histogram(self, experiment: Experiment, variant: Variant) -> list[int] | None:

@@ -187,6 +187,12 @@ class CrossedBootstrap:
         return (weights * per_seed).sum(axis=1) / weights.sum(axis=1)
 
 
+def resolution(tokens_per_set: list[float]) -> float:
+    """The smallest change of an error rate macro-averaged over sets with these reference-token totals: one token
+    error in the largest set. A margin below it cannot be judged."""
+    return min(1 / (len(tokens_per_set) * tokens) for tokens in tokens_per_set)
+
+
 def pooled(data: Ratios) -> np.ndarray:
     """Per seed, the corpus-level rate of one set."""
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -22,6 +22,7 @@ from lightning_asr.study.statistics import (
     decide,
     front_at,
     front_difference,
+    resolution,
 )
 
 
@@ -82,9 +83,8 @@ class Comparison:
         )
 
 
-def resolution(result: BenchmarkResult, sets: list[str]) -> float:
-    """The smallest change of a macro-averaged error rate over ``sets``: one token error in the largest set."""
-    return min(1 / (len(sets) * float(result.base[name].tokens.sum())) for name in sets)
+def set_resolution(result: BenchmarkResult, sets: list[str]) -> float:
+    return resolution([float(result.base[name].tokens.sum()) for name in sets])
 
 
 def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Comparison:
@@ -120,14 +120,14 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
                     errors.difference(label, reference, sources),
                     "less",
                     margins.get("forgetting", 0.0),
-                    resolution(result, sources),
+                    set_resolution(result, sources),
                 ),
                 "target_error": Hypothesis(
                     f"{label}: target error",
                     errors.difference(label, reference, target),
                     "less",
                     margins.get("target_error", 0.0),
-                    resolution(result, target),
+                    set_resolution(result, target),
                 ),
             }
             if ce:
