@@ -104,6 +104,7 @@ class Benchmark:
         self.target_rows: dict[str, list[list[dict]]] = {}  # label -> per seed, the target set's predictions
         self.curves: dict[str, dict[int, list[tuple]]] = {}  # label -> seed -> (step, target error, source error)
         self.stopped: dict[str, dict[int, float]] = {}  # label -> seed -> the step training stopped at
+        self.base_rows: dict[str, list[dict]] = {}  # the base's per-utterance rows on every test set
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
         labels = [entry["label"] for entry in bench.strategies]
         if len(set(labels)) != len(labels):
@@ -362,6 +363,7 @@ class Benchmark:
                 + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
             )
         self.target_rows["base"] = [rows[self.target_name]]
+        self.base_rows = rows
         return {name: Scores.from_rows(r) for name, r in rows.items()}, rows
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
@@ -478,8 +480,21 @@ class Benchmark:
             return dict(model.named_parameters())
 
         started = time.perf_counter()
+
+        def scored(rows_by_set: dict[str, list[dict]]) -> dict | None:
+            if not all("ce" in r for rows in rows_by_set.values() for r in rows):
+                return None
+            return {
+                name: (np.array([r["ce"] for r in rows]), np.array([r["ce_units"] for r in rows], dtype=float))
+                for name, rows in rows_by_set.items()
+            }
+
+        # the base's evaluation is λ = 0 and the cell's own test evaluation λ = 1: not scored twice
+        known = {0.0: scored(self.base_rows), 1.0: scored(module.predictions)}
         try:
-            curve = interpolation_curve(module, self.test_manifests, base_weights)
+            curve = interpolation_curve(
+                module, self.test_manifests, base_weights, known={k: v for k, v in known.items() if v}
+            )
         except NotImplementedError:
             return {}
         say(

@@ -36,11 +36,18 @@ def cross_entropy_by_set(module, manifests: list[str]) -> dict[str, tuple[np.nda
 
 @torch.no_grad()
 def interpolation_curve(
-    module, manifests: list[str], base_weights: Callable[[], dict[str, torch.Tensor]], lambdas=LAMBDAS
+    module,
+    manifests: list[str],
+    base_weights: Callable[[], dict[str, torch.Tensor]],
+    lambdas=LAMBDAS,
+    known: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> dict:
     """``{"lambda": [...], "sets": {set: {"ce": [per λ, per utterance], "units": [per utterance]}}}``.
     ``base_weights()`` gives the base's parameters by name (asked for only where the strategy is not
-    ``scalable``). The module is left as trained (λ = 1)."""
+    ``scalable``). ``known``: points already scored, by λ (the base's evaluation is λ = 0, the cell's own test
+    evaluation λ = 1), each ``{set: (nats, units)}`` in manifest order, used instead of scoring them again. The
+    module is left as trained (λ = 1)."""
+    known = known or {}
     module.eval()
     strategy = module.strategy
     if strategy.scalable:
@@ -61,8 +68,11 @@ def interpolation_curve(
     sets: dict[str, dict] = {}
     try:
         for factor in lambdas:
-            apply(factor)
-            for name, (nats, units) in cross_entropy_by_set(module, manifests).items():
+            scored = known.get(factor)
+            if scored is None:
+                apply(factor)
+                scored = cross_entropy_by_set(module, manifests)
+            for name, (nats, units) in scored.items():
                 entry = sets.setdefault(name, {"ce": [], "units": units.tolist()})
                 entry["ce"].append(nats.tolist())
     finally:
