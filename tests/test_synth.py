@@ -88,3 +88,28 @@ def test_the_mixed_target_has_monolingual_and_switched_utterances_in_varied_fram
     switched = [segments for _, segments in drawn if len(segments) > 1]
     words_before = {len(segments[0][1].split()) for segments in switched}
     assert {1, 2} <= words_before and any(s[-1][0] == "en" for s in switched) and any(len(s) == 5 for s in switched)
+
+
+def test_a_larger_test_set_extends_the_smaller_one_and_leaves_the_other_splits_identical(tmp_path, monkeypatch):
+    from lightning_asr.data import synth
+
+    monkeypatch.setattr(synth, "CORE_TEST", 2)
+    small = tmp_path / "small"
+    large = tmp_path / "large"
+    build_corpus(CorpusSpec(seed=5, train=3, dev=1, test=2, target_train=3, sets=["ko"]), small, verbose=False)
+    build_corpus(CorpusSpec(seed=5, train=3, dev=1, test=5, target_train=3, sets=["ko"]), large, verbose=False)
+    before, after = digest(small), digest(large)
+    grown = {path for path in after if path not in before}
+    assert grown == {f"ko/audio/test_{index:05d}.wav" for index in (2, 3, 4)}
+    assert all(before[path] == after[path] for path in before if path.endswith(".wav"))
+
+    def manifest(root, split):
+        return (root / "ko" / f"{split}.jsonl").read_text().replace(str(root.resolve()), "")
+
+    assert manifest(small, "train") == manifest(large, "train") and manifest(small, "dev") == manifest(large, "dev")
+    assert (
+        manifest(large, "test").startswith(manifest(small, "test")) and len(manifest(large, "test").splitlines()) == 5
+    )
+    texts = {split: {u.text for u in read_manifest(large / "ko" / f"{split}.jsonl")} for split in ("train", "dev")}
+    extension = [u.text for u in read_manifest(large / "ko" / "test.jsonl")][2:]
+    assert len(set(extension)) == 3 and not set(extension) & (texts["train"] | texts["dev"])

@@ -8,7 +8,8 @@ writes 16 kHz WAV files and manifests ``<out>/<set>/{train,dev,test}.jsonl`` for
 Each set has 12 synthetic speakers (voice variants with their own rate, pitch and pitch range).
 Sentences are drawn without replacement from template pools (``text_pools``), so no test or dev sentence
 occurs in training. The same seed and sizes give byte-identical files; a folder already built with the
-same parameters is kept as it is.
+same parameters is kept as it is. A test set larger than 50 utterances holds the 50-utterance one as its first
+lines, and leaves the training and dev files as they were.
 """
 
 from __future__ import annotations
@@ -93,40 +94,64 @@ def utterance_language(segments: list[tuple[str, str]], matrix: str) -> str:
     return f"{matrix}-{others[0]}" if others else matrix
 
 
-def build_set(name: str, spec: CorpusSpec, out: Path) -> dict[str, int]:
-    """Synthesise one set's splits into ``out/name``; return the number of utterances per split."""
-    sizes = spec.sizes(name)
-    rng = random.Random(f"sentences-{spec.seed}-{name}")
-    make = SENTENCE_MAKERS[name]
-    wanted = sum(sizes.values())
+# Test sets grow by extension: the first CORE_TEST test utterances are drawn with the training and dev splits,
+# the rest from a stream of their own afterwards, so a larger test set keeps every other file (and a base
+# pretrained on them) byte-identical and holds the smaller test set as its first lines.
+CORE_TEST = 50
+
+
+def _distinct_sentences(make, rng: random.Random, wanted: int, taken: set[str], name: str) -> list:
+    """``wanted`` distinct sentences not in ``taken``, deduplicated while drawing."""
     sentences: dict[str, list[tuple[str, str]]] = {}
-    for _ in range(wanted * 50):  # dedup while drawing: splits stay disjoint at the sentence level
+    for _ in range(wanted * 50):
         if len(sentences) == wanted:
             break
         text, segments = make(rng)
-        sentences.setdefault(text, segments)
+        if text not in taken:
+            sentences.setdefault(text, segments)
     if len(sentences) < wanted:
-        raise ValueError(f"the {name} pool holds fewer than {wanted} distinct sentences; ask for smaller splits")
-    items = list(sentences.items())
-    rng.shuffle(items)
-    set_dir = out / name
-    (set_dir / "audio").mkdir(parents=True, exist_ok=True)
+        raise ValueError(
+            f"the {name} pool holds fewer than {wanted + len(taken)} distinct sentences; ask for smaller splits"
+        )
+    return list(sentences.items())
+
+
+def _speak_split(items: list, split: str, first: int, name: str, spec: CorpusSpec, set_dir: Path, rng) -> list:
+    """Synthesise ``items`` as utterances ``first``, ``first + 1``, ... of ``split``."""
     voices = speakers(name, spec.seed)
     matrix = name.split("-")[0]
+    utterances = []
+    for index, (text, segments) in enumerate(items, start=first):
+        speaker, voice = voices[rng.randrange(len(voices))]
+        voice = Voice(voice.name, voice.rate + rng.randint(-10, 10), voice.pitch, voice.pitch_range)
+        use_ssml = name in TARGET_SETS and rng.random() < 0.5
+        samples = _speak(_spoken_form(segments, matrix, use_ssml), voice, rng.randrange(1 << 30), use_ssml)
+        wav = set_dir / "audio" / f"{split}_{index:05d}.wav"
+        write_wav(wav, samples)
+        lang = utterance_language(segments, matrix)
+        utterances.append(Utterance(str(wav.resolve()), round(len(samples) / SAMPLE_RATE, 3), text, lang, speaker))
+    return utterances
+
+
+def build_set(name: str, spec: CorpusSpec, out: Path) -> dict[str, int]:
+    """Synthesise one set's splits into ``out/name``; return the number of utterances per split."""
+    sizes = spec.sizes(name)
+    core = {**sizes, "test": min(sizes["test"], CORE_TEST)}
+    rng = random.Random(f"sentences-{spec.seed}-{name}")
+    make = SENTENCE_MAKERS[name]
+    items = _distinct_sentences(make, rng, sum(core.values()), set(), name)
+    rng.shuffle(items)
+    extension_rng = random.Random(f"test-extension-{spec.seed}-{name}")
+    extension = _distinct_sentences(make, extension_rng, sizes["test"] - core["test"], {t for t, _ in items}, name)
+    set_dir = out / name
+    (set_dir / "audio").mkdir(parents=True, exist_ok=True)
     start = 0
     for split in SPLITS:
-        utterances = []
-        for index, (text, segments) in enumerate(items[start : start + sizes[split]]):
-            speaker, voice = voices[rng.randrange(len(voices))]
-            voice = Voice(voice.name, voice.rate + rng.randint(-10, 10), voice.pitch, voice.pitch_range)
-            use_ssml = name in TARGET_SETS and rng.random() < 0.5
-            samples = _speak(_spoken_form(segments, matrix, use_ssml), voice, rng.randrange(1 << 30), use_ssml)
-            wav = set_dir / "audio" / f"{split}_{index:05d}.wav"
-            write_wav(wav, samples)
-            lang = utterance_language(segments, matrix)
-            utterances.append(Utterance(str(wav.resolve()), round(len(samples) / SAMPLE_RATE, 3), text, lang, speaker))
+        utterances = _speak_split(items[start : start + core[split]], split, 0, name, spec, set_dir, rng)
+        if split == "test" and extension:
+            utterances += _speak_split(extension, split, core[split], name, spec, set_dir, extension_rng)
         write_manifest(set_dir / f"{split}.jsonl", utterances)
-        start += sizes[split]
+        start += core[split]
     return sizes
 
 

@@ -326,8 +326,16 @@ class Benchmark:
         return config
 
     def cell_hash(self, config) -> str:
-        """What makes a cell's result: its config and the content of the data (not only the paths)."""
-        return digest({"config": config_identity(config), "data": self.corpus_checksum, "cell": CELL_VERSION})
+        """What makes a cell's result: its config, the content of the data (not only the paths) and the utterances
+        its λ curve scores."""
+        return digest(
+            {
+                "config": config_identity(config),
+                "data": self.corpus_checksum,
+                "cell": CELL_VERSION,
+                "front_utterances": self.bench.statistics.front_utterances,
+            }
+        )
 
     def base_evaluation_path(self, base_spec: str, config) -> Path:
         """Where the base's evaluation is cached: under the base (its files, for a directory), the test sets,
@@ -493,7 +501,11 @@ class Benchmark:
         known = {0.0: scored(self.base_rows), 1.0: scored(module.predictions)}
         try:
             curve = interpolation_curve(
-                module, self.test_manifests, base_weights, known={k: v for k, v in known.items() if v}
+                module,
+                self.test_manifests,
+                base_weights,
+                known={k: v for k, v in known.items() if v},
+                utterances=self.bench.statistics.front_utterances,
             )
         except NotImplementedError:
             return {}

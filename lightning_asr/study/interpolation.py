@@ -15,13 +15,17 @@ from omegaconf import OmegaConf
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-def cross_entropy_by_set(module, manifests: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per test set, in manifest order: each utterance's summed cross-entropy (nats) and label units."""
+def cross_entropy_by_set(module, manifests: list[str], utterances: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per test set, in manifest order: each utterance's summed cross-entropy (nats) and label units; of the
+    first ``utterances`` of each set only, where that is not 0."""
     from lightning_asr.train import make_datamodule
 
     data = {"test_manifests": list(manifests), "train_manifests": [], "val_manifests": []}
     datamodule = make_datamodule(OmegaConf.merge(module.config, {"data": data}), module)
     datamodule.setup()
+    if utterances:
+        for name, rows in datamodule.sets["test"].items():
+            datamodule.sets["test"][name] = rows[:utterances]  # cached inputs are indexed by position
     scored = {}
     for (name, _), loader in zip(datamodule.eval_sets("test"), datamodule.test_dataloader()):
         rows = []
@@ -41,12 +45,13 @@ def interpolation_curve(
     base_weights: Callable[[], dict[str, torch.Tensor]],
     lambdas=LAMBDAS,
     known: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    utterances: int = 0,
 ) -> dict:
     """``{"lambda": [...], "sets": {set: {"ce": [per λ, per utterance], "units": [per utterance]}}}``.
     ``base_weights()`` gives the base's parameters by name (asked for only where the strategy is not
     ``scalable``). ``known``: points already scored, by λ (the base's evaluation is λ = 0, the cell's own test
-    evaluation λ = 1), each ``{set: (nats, units)}`` in manifest order, used instead of scoring them again. The
-    module is left as trained (λ = 1)."""
+    evaluation λ = 1), each ``{set: (nats, units)}`` in manifest order, used instead of scoring them again.
+    ``utterances``: score only the first this many of each set (0: all). The module is left as trained (λ = 1)."""
     known = known or {}
     module.eval()
     strategy = module.strategy
@@ -71,8 +76,10 @@ def interpolation_curve(
             scored = known.get(factor)
             if scored is None:
                 apply(factor)
-                scored = cross_entropy_by_set(module, manifests)
+                scored = cross_entropy_by_set(module, manifests, utterances)
             for name, (nats, units) in scored.items():
+                if utterances:
+                    nats, units = nats[:utterances], units[:utterances]
                 entry = sets.setdefault(name, {"ce": [], "units": units.tolist()})
                 entry["ce"].append(nats.tolist())
     finally:

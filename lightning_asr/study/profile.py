@@ -54,6 +54,9 @@ class StatisticsSection:
     # the learning levels fronts are compared at: the target's cross-entropy per token as fractions of the
     # base's, the same for every strategy (none of them sets the level)
     front_levels: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])
+    # the λ curves (the fronts) score the first this many utterances of each test set (0: all); their bootstrap
+    # weights are those utterances' weights in the test sets' draw, so fronts and end points stay paired
+    front_utterances: int = 0
     # a finished result with several seeds (<target>: the profile's target set) whose measured variance --check
     # turns into minimum detectable differences
     pilot: str = ""

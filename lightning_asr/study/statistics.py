@@ -173,8 +173,9 @@ class CrossedBootstrap:
 
     def curve_rates(self, data: Ratios, name: str, design: str = "crossed") -> tuple[np.ndarray, np.ndarray]:
         """For curves (``Ratios`` of seeds × points × utterances): the pooled rate per seed and point, and per
-        replicate, seed and point."""
-        weights = self.designs[design][0][name]
+        replicate, seed and point. A curve scored on the first utterances of a set only takes those utterances'
+        weights of the set's draw (Poisson-like counts), so it stays paired with the set's end points."""
+        weights = self.designs[design][0][name][:, : data.numerator.shape[-1]]
         with np.errstate(invalid="ignore", divide="ignore"):
             point = data.numerator.sum(-1) / data.denominator.sum(-1)
             replicates = np.einsum("bu,spu->bsp", weights, data.numerator) / np.einsum(
@@ -467,7 +468,8 @@ def front_difference(
         finite = values[np.isfinite(values)]
         return float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan
 
-    utterances = min(w.shape[1] for w in bootstrap.designs["crossed"][0].values())
+    target, sources = curves[label]
+    utterances = min(data.numerator.shape[-1] for data in [*target.values(), *sources.values()])
     estimate = Estimate(
         value,
         sd(crossed) if both > 1 else math.nan,

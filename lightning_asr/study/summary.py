@@ -170,9 +170,19 @@ def negate(estimate: Estimate) -> Estimate:
 
 
 def front_levels(result: BenchmarkResult, fractions: list[float]) -> list[float]:
-    """The declared learning levels in nats per unit: fractions of the base's target cross-entropy (the same
-    for every strategy; no strategy's outcome sets them)."""
-    return [float(f) * result.base[result.target_set].cross_entropy() for f in fractions]
+    """The declared learning levels in nats per unit: fractions of the base's target cross-entropy on the
+    utterances the λ curves score (the same for every strategy; no strategy's outcome sets them)."""
+    base = result.base[result.target_set]
+    if base.ce is None:
+        return [math.nan for _ in fractions]
+    curves = [
+        c.interpolation["sets"][result.target_set]
+        for c in result.cells
+        if result.target_set in c.interpolation.get("sets", {})
+    ]
+    scored = len(curves[0]["units"]) if curves else 0
+    nats, units = base.ce[: scored or None], base.ce_units[: scored or None]
+    return [float(f) * float(np.sum(nats) / np.sum(units)) for f in fractions]
 
 
 def lambda_ratios(result: BenchmarkResult) -> dict[str, tuple[dict[str, Ratios], dict[str, Ratios]]]:
