@@ -96,3 +96,40 @@ def test_the_discriminability_index_is_the_spread_of_strategy_means_over_the_poo
     assert module.index(apart) == pytest.approx(np.std([0.11, 0.31], ddof=1) / 0.01)
     assert module.index({"a": [0.1, 0.3, 0.2], "b": [0.11, 0.31, 0.21]}) < 0.2  # alike: seeds dominate
     assert np.isnan(module.index({"a": [0.1], "b": [0.2]}))  # one seed: no within-strategy spread
+
+
+def test_label_free_drift_counts_every_change_from_the_base_transcripts_an_improvement_included():
+    from lightning_asr.study.forgetting import label_free_drift
+
+    base = [
+        {"line": 1, "prediction": "the cat sat", "reference": "the cat sat"},
+        {"line": 2, "prediction": "a dog ran", "reference": "the dog ran"},
+    ]
+    adapted = [  # line 2 now matches its reference: better by the labels, yet a change from the base
+        {"line": 2, "prediction": "the dog ran", "reference": "the dog ran"},
+        {"line": 1, "prediction": "the cat sat", "reference": "the cat sat"},
+    ]
+    drift = label_free_drift(base, adapted, "en")
+    assert drift.edits.tolist() == [1, 0] and drift.tokens.tolist() == [3, 3]
+    with pytest.raises(ValueError, match="different utterances"):
+        label_free_drift(base, adapted[:1], "en")
+
+
+def test_drift_is_compared_beside_forgetting_and_kept_in_the_result():
+    result = simulated_result(3, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    for cell in result.cells:  # drift that follows the forgetting: edits against the base's transcripts
+        cell.drift = {
+            name: Scores(np.maximum(cell.scores[name].edits - result.base[name].edits, 0), result.base[name].tokens)
+            for name in SOURCE_SETS
+        }
+    again = BenchmarkResult.from_json(result.to_json())
+    np.testing.assert_array_equal(again.cells[1].drift["en/test"].edits, result.cells[1].drift["en/test"].edits)
+    comparison = summary.compare(again, StatisticsSection(replicates=300, front_levels=[]))
+    lora, blora = (next(s for s in comparison.strategies if s.label == label) for label in ("lora", "blora"))
+    assert 0 < blora.drift.value < lora.drift.value
+    assert blora.vs_reference["drift"].estimate.value < 0 and not blora.vs_reference["drift"].primary
+    assert "drift (no labels)" in summary.markdown(comparison, again, "MER")
+    assert (
+        summary.compare(simulated_result(3, {"lora": 0.2}), StatisticsSection(front_levels=[])).strategies[0].drift
+        is None
+    )

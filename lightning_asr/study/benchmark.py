@@ -45,7 +45,7 @@ from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study import figures, tracking
 from lightning_asr.study.curves import LearningCurve
-from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors
+from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors, label_free_drift
 from lightning_asr.study.identity import (
     CELL_VERSION,
     PRETRAIN_RECIPE_VERSION,
@@ -533,7 +533,19 @@ class Benchmark:
             interpolation,
             dev_curves,
             self.cell_stopped_step(client, run_id),
+            self.drift(predictions),
         )
+
+    def drift(self, predictions: dict[str, list[dict]]) -> dict[str, Scores]:
+        """Per source set, the cell's label-free drift: its transcripts scored against the base's own."""
+        drift = {}
+        for name in self.source_names:
+            lang = set_language(row["lang"] for row in self.base_rows[name])
+            normalizer = TextNormalizer.from_scoring(lang, self.scoring)
+            drift[name] = label_free_drift(
+                self.base_rows[name], predictions[name], lang, normalizer, self.scoring.average
+            )
+        return drift
 
     def log_cell(
         self,

@@ -11,6 +11,7 @@ LoRA in the shipped ones), ``k`` the strategy being judged.
                                                                        defined only when F_ref > 0)
 - relative source gain     = (E_src(ref) - E_src(k)) / E_src(ref)    (the other reading of "backward gain")
 - forward loss        FL_k = (E_tgt(k) - E_tgt(ref)) / E_tgt(ref)    (> 0: worse than ref on the target)
+- label-free drift    D_k  = E(k's transcripts | base's transcripts)  (> 0: moved from the base; no references)
 
 Source metrics are given per source set and macro-averaged over source sets. A zero denominator (F_ref = 0,
 say) makes a ratio undefined: it is NaN with a reason, never a crash or a silent division.
@@ -56,6 +57,23 @@ class Scores:
     def error(self, index: np.ndarray | None = None) -> float:
         edits, tokens = (self.edits, self.tokens) if index is None else (self.edits[index], self.tokens[index])
         return float(edits.sum() / tokens.sum()) if tokens.sum() else float("nan")
+
+
+def label_free_drift(base_rows: list[dict], rows: list[dict], lang: str, normalizer=None, average="corpus") -> Scores:
+    """How far an adapted model's transcripts moved from the base's own on the same audio: per utterance, the
+    edits of the adapted model's transcript against the base's (as the reference) and the base transcript's
+    tokens, in the set's primary unit. It needs no reference transcripts, and it counts a change the references
+    would call an improvement as drift too: where the base is better than the source transcripts (or they are
+    missing), retention is this, not forgetting."""
+    from lightning_asr.metrics import METRIC_NAMES, metrics_for
+    from lightning_asr.text import primary_unit
+
+    base_by_line = {row["line"]: row["prediction"] for row in base_rows}
+    if sorted(base_by_line) != sorted(row["line"] for row in rows):
+        raise ValueError("the adapted model and the base were scored on different utterances")
+    metric = metrics_for(lang, normalizer, average)[METRIC_NAMES[primary_unit(lang)]]
+    counts = [metric.utterance_counts(row["prediction"], base_by_line[row["line"]]) for row in rows]
+    return Scores(np.array([c[0] for c in counts], dtype=float), np.array([c[1] for c in counts], dtype=float))
 
 
 def ratio(numerator: float, denominator: float, what: str) -> tuple[float, str]:

@@ -18,7 +18,8 @@ from lightning_asr.study.forgetting import Scores
 class CellResult:
     """One (strategy, seed) cell: its per-utterance scores on every test set (edits, tokens, cross-entropy),
     its λ-interpolation curve (``study/interpolation.py``), its dense dev cross-entropy curves
-    (``{set: [[step, nats per unit], ...]}``), the step training stopped at and its MLflow run."""
+    (``{set: [[step, nats per unit], ...]}``), the step training stopped at, its MLflow run, and its drift from
+    the base's own transcripts on the source sets."""
 
     label: str
     seed: int
@@ -28,6 +29,8 @@ class CellResult:
     interpolation: dict = field(default_factory=dict, repr=False)
     dev_curves: dict[str, list[list[float]]] = field(default_factory=dict, repr=False)
     stopped_step: float = math.nan
+    # per source set, the label-free drift: edits against the base's own transcripts (``forgetting.label_free_drift``)
+    drift: dict[str, Scores] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class BenchmarkResult:
         value["base"] = scores(self.base)
         for cell, entry in zip(self.cells, value["cells"]):
             entry["scores"] = scores(cell.scores)
+            entry["drift"] = scores(cell.drift)
         return json.dumps(value, ensure_ascii=False, default=float)
 
     @classmethod
@@ -79,7 +83,10 @@ class BenchmarkResult:
                 for name, entry in by_set.items()
             }
 
-        cells = [CellResult(**{**c, "scores": scores(c["scores"])}) for c in value.pop("cells")]
+        cells = [
+            CellResult(**{**c, "scores": scores(c["scores"]), "drift": scores(c.get("drift", {}))})
+            for c in value.pop("cells")
+        ]
         return cls(**{**value, "base": scores(value["base"]), "cells": cells})
 
     def save(self, path: Path) -> Path:

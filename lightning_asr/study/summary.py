@@ -44,6 +44,25 @@ def ratios(result: BenchmarkResult, kind: str) -> tuple[dict[str, Ratios], dict[
     return base, cells
 
 
+def drift_ratios(result: BenchmarkResult) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]] | None:
+    """The label-free drift of every complete strategy on the source sets as ``Ratios`` (edits against the
+    base's own transcripts over their tokens), beside the base's (no edits against itself); None where a cell
+    lacks it (results written before it was kept)."""
+    if not result.cells or not all(set(result.source_sets) <= set(c.drift) for c in result.cells):
+        return None
+    cells = {}
+    for label in result.labels:
+        runs = result.of(label)
+        if [c.seed for c in runs] == list(result.seeds):
+            cells[label] = {
+                name: Ratios.stack([(c.drift[name].edits, c.drift[name].tokens) for c in runs])
+                for name in result.source_sets
+            }
+    tokens = {name: result.cells[0].drift[name].tokens for name in result.source_sets}
+    base = {name: Ratios.stack([(np.zeros_like(t), t)]) for name, t in tokens.items()}
+    return base, cells
+
+
 def has_cross_entropy(result: BenchmarkResult) -> bool:
     every = [result.base, *(c.scores for c in result.cells)]
     return all(s.ce is not None and np.isfinite(s.ce).all() for by_set in every for s in by_set.values())
@@ -58,6 +77,7 @@ class StrategyComparison:
     forgetting: Estimate  # E_src(k) − E_src(base), macro
     forgetting_by_set: dict[str, Estimate]
     forgetting_ce: Estimate | None  # CE_src(k) − CE_src(base), macro
+    drift: Estimate | None = None  # error against the base's own transcripts on the source sets, macro
     vs_reference: dict[str, Hypothesis] = field(default_factory=dict)  # forgetting, target_error, source_ce
     backward_gain: Estimate | None = None  # ratio of means, where the reference's forgetting excludes 0
     backward_gain_reason: str = ""
@@ -97,6 +117,8 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
     errors = PairedStatistics(base, cells, statistics.replicates, rng_seed)
     with_ce = has_cross_entropy(result)
     ce = PairedStatistics(*ratios(result, "ce"), statistics.replicates, rng_seed) if with_ce else None
+    drift_data = drift_ratios(result)
+    drift = PairedStatistics(*drift_data, statistics.replicates, rng_seed) if drift_data else None
     margins = dict(statistics.margins)
     reference_forgetting = errors.difference(reference, "base", sources)
     defined = reference_forgetting.low > 0 if not reference_forgetting.conditional else reference_forgetting.value > 0
@@ -112,6 +134,7 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
             errors.difference(label, "base", sources),
             {name: errors.difference(label, "base", [name]) for name in sources},
             ce.difference(label, "base", sources) if ce else None,
+            drift.difference(label, "base", sources) if drift and label in drift.cells else None,
         )
         if label != reference:
             comparison.vs_reference = {
@@ -136,6 +159,14 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
                     ce.difference(label, reference, sources),
                     "less",
                     margins.get("source_ce", 0.0),
+                    primary=False,
+                )
+            if drift and label in drift.cells and reference in drift.cells:
+                comparison.vs_reference["drift"] = Hypothesis(
+                    f"{label}: label-free drift",
+                    drift.difference(label, reference, sources),
+                    "less",
+                    margins.get("drift", 0.0),
                     primary=False,
                 )
             if defined:
@@ -238,7 +269,12 @@ def table_rows(comparison: Comparison) -> list[dict]:
     for s in comparison.strategies:
         row = {"strategy": s.label, "seeds": comparison.seeds, "target_error": s.target_error}
         row["source_error"] = s.source_error
-        estimates = {"adaptation_gain": s.gain, "forgetting": s.forgetting, "forgetting_ce": s.forgetting_ce}
+        estimates = {
+            "adaptation_gain": s.gain,
+            "forgetting": s.forgetting,
+            "forgetting_ce": s.forgetting_ce,
+            "drift": s.drift,
+        }
         estimates.update({f"forgetting/{name}": e for name, e in s.forgetting_by_set.items()})
         estimates.update({f"delta_{key}": h.estimate for key, h in s.vs_reference.items()})
         estimates["backward_gain"] = s.backward_gain
@@ -337,6 +373,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
             "",
             f"(source CE {np.mean(base_ce):.3f})",
             *[f"({result.base[name].error():.3f})" for name in result.source_sets],
+            "0",
             "",
         ]
     ]
@@ -350,6 +387,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 s.forgetting.text(),
                 s.forgetting_ce.text() if s.forgetting_ce else "—",
                 *[s.forgetting_by_set[name].text() for name in result.source_sets],
+                s.drift.text() if s.drift else "—",
                 ", ".join(f"{c.stopped_step:.0f}" for c in result.of(s.label)),
             ]
         )
@@ -363,6 +401,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 "forgetting",
                 "forgetting (CE)",
                 *[f"forgetting {name}" for name in result.source_sets],
+                "drift (no labels)",
                 "stopped at step",
             ],
             table,
@@ -370,11 +409,17 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
     )
     lines += [
         "",
+        "Drift (no labels): the strategy's source transcripts scored against the base's own transcripts of the "
+        "same audio, macro-averaged; it needs no reference transcripts and counts any change, an improvement "
+        "included, so it is the retention measure where the base beats the source transcripts.",
+    ]
+    lines += [
+        "",
         f"## Against the reference ({comparison.reference}), paired by seed and utterance",
         "",
         "Differences are strategy minus reference (negative: forgets less, or lower target error). Verdicts: "
         "Holm-corrected over the forgetting and target-error comparisons of every strategy; source "
-        "cross-entropy is exploratory; *equivalent* = 90 % interval inside ±margin; *not detected* gives the "
+        "cross-entropy and drift are exploratory; *equivalent* = 90 % interval inside ±margin; *not detected* gives the "
         "minimum detectable difference at 80 % power. Backward gain = (F̄_ref − F̄_k) / F̄_ref, a ratio of means.",
         "",
     ]
@@ -383,7 +428,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
         if not s.vs_reference:
             continue
         f, e = s.vs_reference["forgetting"], s.vs_reference["target_error"]
-        c = s.vs_reference.get("source_ce")
+        c, d = s.vs_reference.get("source_ce"), s.vs_reference.get("drift")
         table.append(
             [
                 s.label,
@@ -392,12 +437,23 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 e.estimate.text(),
                 f"{e.verdict}: {e.reason}",
                 c.estimate.text() if c else "—",
+                d.estimate.text() if d else "—",
                 s.backward_gain.text() if s.backward_gain else s.backward_gain_reason,
             ]
         )
     lines.append(
         markdown_table(
-            ["strategy", "ΔF", "forgetting verdict", "ΔE", "target verdict", "ΔCE source", "backward gain"], table
+            [
+                "strategy",
+                "ΔF",
+                "forgetting verdict",
+                "ΔE",
+                "target verdict",
+                "ΔCE source",
+                "Δdrift (no labels)",
+                "backward gain",
+            ],
+            table,
         )
     )
     if comparison.levels:
