@@ -133,3 +133,84 @@ def test_drift_is_compared_beside_forgetting_and_kept_in_the_result():
         summary.compare(simulated_result(3, {"lora": 0.2}), StatisticsSection(front_levels=[])).strategies[0].drift
         is None
     )
+
+
+def test_a_knob_sweep_adds_a_cell_per_value_and_refuses_what_it_cannot_mean():
+    from omegaconf import OmegaConf
+
+    from lightning_asr.config import ConfigError
+    from lightning_asr.study.profile import BenchConfig, sweep_entries
+
+    def bench(sweeps):
+        return OmegaConf.merge(
+            OmegaConf.structured(BenchConfig),
+            {
+                "adapt": {"optim": {"lr": 4.0e-3}},
+                "strategies": [
+                    {"label": "lora", "adapter": {"name": "lora"}},
+                    {"label": "blora", "adapter": {"name": "blora", "kl_weight": 1.0e-4}},
+                ],
+                "sweeps": sweeps,
+            },
+        )
+
+    entries, methods = sweep_entries(
+        bench(
+            [
+                {"label": "lora", "knob": "optim.lr", "values": [2.0e-3, 8.0e-3]},
+                {"label": "blora", "knob": "adapter.kl_weight", "values": [1.0e-3]},
+            ]
+        )
+    )
+    assert [e["label"] for e in entries] == ["lora", "blora", "lora@lr=0.002", "lora@lr=0.008", "blora@kl_weight=0.001"]
+    assert entries[3]["optim"]["lr"] == 8.0e-3 and entries[4]["adapter"] == {"name": "blora", "kl_weight": 1.0e-3}
+    assert methods == {"lora@lr=0.002": "lora", "lora@lr=0.008": "lora", "blora@kl_weight=0.001": "blora"}
+    with pytest.raises(ConfigError, match="own setting"):  # the adapt section's lr is lora's own
+        sweep_entries(bench([{"label": "lora", "knob": "optim.lr", "values": [4.0e-3]}]))
+    with pytest.raises(ConfigError, match="not among the strategies"):
+        sweep_entries(bench([{"label": "glora", "knob": "optim.lr", "values": [1.0e-3]}]))
+    with pytest.raises(ConfigError, match="one knob per method"):
+        sweep_entries(
+            bench(
+                [
+                    {"label": "lora", "knob": "optim.lr", "values": [1.0e-3]},
+                    {"label": "lora", "knob": "adapter.rank", "values": [4]},
+                ]
+            )
+        )
+    with pytest.raises(ConfigError, match="label, knob, values"):
+        sweep_entries(bench([{"label": "lora", "values": [1.0e-3]}]))
+
+
+def test_a_method_front_is_the_envelope_of_its_sweep_and_joins_no_two_curves():
+    from lightning_asr.study.statistics import CrossedBootstrap, Ratios, curve_pair, front_at
+
+    units = np.ones((1, 3, 4))  # one seed, three λ points, four utterances
+
+    def curve(target_rates, source_rates):
+        def ratios(rates):
+            return Ratios(np.array(rates, dtype=float)[None, :, None] * units, units.copy())
+
+        return {TARGET_SET: ratios(target_rates)}, {name: ratios(source_rates) for name in SOURCE_SETS}
+
+    result = simulated_result(1, {"lora": REFERENCE_FORGETTING})
+    result.methods = {"lora@lr=0.008": "lora"}
+    curves = {
+        "lora": curve([1.0, 0.6, 0.4], [0.10, 0.11, 0.13]),  # never reaches 0.3
+        "lora@lr=0.008": curve([1.0, 0.5, 0.2], [0.10, 0.16, 0.30]),
+    }
+    joined = summary.method_curves(result, curves)
+    assert list(joined) == ["lora"] and joined["lora"][0][TARGET_SET].numerator.shape == (1, 7, 4)
+    bootstrap = CrossedBootstrap({name: 4 for name in [*SOURCE_SETS, TARGET_SET]}, 1, replicates=5)
+    (own_t, _), (own_s, _) = curve_pair(bootstrap, *curves["lora"])
+    (t, _), (s, _) = curve_pair(bootstrap, *joined["lora"])
+    assert np.isnan(front_at(own_t, own_s, 0.3)).all()
+    assert front_at(t, s, 0.3)[0] == pytest.approx(0.16 + (0.30 - 0.16) * (0.3 - 0.5) / (0.2 - 0.5))
+    # the NaN point joins no segment from one curve's end to the next one's start: here the segment from
+    # (0.4, 0.30) to (1.0, 0.10) would cross 0.45 at 0.283, below the true envelope's 0.2875
+    curves = {
+        "lora": curve([1.0, 0.6, 0.4], [0.10, 0.25, 0.30]),
+        "lora@lr=0.008": curve([1.0, 0.8, 0.5], [0.10, 0.20, 0.40]),  # never reaches 0.45
+    }
+    (t, _), (s, _) = curve_pair(bootstrap, *summary.method_curves(result, curves)["lora"])
+    assert front_at(t, s, 0.45)[0] == pytest.approx(0.25 + (0.30 - 0.25) * (0.45 - 0.6) / (0.4 - 0.6))

@@ -56,6 +56,7 @@ from lightning_asr.study.identity import (
     git_commit,
 )
 from lightning_asr.study.plan import cost_text
+from lightning_asr.study.profile import sweep_entries
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
@@ -106,7 +107,8 @@ class Benchmark:
         self.stopped: dict[str, dict[int, float]] = {}  # label -> seed -> the step training stopped at
         self.base_rows: dict[str, list[dict]] = {}  # the base's per-utterance rows on every test set
         check_keys(OmegaConf.to_container(bench.adapt), TrainConfig, f"{config_path}: adapt")
-        labels = [entry["label"] for entry in bench.strategies]
+        self.entries, self.methods = sweep_entries(bench, config_path)  # the strategies, then knob-sweep cells
+        labels = [entry["label"] for entry in self.entries]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{config_path}: strategy labels must be unique, got {labels}")
         self.dev_bounds()  # a bound for a set that is not a source set is an error now, not after pretraining
@@ -615,8 +617,7 @@ class Benchmark:
         ]
         self.corpus_checksum = "unchecked"
         methods = []
-        for entry in self.bench.strategies:
-            entry = OmegaConf.to_container(entry, resolve=True)
+        for entry in self.entries:
             for seed in seeds:
                 config = self.cell_config(entry, seed, self.bench.base.spec)
                 strategy = build_strategy(config.adapter)
@@ -649,10 +650,19 @@ class Benchmark:
             return [f"power: the pilot {pilot} has one seed; its variance over seeds is unknown"]
         counts = sorted({n for n in (len(seeds), self.bench.statistics.decision_seeds) if n > 1})
         rows = summary.planned_power(result, counts, self.bench.statistics.replicates)
-        rows += summary.planned_power(result, counts, self.bench.statistics.replicates, utterances=300)
+        measured = min(len(scores.edits) for scores in result.base.values())
+        planned = self.bench.corpus.test if self.bench.corpus.build else measured
+        if planned != measured:
+            rows += summary.planned_power(result, counts, self.bench.statistics.replicates, utterances=planned)
         return [
-            f"power (variance measured on {pilot}: {len(result.seeds)} seeds × {len(result.labels)} strategies; "
-            "the 300-utterance rows scale the utterance component to test sets of that size):",
+            f"power (variance measured on {pilot}: {len(result.seeds)} seeds × {len(result.labels)} strategies, "
+            f"{measured} test utterances per set"
+            + (
+                f"; the {planned}-utterance rows scale the utterance component to this profile's test sets"
+                if planned != measured
+                else ""
+            )
+            + "):",
             markdown_table(
                 [
                     "strategy",
@@ -711,11 +721,11 @@ class Benchmark:
                 parent_run_id=parent_id,
                 git_commit=git_commit(),
                 seconds=seconds,
+                methods=dict(self.methods),
             )
             stage = time.perf_counter()
             self.cell_runs = {}
-            for entry in bench.strategies:
-                entry = OmegaConf.to_container(entry, resolve=True)
+            for entry in self.entries:
                 for seed in seeds:
                     cell = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
                     result.cells.append(cell)

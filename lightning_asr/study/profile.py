@@ -76,6 +76,10 @@ class BenchConfig:
     # (importers name splits after the corpus: LibriSpeech's test-clean.jsonl, ASCEND's validation.jsonl)
     manifests: dict = field(default_factory=dict)
     strategies: list[Any] = field(default_factory=list)  # [{label, adapter: {...}, optim: {...}, ...}]
+    # knob sweeps, one knob per method: [{label: lora, knob: optim.lr, values: [2.0e-3, 8.0e-3]}] adds a cell per
+    # value and seed (label "lora@lr=0.002"); the method's front is the lower envelope of all its cells' λ
+    # curves, while its end-point comparison stays the strategy's own setting
+    sweeps: list[Any] = field(default_factory=list)
     reference: str = ""  # the label of the strategy the others are compared with (required)
     seeds: list[int] = field(default_factory=lambda: [1])
     adapt: dict = field(default_factory=dict)  # run-config overrides shared by every cell
@@ -87,6 +91,42 @@ class BenchConfig:
     # measured seconds per cell by strategy (training and evaluation) on the machine the profile is sized for;
     # --check estimates the run's cost from them
     cell_seconds: dict = field(default_factory=dict)
+
+
+def sweep_entries(bench, where: Path | str = "profile") -> tuple[list[dict], dict[str, str]]:
+    """The profile's strategy entries followed by one entry per knob-sweep value, and for each sweep entry the
+    label of the method (strategy) it belongs to."""
+    entries = [OmegaConf.to_container(entry, resolve=True) for entry in bench.strategies]
+    by_label = {entry["label"]: entry for entry in entries}
+    methods: dict[str, str] = {}
+    sweeps = [OmegaConf.to_container(OmegaConf.create(sweep), resolve=True) for sweep in bench.sweeps]
+    swept = [sweep.get("label") for sweep in sweeps]
+    for sweep in sweeps:
+        unknown = sorted(set(sweep) - {"label", "knob", "values"})
+        if unknown or not {"label", "knob", "values"} <= set(sweep):
+            raise ConfigError(
+                f"{where}: a sweep is {{label, knob, values}}, got {sorted(sweep)} — fix: e.g. "
+                "{label: lora, knob: optim.lr, values: [2.0e-3, 8.0e-3]}"
+            )
+        if sweep["label"] not in by_label:
+            raise ConfigError(
+                f"{where}: sweep of {sweep['label']!r}, which is not among the strategies {list(by_label)}"
+            )
+        if swept.count(sweep["label"]) > 1:
+            raise ConfigError(f"{where}: {sweep['label']!r} has two sweeps — fix: one knob per method")
+        own = OmegaConf.merge(bench.adapt, by_label[sweep["label"]])
+        for value in sweep["values"]:
+            if OmegaConf.select(own, sweep["knob"]) == value:
+                raise ConfigError(
+                    f"{where}: sweep of {sweep['label']} {sweep['knob']}={value} is the strategy's own setting — "
+                    "fix: leave it out of values (the strategy's own cell is already a point of its front)"
+                )
+            entry = OmegaConf.create(by_label[sweep["label"]])
+            OmegaConf.update(entry, sweep["knob"], value, force_add=True)
+            label = f"{sweep['label']}@{sweep['knob'].rsplit('.', 1)[-1]}={value:g}"
+            entries.append({**OmegaConf.to_container(entry), "label": label})
+            methods[label] = sweep["label"]
+    return entries, methods
 
 
 def profile_path(profile: str, kind: str = "bench", names: str = "embedded, smoke") -> Path:

@@ -59,7 +59,7 @@ class Reproduction:
     def arm_bench(self, variants: list[Variant], arm: str):
         """The benchmark config of one arm: its strategies, the first as reference, and for the scratch arm the
         base's architecture with random weights (a preset with ``pretrain: false``, else a random-weights copy)."""
-        changes: dict = {"strategies": [v.entry for v in variants], "reference": variants[0].label}
+        changes: dict = {"strategies": [v.entry for v in variants], "reference": variants[0].label, "sweeps": []}
         if arm == "scratch":
             spec = self.bench.base.spec
             changes["base"] = (

@@ -46,6 +46,7 @@ class BenchmarkResult:
     parent_run_id: str = ""
     git_commit: str = ""
     seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage (data, base, base_eval, cells)
+    methods: dict[str, str] = field(default_factory=dict)  # a knob-sweep cell's label -> its strategy's label
 
     @property
     def labels(self) -> list[str]:

@@ -123,7 +123,7 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
     reference_forgetting = errors.difference(reference, "base", sources)
     defined = reference_forgetting.low > 0 if not reference_forgetting.conditional else reference_forgetting.value > 0
     levels = front_levels(result, statistics.front_levels) if with_ce else []
-    curves = lambda_ratios(result) if levels else {}
+    curves = method_curves(result, lambda_ratios(result)) if levels else {}
     strategies = []
     for label in cells:
         comparison = StrategyComparison(
@@ -136,7 +136,7 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
             ce.difference(label, "base", sources) if ce else None,
             drift.difference(label, "base", sources) if drift and label in drift.cells else None,
         )
-        if label != reference:
+        if label != reference and label not in result.methods:  # a sweep cell is a point of its method's front
             comparison.vs_reference = {
                 "forgetting": Hypothesis(
                     f"{label}: forgetting",
@@ -236,6 +236,30 @@ def lambda_ratios(result: BenchmarkResult) -> dict[str, tuple[dict[str, Ratios],
     return curves
 
 
+def method_curves(result: BenchmarkResult, curves: dict) -> dict:
+    """Per strategy, its λ curves and those of its knob-sweep cells (``result.methods``) as one set of points,
+    each curve after the first behind a NaN point so that no segment joins two curves: the lower envelope
+    (``front_at``) is then the method's front over every setting it was run at."""
+    grouped = {}
+    for label, (target, sources) in curves.items():
+        if label in result.methods:
+            continue
+        members = [label] + [v for v, method in result.methods.items() if method == label and v in curves]
+
+        def joined(side: int, name: str, members=members) -> Ratios:
+            parts = []
+            for index, member in enumerate(members):
+                data = curves[member][side][name]
+                if index:
+                    gap = np.full(data.numerator[:, :1].shape, np.nan)
+                    parts.append((gap, np.ones_like(gap)))
+                parts.append((data.numerator, data.denominator))
+            return Ratios(np.concatenate([n for n, _ in parts], axis=1), np.concatenate([d for _, d in parts], axis=1))
+
+        grouped[label] = ({name: joined(0, name) for name in target}, {name: joined(1, name) for name in sources})
+    return grouped
+
+
 def front_bands(result: BenchmarkResult, curves: dict, statistics: PairedStatistics, levels: list[float]) -> dict:
     """For the figure: each strategy's front (source cross-entropy, mean over seeds; ``curves`` from
     ``lambda_ratios``) on a grid of target levels from the base's down to below the deepest declared level, with a
@@ -304,7 +328,7 @@ def planned_power(
     reference_forgetting = statistics.difference(result.reference, "base", sources).value
     rows = []
     for label in cells:
-        if label == result.reference:
+        if label == result.reference or label in result.methods:
             continue
         forgetting = statistics.difference(label, result.reference, sources)
         target_error = statistics.difference(label, result.reference, target)
@@ -465,7 +489,14 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
             "cross-entropy on the test sets; a strategy's front is the lower envelope of its points (source "
             "cross-entropy against target cross-entropy). Read at declared target levels (fractions "
             "of the base's target cross-entropy, the same for every strategy, the reference included): the "
-            "difference of source cross-entropy from the reference's, and in how many seeds each reaches the level.",
+            "difference of source cross-entropy from the reference's, and in how many seeds each reaches the level."
+            + (
+                " A strategy with a knob sweep ("
+                + ", ".join(sorted(result.methods))
+                + ") is read on the envelope of all its cells' curves."
+                if result.methods
+                else ""
+            ),
             "",
         ]
         table = []
