@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from lightning_asr.study import summary
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult
 from lightning_asr.study.statistics import front_at
@@ -40,9 +41,9 @@ def index(per_strategy: dict[str, list[float]]) -> float:
 
 def matched_forgetting(result: BenchmarkResult, fraction: float) -> dict[str, list[float]]:
     """Per strategy and seed: source cross-entropy on the front at ``fraction`` of the base's target
-    cross-entropy, minus the base's source cross-entropy (NaN where the level is not reached)."""
-    level = fraction * result.base[result.target_set].cross_entropy()
-    base_source = np.mean([result.base[s].cross_entropy() for s in result.source_sets])
+    cross-entropy, minus the base's source cross-entropy (NaN where the level is not reached), both on the
+    utterances the λ curves score (λ = 0 is the base)."""
+    (level,) = summary.front_levels(result, [fraction])
     values: dict[str, list[float]] = {}
     for cell in result.cells:
         curve = cell.interpolation["sets"]
@@ -51,7 +52,7 @@ def matched_forgetting(result: BenchmarkResult, fraction: float) -> dict[str, li
             return np.array(curve[name]["ce"]).sum(1) / np.sum(curve[name]["units"])
 
         source = np.mean([rate(s) for s in result.source_sets], axis=0)
-        values.setdefault(cell.label, []).append(float(front_at(rate(result.target_set), source, level)) - base_source)
+        values.setdefault(cell.label, []).append(float(front_at(rate(result.target_set), source, level)) - source[0])
     return values
 
 

@@ -444,6 +444,12 @@ def test_adapter_initialisation_is_common_to_strategies_and_independent_across_m
     assert list(fewer) == [last] and all(torch.equal(fewer[module], lora[module]) for module in fewer)
     # another seed, another draw
     assert not torch.equal(initial_factors(STRATEGY_CONFIGS["lora"], 4)[next(iter(lora))], lora[next(iter(lora))])
+    # an init offset draws every module independently of the strategies at the run's own seed, and equals the
+    # draws at the shifted seed (only the initialisation moves; the data order is the run's)
+    first = next(iter(lora))
+    offset = initial_factors({**STRATEGY_CONFIGS["blora"], "init_offset": 1000}, 3)
+    assert not torch.equal(offset[first], lora[first])
+    assert torch.equal(offset[first], initial_factors(STRATEGY_CONFIGS["lora"], 1003)[first])
 
 
 def test_attaching_an_adapter_leaves_the_global_random_stream_as_it_was():

@@ -214,3 +214,21 @@ def test_a_method_front_is_the_envelope_of_its_sweep_and_joins_no_two_curves():
     }
     (t, _), (s, _) = curve_pair(bootstrap, *summary.method_curves(result, curves)["lora"])
     assert front_at(t, s, 0.45)[0] == pytest.approx(0.25 + (0.30 - 0.25) * (0.45 - 0.6) / (0.4 - 0.6))
+
+
+def test_the_paired_correlation_of_a_copy_of_the_reference_is_one_and_its_difference_has_no_spread():
+    import importlib.util
+
+    from lightning_asr.study.profile import ROOT
+
+    spec = importlib.util.spec_from_file_location("paired_correlation", ROOT / "benchmarks" / "paired_correlation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = simulated_result(4, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    for cell in result.of("blora"):
+        cell.scores = result.cell("lora", cell.seed).scores
+    ((kind, label, seeds, _, _, correlation, spread),) = module.rows(result, "error")
+    assert (kind, label, seeds, correlation, spread) == ("error", "blora", "4", "+1.00", "0.0000")
+    independent = simulated_result(4, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    ((*_, spread),) = module.rows(independent, "error")
+    assert float(spread) > 0.01

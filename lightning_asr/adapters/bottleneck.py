@@ -41,6 +41,8 @@ class BottleneckConfig(StrategyConfig):
     activation: str = "relu"
     dropout: float = training_only(0.0)
     weight_decay: float | None = training_only(None)  # the adapter matrices'; unset: optim.weight_decay
+    # added to the run's seed for the initial draws (0: shared with every strategy at the seed; see LowRankConfig)
+    init_offset: int = training_only(0)
 
 
 class BottleneckAdapterLinear(nn.Module):
@@ -96,6 +98,7 @@ class BottleneckAdapter(AdapterStrategy):
             presets,
             lambda linear: BottleneckAdapterLinear(linear, c.bottleneck, c.activation, c.dropout),
             key="placement",
+            init_offset=c.init_offset,
         )
         return model
 

@@ -32,6 +32,9 @@ class LowRankConfig(StrategyConfig):
     weight_decay: float | None = training_only(None)
     # presets of the backbone (default, self_attn, cross_attn, attn, all-linear) or regular expressions
     target_modules: list[str] = field(default_factory=lambda: ["default"])
+    # added to the run's seed for the initial draws: 0 gives each module the draws every strategy gets at the same
+    # seed (common random numbers); another value draws them independently (what sharing buys can be measured)
+    init_offset: int = training_only(0)
 
 
 @dataclass
@@ -56,14 +59,17 @@ def module_seed(run_seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def wrap_linear_layers(model: nn.Module, patterns: list[str], make_layer, key: str = "target_modules") -> list[str]:
+def wrap_linear_layers(
+    model: nn.Module, patterns: list[str], make_layer, key: str = "target_modules", init_offset: int = 0
+) -> list[str]:
     """Replace every ``nn.Linear`` whose name matches ``patterns`` (presets of the backbone or regular
     expressions; never the output layer) with ``make_layer(linear)``; return the wrapped names.
 
     Each layer is made under its own random stream, seeded by the run's seed (``torch.initial_seed()``, which
     ``seed_everything`` sets) and the module's name, and the global stream is left as it was: the same module
     gets the same initial draws at the same seed whatever the strategy draws for other modules (common random
-    numbers, so a comparison of strategies at one seed is paired in its initialisation as in its data order)."""
+    numbers, so a comparison of strategies at one seed is paired in its initialisation as in its data order).
+    ``init_offset`` shifts the run's seed for these draws only: the data order stays the run's."""
     from lightning_asr.models import backbone_of
 
     resolved = resolve_targets(patterns, model)
@@ -79,7 +85,7 @@ def wrap_linear_layers(model: nn.Module, patterns: list[str], make_layer, key: s
             f"adapter.{key} {patterns} match no linear layer of {model.__class__.__name__} — fix: use a preset "
             f"({presets}) or a pattern such as 'self_attn\\.q_proj$'"
         )
-    run_seed = torch.initial_seed()
+    run_seed = torch.initial_seed() + init_offset
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -166,7 +172,9 @@ class LoRA(AdapterStrategy):
 
     def attach(self, model: nn.Module, for_training: bool = True) -> nn.Module:
         super().attach(model, for_training)  # freezes everything the strategy does not own
-        self.target_names = wrap_linear_layers(model, list(self.config.target_modules), self.make_layer)
+        self.target_names = wrap_linear_layers(
+            model, list(self.config.target_modules), self.make_layer, init_offset=self.config.init_offset
+        )
         return model
 
     def layers(self) -> dict[str, LoRALinear]:
