@@ -6,12 +6,14 @@ import ctypes
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -120,14 +122,77 @@ class StopAtErrors(Callback):
             trainer.should_stop = self.met = True
 
 
+class ValidationProgress(Callback):
+    """One line per validation that reads well in a log file: the step of the cap, the monitored dev values
+    against the bounds that stop the run, the time spent and an estimate of what remains at this pace."""
+
+    def __init__(self, bounds: dict[str, float] | None = None, prefix: str = "[train]"):
+        self.bounds, self.prefix, self.started, self.first_step = dict(bounds or {}), prefix, None, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started, self.first_step = time.perf_counter(), trainer.global_step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.started is None:
+            return
+        metrics = trainer.callback_metrics
+        step, cap = trainer.global_step, trainer.max_steps
+        elapsed = time.perf_counter() - self.started
+        done = step - self.first_step
+        remaining = f", about {clock((cap - step) * elapsed / done)} left at most" if 0 < done and step < cap else ""
+        parts = [f"val/loss {float(metrics['val/loss']):.3f}"] if "val/loss" in metrics else []
+        for key in sorted(metrics):
+            if key.startswith("val/") and key.endswith("/error"):
+                name = key[len("val/") : -len("/error")]
+                bound = self.bounds.get(name)
+                parts.append(
+                    f"{name} {float(metrics[key]):.3f}" + (f" (stops at ≤ {bound:g})" if bound is not None else "")
+                )
+        of_cap = f"/{cap}" if cap > 0 else ""
+        print(f"{self.prefix} step {step}{of_cap}, {clock(elapsed)}{remaining}: " + ", ".join(parts), flush=True)
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The terminal bar of a run bounded by steps: steps done of the cap, not an epoch of an endless count
+    (Lightning's bar reads ``Epoch 4/-2`` when ``max_epochs`` is unbounded)."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        if trainer.max_steps > 0:
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps)
+            bar.n = trainer.global_step
+            bar.set_description("steps")
+            bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps <= 0:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        bar.n = trainer.global_step
+        bar.set_postfix(self.get_metrics(trainer, pl_module))
+        bar.refresh()
+
+
 def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
     trainer = to_dict(config.trainer)
     trainer.pop("early_stopping")  # a callback, added by train()
     val_check_interval = trainer.pop("val_check_interval")
+    callbacks = list(callbacks)
+    # a bar redraws one line with carriage returns: in a log file that is one endless line, so only on a terminal
+    # (ValidationProgress prints the lines a file can read)
+    trainer["enable_progress_bar"] = bool(trainer["enable_progress_bar"]) and sys.stderr.isatty()
+    if trainer["enable_progress_bar"]:
+        callbacks.append(StepProgressBar())
     # the data module shards batches itself (same global batches under any number of processes)
     kwargs = dict(
         trainer,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         logger=logger if logger is not None else False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -251,6 +316,8 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
             dict(stopping.errors_below), [name for name, _ in module.eval_sets["val"]], config.decode.in_validation
         )
         callbacks.append(stop_at_errors)
+    if has_val:
+        callbacks.append(ValidationProgress(dict(stopping.errors_below)))
     loggers = [CSVLogger(output, name="logs")] + ([logger] if logger is not None else [])
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = make_trainer(

@@ -185,6 +185,10 @@ def test_interrupted_cell_resumes_in_its_own_run(smoke_run, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"resuming run {lora.info.run_id}" in out and out.count("finished before") == 1
+    # the resumed cell says where its time went, and the run says where its results are
+    done = next(line for line in out.splitlines() if "cell lora-seed" in line and "done in" in line)
+    assert all(f"{stage} " in done for stage in ("train", "test", "interpolation", "logging"))
+    assert "results: " in out and "comparison-" in out.split("results: ")[-1] and "/runs/" in out
     client, runs = runs_of(tmp)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2 and client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"

@@ -244,7 +244,7 @@ def test_early_stopping_ends_the_run_below_its_bound_and_says_where(corpus, tmp_
     assert full.stopped_at_step == 12
 
 
-def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp_path):
+def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp_path, capsys):
     """``trainer.early_stopping.errors_below``: the first validation at which every named set's decoded error
     is within its bound ends the run; a bound not met runs to the cap; a set that is not validated, or
     validation without decoding, is refused before training."""
@@ -266,6 +266,11 @@ def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp
         config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 0}"})
     )
     assert unmet.stopped_at_step == 4 and unmet.validation["val/ko-en/dev/error"] > 0
+    # a line per validation that reads in a log file: the step of the cap, the errors against their bounds
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[train] step")]
+    assert [line.split(",")[0] for line in lines] == ["[train] step 2/4"] * 2 + ["[train] step 4/4"]
+    assert "ko-en/dev" in lines[-1] and "(stops at ≤ 0)" in lines[-1] and "left" not in lines[-1]
+    assert "(stops at ≤ 100)" in lines[0] and "left at most" in lines[0]
     with pytest.raises(ConfigError, match="en/dev, which is not a validation set.*ko-en/dev"):
         train(config_dict(corpus, tmp_path / "c", **settings, **{"trainer.early_stopping.errors_below": "{en/dev: 1}"}))
     with pytest.raises(ConfigError, match="decode.in_validation=true"):
@@ -302,3 +307,22 @@ def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
 
     pages = 51865 * 192 * 4 // 4096  # one tensor's pages
     assert faults(LIGHTNING_ASR_GLIBC_MALLOC="1") > 4 * pages and faults(LIGHTNING_ASR_GLIBC_MALLOC="0") < pages / 10
+
+
+def test_on_a_terminal_the_bar_counts_steps_of_the_cap_not_epochs(corpus, tmp_path, monkeypatch):
+    import sys
+
+    from lightning_asr.train import StepProgressBar, train
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    seen = []
+    original = StepProgressBar.on_train_batch_end
+
+    def record(self, trainer, *args):
+        original(self, trainer, *args)
+        seen.append((self.train_progress_bar.n, self.train_progress_bar.total, self.train_progress_bar.desc))
+
+    monkeypatch.setattr(StepProgressBar, "on_train_batch_end", record)
+    train(config_dict(corpus, tmp_path, **{"trainer.max_steps": 5, "decode.in_validation": False}))
+    assert seen[-1][:2] == (5, 5) and all(desc.startswith("steps") for *_, desc in seen)
+    assert [n for n, *_ in seen] == [1, 2, 3, 4, 5]  # one epoch is 3 batches: the count runs on across epochs

@@ -465,13 +465,22 @@ class Benchmark:
         say(
             f"cell {cell}: trained in {train_seconds:.0f} s; evaluating the best checkpoint ({Path(result.best_checkpoint).name})"
         )
+        stage = time.perf_counter()
         test_metrics = evaluate(module, self.test_manifests)
+        seconds = {"train": train_seconds, "test": time.perf_counter() - stage}
+        stage = time.perf_counter()
         interpolation = self.interpolation(module, config, base_spec)
-        self.log_cell(client, run_id, cell, module, config, test_metrics, timer, train_seconds, interpolation)
+        seconds["interpolation"] = time.perf_counter() - stage
+        stage = time.perf_counter()
+        self.log_cell(client, run_id, cell, module, config, test_metrics, timer, seconds, interpolation)
+        seconds["logging"] = time.perf_counter() - stage
+        tracking.log_values(client, run_id, {f"cell/seconds_{key}": value for key, value in seconds.items()})
         client.set_tag(run_id, tracking.TAG_STATUS, "finished")
         client.set_terminated(run_id, "FINISHED")
         say(
-            f"cell {cell}: done in {time.perf_counter() - started:.0f} s: "
+            f"cell {cell}: done in {time.perf_counter() - started:.0f} s ("
+            + ", ".join(f"{key} {value:.0f} s" for key, value in seconds.items())
+            + "): "
             + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error"))
         )
         self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
@@ -558,7 +567,7 @@ class Benchmark:
         config: DictConfig,
         test_metrics: dict,
         timer,
-        train_seconds: float,
+        seconds: dict[str, float],
         interpolation: dict,
     ) -> None:
         from lightning_asr.adapters.sparsity import scalar_metrics
@@ -595,7 +604,7 @@ class Benchmark:
             "params/total": counts["total"],
             "adapter/bytes": adapter_bytes,
             "train/step_time_s": timer.median(),
-            "train/seconds": train_seconds,
+            "train/seconds": seconds["train"],
         }
         normalizers = {f"normalizer/{name}": normalizer_id for name, normalizer_id in module.normalizer_ids.items()}
         tracking.log_values(client, run_id, metrics, normalizers)
@@ -741,6 +750,11 @@ class Benchmark:
             client.set_terminated(parent_id, "FAILED")
             raise
         say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
+        say(
+            f"results: {self.out / f'comparison-{bench.target_set}.md'} and "
+            f"{self.out / f'result-{bench.target_set}.json'}; MLflow parent run {parent_id} in {bench.tracking_uri} "
+            f"(make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id})"
+        )
         return result
 
     def log_cell_metrics(self, client, result) -> None:
