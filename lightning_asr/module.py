@@ -16,9 +16,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_asr.adapters import build_strategy, strategy_class
+from lightning_asr.adapters.export import fingerprint_mismatch
 from lightning_asr.config import TrainConfig, structured, to_dict
 from lightning_asr.metrics import METRIC_NAMES, metrics_for
-from lightning_asr.models import backbone_for
+from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.text import TextNormalizer, primary_unit
 from lightning_asr.vocabulary import add_new_tokens
 
@@ -37,6 +38,10 @@ def gather_predictions(predictions: dict[str, list[dict]]) -> dict[str, list[dic
             for name, rows in share.items():
                 predictions.setdefault(name, []).extend(rows)
     return {name: sorted(rows, key=lambda row: row["line"]) for name, rows in predictions.items()}
+
+
+# a checkpoint key: the frozen base parameters it leaves out, the base's spec and fingerprint
+OMITTED_BASE = "lightning_asr_base_omitted"
 
 
 def adamw(groups: list[dict], lr: float, betas, mixed_precision: bool = False) -> torch.optim.AdamW:
@@ -302,8 +307,47 @@ class ASRModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
+    def frozen_base_keys(self) -> list[str]:
+        """State-dict keys of the base's parameters this run never changes (tied aliases included): what a
+        checkpoint need not hold when the base loads again from its files (a model directory or hub id). A
+        preset's weights are a random draw, not files: its checkpoints keep everything."""
+        if is_preset(self.config.model.spec):
+            return []
+        return sorted(name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lightning_asr_config"] = to_dict(self.config)  # plain data: weights_only loading reads it
+        omitted = self.frozen_base_keys()
+        if omitted:  # an adapter's checkpoint is the adapter and the training state, not another copy of the base
+            state = checkpoint["state_dict"]
+            for key in omitted:
+                state.pop(key, None)
+            checkpoint[OMITTED_BASE] = {
+                "spec": str(self.config.model.spec),
+                "fingerprint": self.strategy.base_fingerprint,
+                "keys": omitted,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore_frozen_base(checkpoint)
+
+    def restore_frozen_base(self, checkpoint: dict, path: str | Path = "the checkpoint") -> None:
+        """Put this module's own base weights back where an adapter-only checkpoint left them out, after checking
+        that its base is the one the checkpoint was trained on (fail closed: never another base's weights)."""
+        omitted = checkpoint.get(OMITTED_BASE)
+        if not omitted:
+            return
+        problem = fingerprint_mismatch(omitted["fingerprint"], self.strategy.base_fingerprint)
+        parameters = dict(self.named_parameters(remove_duplicate=False))
+        absent = [key for key in omitted["keys"] if key not in parameters]
+        if problem or absent:
+            raise ValueError(
+                f"{path} holds the adapter only, trained on the base {omitted['spec']}: "
+                f"{problem or f'{len(absent)} of its frozen parameters are not in this model ({absent[:3]})'}"
+                " — fix: restore that base at the same path (the benchmark's cache key names it), or train again"
+            )
+        for key in omitted["keys"]:
+            checkpoint["state_dict"][key] = parameters[key].detach()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ASRModule:
@@ -312,5 +356,6 @@ class ASRModule(L.LightningModule):
         if "lightning_asr_config" not in checkpoint:
             raise ValueError(f"{path} was not written by lightning_asr (no run config inside)")
         module = cls(structured(TrainConfig, checkpoint["lightning_asr_config"], lenient_adapter=True))
+        module.restore_frozen_base(checkpoint, path)
         module.load_state_dict(checkpoint["state_dict"])
         return module

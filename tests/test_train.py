@@ -326,3 +326,40 @@ def test_on_a_terminal_the_bar_counts_steps_of_the_cap_not_epochs(corpus, tmp_pa
     train(config_dict(corpus, tmp_path, **{"trainer.max_steps": 5, "decode.in_validation": False}))
     assert seen[-1][:2] == (5, 5) and all(desc.startswith("steps") for *_, desc in seen)
     assert [n for n, *_ in seen] == [1, 2, 3, 4, 5]  # one epoch is 3 batches: the count runs on across epochs
+
+
+def test_an_adapter_run_on_a_base_from_files_checkpoints_the_adapter_only_and_refuses_another_base(corpus, tmp_path):
+    """A frozen base that loads again from its files is not copied into every checkpoint: the checkpoint keeps
+    the adapter and the training state, names the base by its fingerprint, and loading or resuming it puts the
+    base's own weights back only if they are the ones it was trained on."""
+    from lightning_asr.module import OMITTED_BASE
+    from lightning_asr.train import train
+
+    settings = {"trainer.val_check_interval": 2, "trainer.enable_progress_bar": False, "decode.in_validation": False}
+    base = ASRModule(config_dict(corpus, tmp_path / "made", **settings))
+    base.model.save_pretrained(tmp_path / "base")
+    base.processor.save_pretrained(tmp_path / "base")
+    lora = {"model.spec": str(tmp_path / "base"), "adapter.name": "lora", "adapter.rank": 2, **settings}
+    result = train(config_dict(corpus, tmp_path / "lora", **lora, **{"trainer.max_steps": 2}))
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    kept = checkpoint["state_dict"]
+    assert checkpoint[OMITTED_BASE]["keys"] and not set(checkpoint[OMITTED_BASE]["keys"]) & set(kept)
+    assert all("lora_" in key for key in kept if key.startswith("model."))
+    full = train(
+        config_dict(
+            corpus, tmp_path / "full", **settings, **{"model.spec": str(tmp_path / "base"), "trainer.max_steps": 2}
+        )
+    )
+    assert os.path.getsize(result.last_checkpoint) * 4 < os.path.getsize(full.last_checkpoint)
+    reloaded = ASRModule.from_checkpoint(result.best_checkpoint)
+    trained = dict(result.module.named_parameters())
+    assert all(torch.equal(p, trained[name]) for name, p in reloaded.named_parameters())
+    # resuming restores the checkpoint into a module whose base came from the files (strict loading)
+    resumed = train(config_dict(corpus, tmp_path / "lora", **lora, **{"trainer.max_steps": 2}), resume=True)
+    assert resumed.stopped_at_step == 2
+    assert all(torch.equal(p, trained[name]) for name, p in resumed.module.named_parameters())
+    with torch.no_grad():  # another base at the same path
+        next(base.model.parameters()).add_(0.01)
+    base.model.save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="holds the adapter only.*weights differ"):
+        ASRModule.from_checkpoint(result.best_checkpoint)
