@@ -179,10 +179,28 @@ class StepProgressBar(TQDMProgressBar):
         bar.refresh()
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this processor computes bfloat16 natively (AVX-512 BF16 or AMX): elsewhere torch emulates it,
+    slower than float32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(trainer: dict) -> str:
+    """The precision a run trains in: ``bf16-mixed`` on a CPU without bfloat16 instructions falls back to
+    ``32-true``, and says so."""
+    precision = str(trainer["precision"])
+    on_cpu = trainer["accelerator"] == "cpu" or (trainer["accelerator"] == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu and not cpu_has_bfloat16():
+        print(f"[train] precision {precision}: this CPU has no bfloat16 instructions; training in 32-true", flush=True)
+        return "32-true"
+    return precision
+
+
 def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:
     trainer = to_dict(config.trainer)
     trainer.pop("early_stopping")  # a callback, added by train()
     val_check_interval = trainer.pop("val_check_interval")
+    trainer["precision"] = resolve_precision(trainer)
     callbacks = list(callbacks)
     # a bar redraws one line with carriage returns: in a log file that is one endless line, so only on a terminal
     # (ValidationProgress prints the lines a file can read)

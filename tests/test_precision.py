@@ -81,3 +81,15 @@ def test_bf16_mixed_training_keeps_adapters_in_fp32(corpus, tmp_path):
     loss.backward()
     assert regularizer.dtype == torch.float32 or regularizer.dtype == torch.float64
     assert all(p.grad is None or p.grad.dtype == torch.float32 for _, p in module.strategy.trainable_parameters())
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_bfloat16_and_says_so(monkeypatch, capsys):
+    from lightning_asr import train
+
+    settings = {"precision": "bf16-mixed", "accelerator": "cpu"}
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: True)
+    assert train.resolve_precision(settings) == "bf16-mixed" and not capsys.readouterr().out
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: False)
+    assert train.resolve_precision(settings) == "32-true"
+    assert "no bfloat16 instructions; training in 32-true" in capsys.readouterr().out
+    assert train.resolve_precision({"precision": "32-true", "accelerator": "cpu"}) == "32-true"
