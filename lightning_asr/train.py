@@ -122,6 +122,28 @@ class StopAtErrors(Callback):
             trainer.should_stop = self.met = True
 
 
+class SaveLastAtValidation(Callback):
+    """``last.ckpt`` at every validation and at the end of training. Lightning's ``save_last`` rewrites it only at a step where a monitored
+    checkpoint was saved (an improvement of ``val/loss``), so a run resumed after a stretch without improvement
+    would start over from its last improvement, and a run stopped by ``StopAtErrors`` would keep the weights of
+    an earlier step than the ones that met its bounds."""
+
+    def __init__(self, path: Path):
+        self.path, self.saved_step = path, None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.saved_step != trainer.global_step:  # steps after the last validation, or none ran
+            self.save(trainer)
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+
+
 class ValidationProgress(Callback):
     """One line per validation that reads well in a log file: the step of the cap, the monitored dev values
     against the bounds that stop the run, the time spent and an estimate of what remains at this pace."""
@@ -312,10 +334,12 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         filename="best",
         monitor="val/loss" if has_val else None,
         mode="min",
-        save_last=True,
+        save_last=not has_val,  # with validation: SaveLastAtValidation
         save_top_k=1,
     )
     callbacks = [checkpoint, SeedEachBatch(config.seed), *extra_callbacks]
+    if has_val:
+        callbacks.append(SaveLastAtValidation(last))
     stopping = config.trainer.early_stopping
     if has_val and (stopping.stop_below is not None or stopping.patience > 0):
         callbacks.append(

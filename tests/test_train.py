@@ -240,6 +240,8 @@ def test_early_stopping_ends_the_run_below_its_bound_and_says_where(corpus, tmp_
         config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.patience": 1, "optim.lr": 0.0})
     )
     assert patient.stopped_at_step == 4  # no improvement at all: one more validation, then stop
+    # last.ckpt is the last validation's step even without an improvement there (what a resume continues from)
+    assert torch.load(patient.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"] == 4
     full = train(config_dict(corpus, tmp_path / "c", **settings))
     assert full.stopped_at_step == 12
 
@@ -262,6 +264,7 @@ def test_stopping_on_dev_errors_ends_the_run_once_every_bound_is_met(corpus, tmp
     )
     assert met.stopped_at_step == 2 and met.validation["val/ko-en/dev/error"] <= 100
     assert met.best_checkpoint == met.last_checkpoint  # the weights that met the bounds
+    assert torch.load(met.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"] == 2
     unmet = train(
         config_dict(corpus, tmp_path / "b", **settings, **{"trainer.early_stopping.errors_below": "{ko-en/dev: 0}"})
     )
