@@ -365,7 +365,8 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
     trainer = make_trainer(
         config, callbacks, loggers, limit_val_batches=config.trainer.limit_val_batches if has_val else 0
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+    resume_from = str(last) if resume and last.exists() else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # no unpickled code
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = checkpoint.best_model_path or str(last)
     if stop_at_errors is not None and stop_at_errors.met:
