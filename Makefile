@@ -49,15 +49,18 @@ bench-forgetting: setup
 
 # The embedded results the README and docs show, as the runs wrote them: the benchmark's comparison, the
 # discriminability table of both targets, and the pilots' results whose variance --check plans from (docs/results/)
+# (each part only where its runs exist here: the files already in docs/results/ stay otherwise)
 publish-results: setup
 	mkdir -p docs/results
-	for f in runs/bench/forgetting-embedded/comparison-*.md; do cp $$f docs/results/embedded-$${f##*comparison-}; done
+	for f in runs/bench/forgetting-embedded/comparison-*.md; do \
+		[ -e "$$f" ] && cp $$f docs/results/embedded-$${f##*comparison-}; done; true
 	for f in runs/bench/discriminability/forgetting-embedded/comparison-*.md; do \
-		cp $$f docs/results/discriminability-$${f##*comparison-}; done
+		[ -e "$$f" ] && cp $$f docs/results/discriminability-$${f##*comparison-}; done; true
 	for f in runs/bench/discriminability/forgetting-embedded/result-*.json; do \
-		cp $$f docs/results/discriminability-$${f##*/}; done
-	( $(BIN)/python benchmarks/discriminability.py --level 0.1 && echo && \
-		$(BIN)/python benchmarks/discriminability.py --level 0.15 ) > docs/results/discriminability.md
+		[ -e "$$f" ] && cp $$f docs/results/discriminability-$${f##*/}; done; true
+	if ls runs/bench/discriminability/forgetting-embedded/result-*.json >/dev/null 2>&1; then \
+		( $(BIN)/python benchmarks/discriminability.py --level 0.1 && echo && \
+		$(BIN)/python benchmarks/discriminability.py --level 0.15 ) > docs/results/discriminability.md; fi
 
 # PROFILE=embedded|tiny|configs/reproduce/<gpu profile>.yaml; SEEDS as above; ARGS='key=value ...' overrides the
 # reproduce profile (e.g. ARGS='experiments=[blora-vs-lora]'); writes reports/<profile>/REPRODUCTION.md
