@@ -28,7 +28,6 @@ process and adds each loop's ratio to its glibc figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from lightning_asr.train import GLIBC_MALLOC, keep_freed_memory
+from lightning_asr.train import GLIBC_MALLOC, autocast_for, keep_freed_memory
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
@@ -128,13 +127,6 @@ def project_steps(config, warmup: int) -> list[dict]:
     return timer.rows
 
 
-def autocast(config):
-    """What the Trainer's precision plugin does around the forward pass: bfloat16 autocast, or nothing."""
-    if config.trainer.precision == "bf16-mixed":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def plain_setup(config):
     from lightning_asr.module import ASRModule
     from lightning_asr.train import make_datamodule
@@ -159,7 +151,7 @@ def flops_per_step(config) -> float:
     module.train()
     counter = FlopCounterMode(display=False)
     with counter:
-        with autocast(config):
+        with autocast_for(config):
             loss = module.forward_loss(batches[0])[0] + module.strategy.regularizer()
         loss.backward()
     return float(counter.get_total_flops())
@@ -200,7 +192,7 @@ def plain_steps(config, warmup: int) -> list[dict]:
         start = time.perf_counter()
         batch = batches[step]
         fetched = time.perf_counter()
-        with autocast(config):
+        with autocast_for(config):
             loss = module.forward_loss(batch)[0] + module.strategy.regularizer()
         forward = time.perf_counter()
         loss.backward()

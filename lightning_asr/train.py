@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -216,6 +217,15 @@ def resolve_precision(trainer: dict) -> str:
         print(f"[train] precision {precision}: this CPU has no bfloat16 instructions; training in 32-true", flush=True)
         return "32-true"
     return precision
+
+
+def autocast_for(config, device_type: str = "cpu"):
+    """The autocast the Trainer's precision plugin opens around a forward pass, for code that runs the model
+    outside the Trainer (the λ curve, the throughput benchmark's plain loop)."""
+    precision = resolve_precision(to_dict(config.trainer))
+    if precision.startswith(("bf16", "16")):
+        return torch.autocast(device_type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+    return contextlib.nullcontext()
 
 
 def make_trainer(config, callbacks=(), logger=None, **overrides) -> L.Trainer:

@@ -93,3 +93,20 @@ def test_bf16_falls_back_to_float32_on_a_cpu_without_bfloat16_and_says_so(monkey
     assert train.resolve_precision(settings) == "32-true"
     assert "no bfloat16 instructions; training in 32-true" in capsys.readouterr().out
     assert train.resolve_precision({"precision": "32-true", "accelerator": "cpu"}) == "32-true"
+
+
+def test_code_outside_the_trainer_runs_in_the_precision_the_run_trains_in(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from lightning_asr import train
+
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: True)
+    bf16 = OmegaConf.create({"trainer": {"precision": "bf16-mixed", "accelerator": "cpu"}})
+    with train.autocast_for(bf16):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with train.autocast_for(OmegaConf.create({"trainer": {"precision": "32-true", "accelerator": "cpu"}})):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: False)  # falls back with the Trainer
+    with train.autocast_for(bf16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

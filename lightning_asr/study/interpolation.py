@@ -18,7 +18,7 @@ LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))
 def cross_entropy_by_set(module, manifests: list[str], utterances: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per test set, in manifest order: each utterance's summed cross-entropy (nats) and label units; of the
     first ``utterances`` of each set only, where that is not 0."""
-    from lightning_asr.train import make_datamodule
+    from lightning_asr.train import autocast_for, make_datamodule
 
     data = {"test_manifests": list(manifests), "train_manifests": [], "val_manifests": []}
     datamodule = make_datamodule(OmegaConf.merge(module.config, {"data": data}), module)
@@ -31,7 +31,8 @@ def cross_entropy_by_set(module, manifests: list[str], utterances: int = 0) -> d
         rows = []
         for batch in loader:
             batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            nats, units = module.backbone.utterance_losses(module.model, batch)
+            with autocast_for(module.config, module.device.type):  # the precision the run trains and tests in
+                nats, units = module.backbone.utterance_losses(module.model, batch)
             rows += zip(batch["lines"], nats.tolist(), units.tolist())
         rows.sort()
         scored[name] = (np.array([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=float))
