@@ -124,10 +124,10 @@ class StopAtErrors(Callback):
 
 
 class SaveLastAtValidation(Callback):
-    """``last.ckpt`` at every validation and at the end of training. Lightning's ``save_last`` rewrites it only at a step where a monitored
-    checkpoint was saved (an improvement of ``val/loss``), so a run resumed after a stretch without improvement
-    would start over from its last improvement, and a run stopped by ``StopAtErrors`` would keep the weights of
-    an earlier step than the ones that met its bounds."""
+    """``last.ckpt`` at every validation and at the end of training. Lightning's ``save_last`` rewrites it only
+    at a step where a monitored checkpoint was saved (an improvement of ``val/loss``), so a run resumed after a
+    stretch without improvement would start over from its last improvement, and a run stopped by
+    ``StopAtErrors`` would keep the weights of an earlier step than the ones that met its bounds."""
 
     def __init__(self, path: Path):
         self.path, self.saved_step = path, None
