@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: {err}", flush=True)
             base, passed = str(err.path), False
         record = json.loads((Path(base) / "pretraining.json").read_text())
-        scores = errors(benchmark.evaluate_base(base))
+        scores = errors(benchmark.evaluate_base(base)[0])
         test = {name: scores[name] for name in benchmark.source_names}
         rows.append(
             (
