@@ -141,7 +141,7 @@ class SaveLastAtValidation(Callback):
             self.save(trainer)
 
     def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state: resumes start here
         self.saved_step = trainer.global_step
 
 
