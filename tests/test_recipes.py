@@ -99,6 +99,27 @@ def test_a_profile_based_on_another_takes_its_settings_and_changes_its_own():
     assert len(benchmark.check([1])) > len(calibration.strategies)
 
 
+def test_the_sweep_and_crn_profiles_plan_the_cells_they_describe():
+    """``sweeps``: each method at its own setting and two more values of its knob; ``crn``: BLoRA with and without
+    LoRA's initial draws, the data order the same."""
+    from lightning_asr.adapters import build_strategy
+
+    sweeps, path = load_bench_config("sweeps")
+    benchmark = Benchmark(sweeps, path)
+    assert len(benchmark.entries) == 15 and set(benchmark.methods.values()) == {e.label for e in sweeps.strategies}
+    assert sorted(label for label, method in benchmark.methods.items() if method == "lora") == [
+        "lora@lr=0.002",
+        "lora@lr=0.008",
+    ]
+    crn, path = load_bench_config("crn")
+    planned = Benchmark(crn, path)
+    planned.corpus_checksum = "C"  # no data read: the cells' configs only
+    configs = {entry["label"]: planned.cell_config(entry, 2, "whisper-toy") for entry in planned.entries}
+    shared, independent = configs["blora"], configs["blora-independent"]
+    assert shared.seed == independent.seed == 2 and build_strategy(independent.adapter).config.init_offset > 0
+    assert build_strategy(shared.adapter).config.init_offset == 0
+
+
 def test_real_whisper_profile_plans_its_cells_on_a_6_s_window_without_fetching():
     bench, path = load_bench_config(str(ROOT / "configs" / "bench" / "whisper_base.yaml"))
     benchmark = Benchmark(bench, path)
