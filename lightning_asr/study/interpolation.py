@@ -27,15 +27,15 @@ def cross_entropy_by_set(module, manifests: list[str], utterances: int = 0) -> d
         for name, rows in datamodule.sets["test"].items():
             datamodule.sets["test"][name] = rows[:utterances]  # cached inputs are indexed by position
     scored = {}
-    for (name, _), loader in zip(datamodule.eval_sets("test"), datamodule.test_dataloader()):
-        rows = []
-        for batch in loader:
-            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast_for(module.config, module.device.type):  # the precision the run trains and tests in
+    with autocast_for(module.config, module.device.type):  # the precision the run trains and tests in
+        for (name, _), loader in zip(datamodule.eval_sets("test"), datamodule.test_dataloader()):
+            rows = []
+            for batch in loader:
+                batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 nats, units = module.backbone.utterance_losses(module.model, batch)
-            rows += zip(batch["lines"], nats.tolist(), units.tolist())
-        rows.sort()
-        scored[name] = (np.array([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=float))
+                rows += zip(batch["lines"], nats.tolist(), units.tolist())
+            rows.sort()
+            scored[name] = (np.array([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=float))
     return scored
 
 

@@ -26,6 +26,17 @@ from lightning_asr.study.statistics import (
 )
 
 
+def complete_cells(result: BenchmarkResult, sets: list[str], pick) -> dict[str, dict[str, Ratios]]:
+    """Per strategy with every seed of the result, per set, the cells' ``pick(cell, set)`` (numerator,
+    denominator) stacked as ``Ratios``, seeds in the result's order."""
+    cells = {}
+    for label in result.labels:
+        runs = result.of(label)
+        if [c.seed for c in runs] == list(result.seeds):
+            cells[label] = {name: Ratios.stack([pick(c, name) for c in runs]) for name in sets}
+    return cells
+
+
 def ratios(result: BenchmarkResult, kind: str) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]]:
     """The base's and every complete strategy's per-utterance ``Ratios`` (``error``: edits over tokens; ``ce``:
     nats over label units), seeds in the result's order."""
@@ -36,12 +47,7 @@ def ratios(result: BenchmarkResult, kind: str) -> tuple[dict[str, Ratios], dict[
         return getattr(scores, numerator), getattr(scores, denominator)
 
     base = {name: Ratios.stack([of(result.base[name])]) for name in sets}
-    cells = {}
-    for label in result.labels:
-        runs = result.of(label)
-        if [c.seed for c in runs] == list(result.seeds):
-            cells[label] = {name: Ratios.stack([of(c.scores[name]) for c in runs]) for name in sets}
-    return base, cells
+    return base, complete_cells(result, sets, lambda cell, name: of(cell.scores[name]))
 
 
 def drift_ratios(result: BenchmarkResult) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]] | None:
@@ -50,14 +56,9 @@ def drift_ratios(result: BenchmarkResult) -> tuple[dict[str, Ratios], dict[str, 
     lacks it (results written before it was kept)."""
     if not result.cells or not all(set(result.source_sets) <= set(c.drift) for c in result.cells):
         return None
-    cells = {}
-    for label in result.labels:
-        runs = result.of(label)
-        if [c.seed for c in runs] == list(result.seeds):
-            cells[label] = {
-                name: Ratios.stack([(c.drift[name].edits, c.drift[name].tokens) for c in runs])
-                for name in result.source_sets
-            }
+    cells = complete_cells(
+        result, result.source_sets, lambda cell, name: (cell.drift[name].edits, cell.drift[name].tokens)
+    )
     tokens = {name: result.cells[0].drift[name].tokens for name in result.source_sets}
     base = {name: Ratios.stack([(np.zeros_like(t), t)]) for name, t in tokens.items()}
     return base, cells
@@ -153,22 +154,16 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
                     set_resolution(result, target),
                 ),
             }
-            if ce:
-                comparison.vs_reference["source_ce"] = Hypothesis(
-                    f"{label}: source cross-entropy",
-                    ce.difference(label, reference, sources),
-                    "less",
-                    margins.get("source_ce", 0.0),
-                    primary=False,
-                )
-            if drift and label in drift.cells and reference in drift.cells:
-                comparison.vs_reference["drift"] = Hypothesis(
-                    f"{label}: label-free drift",
-                    drift.difference(label, reference, sources),
-                    "less",
-                    margins.get("drift", 0.0),
-                    primary=False,
-                )
+            exploratory = {"source_ce": (ce, "source cross-entropy"), "drift": (drift, "label-free drift")}
+            for key, (paired, what) in exploratory.items():
+                if paired and label in paired.cells and reference in paired.cells:
+                    comparison.vs_reference[key] = Hypothesis(
+                        f"{label}: {what}",
+                        paired.difference(label, reference, sources),
+                        "less",
+                        margins.get(key, 0.0),
+                        primary=False,
+                    )
             if defined:
                 comparison.backward_gain = errors.ratio_of_means(label, reference, sources)
             else:
