@@ -54,6 +54,8 @@ publish-results: setup
 	mkdir -p docs/results
 	for f in runs/bench/forgetting-embedded/comparison-*.md; do \
 		[ -e "$$f" ] && cp $$f docs/results/embedded-$${f##*comparison-}; done; true
+	for f in runs/bench/forgetting-embedded-bf16/comparison-*.md; do \
+		[ -e "$$f" ] && cp $$f docs/results/embedded-bf16-$${f##*comparison-}; done; true
 	for f in runs/bench/discriminability/forgetting-embedded/comparison-*.md; do \
 		[ -e "$$f" ] && cp $$f docs/results/discriminability-$${f##*comparison-}; done; true
 	for f in runs/bench/discriminability/forgetting-embedded/result-*.json; do \
