@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/serving_stacks.py [--base whisper-tiny-random] [--users 1 8] [--requests 48]
 
 Both stacks run as their own processes over one store of LoRA users (random nonzero weights) and decode
-with one ``AdapterServer`` (``lightning_asr/serve.py``), batched across requests with the same window and
+with one ``AdapterServer`` (``lightning_asr/serving/``), batched across requests with the same window and
 size, so what differs is the stack: its request handling, its batching loop and its process layout.
 
 - ``fastapi``: ``python -m lightning_asr serve --max-batch-size N --batch-timeout-ms T`` (one process:
@@ -40,7 +40,7 @@ LITSERVE_APP = """
 import sys
 import litserve as ls
 from fastapi import HTTPException, Request
-from lightning_asr.serve import AdapterServer, ServeError
+from lightning_asr.serving import AdapterServer, ServeError
 
 
 class TranscribeAPI(ls.LitAPI):
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from weight_separation import export_users, load_test, markdown
 
     from lightning_asr.models import load_base_model
-    from lightning_asr.serve import AdapterServer
+    from lightning_asr.serving import AdapterServer
 
     with tempfile.TemporaryDirectory(prefix="serving-stacks-") as tmp:
         tmp = Path(tmp)

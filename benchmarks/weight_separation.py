@@ -40,7 +40,10 @@ from lightning_asr import client
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
 from lightning_asr.models import load_base_model
-from lightning_asr.serve import AdapterServer, BackgroundServer, ServiceLimits, create_app
+from lightning_asr.serving import AdapterServer, ServiceLimits, create_app
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the loopback server the tests use
+from loopback import BackgroundServer  # noqa: E402
 
 STRATEGIES = {
     "lora": {"name": "lora"},
@@ -98,23 +101,26 @@ def swap_latency(engine: AdapterServer, strategy: str, repeats: int) -> dict:
     users = [f"{strategy}-0", f"{strategy}-1"]
     cold, warm = [], []
     with engine.lock:
+
+        def swap(user: str) -> tuple[bool, bool]:
+            adapter, hit, _ = engine.store.user(user)
+            return hit, engine.load_into(engine.slot(adapter.side, user, adapter.key), adapter)
+
         for index in range(repeats):
-            engine.cache.clear()
+            engine.store.cache.clear()
             for slot in engine.slots.values():
                 slot.loaded = None
             started = time.perf_counter()
-            adapter, hit, _ = engine._user_adapter(users[index % 2])
-            engine._swap(engine.slots[adapter.key], adapter)
+            swap(users[index % 2])
             cold.append((time.perf_counter() - started) * 1000)
         for user in users:
-            engine._user_adapter(user)
+            engine.store.user(user)
         for index in range(repeats):
             started = time.perf_counter()
-            adapter, hit, _ = engine._user_adapter(users[index % 2])
-            swapped = engine._swap(engine.slots[adapter.key], adapter)
+            hit, swapped = swap(users[index % 2])
             warm.append((time.perf_counter() - started) * 1000)
             assert hit and swapped
-        slot = engine.slots[adapter.key]
+        slot = engine.slots[engine.store.user(users[0])[0].key]
     return {
         "swap_cold_ms": statistics.median(cold),
         "swap_warm_ms": statistics.median(warm),
@@ -210,14 +216,20 @@ def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
     with contextlib.ExitStack() as stack:
         urls = {}
         for serving, (mode, batch) in SERVINGS.items():
-            engine = AdapterServer(
-                args.base, adapters, mode=mode, cache_size=most, language="en", max_new_tokens=args.max_new_tokens
-            )
-            engine.preload_structures()
             limits = ServiceLimits(
                 max_batch_size=batch or args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms, max_queue=4 * most
             )
-            urls[serving] = stack.enter_context(BackgroundServer(create_app(engine, limits=limits)))
+            engine = AdapterServer(
+                args.base,
+                adapters,
+                mode=mode,
+                cache_size=most,
+                language="en",
+                max_new_tokens=args.max_new_tokens,
+                limits=limits,
+            )
+            engine.preload_structures()
+            urls[serving] = stack.enter_context(BackgroundServer(create_app(engine)))
         for mix in args.mixes:
             for url in urls.values():  # untimed: adapters read, first decodes of each structure
                 for user in mix_users(mix, most):
@@ -327,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     client.transcribe(url, audio, user=f"{strategy}-0")
                 for strategy in args.strategies:
                     for users in args.users:
-                        engine.cache.clear()
+                        engine.store.cache.clear()
                         row = {
                             "strategy": strategy,
                             "mode": mode,

@@ -64,9 +64,17 @@ def api_keys(args) -> list[str]:
 
 def _serve(args) -> int:
     from lightning_asr.models import ModelSpecError
-    from lightning_asr.serve import serve
+    from lightning_asr.serving import ServiceLimits, serve
 
     try:
+        limits = ServiceLimits(
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_adapter_bytes=int(args.max_adapter_mb * 2**20),
+            max_audio_seconds=args.max_audio_seconds,
+            max_queue=args.max_queue,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_ms=args.batch_timeout_ms,
+        )
         serve(
             args.base,
             args.adapters,
@@ -74,18 +82,14 @@ def _serve(args) -> int:
             port=args.port,
             mode=args.mode,
             cache_size=args.cache_size,
-            max_upload_mb=args.max_upload_mb,
             language=args.language,
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
             device=args.device,
             api_keys=api_keys(args),
             require_user_keys=args.require_user_keys,
-            max_audio_seconds=args.max_audio_seconds,
-            max_adapter_mb=args.max_adapter_mb,
-            max_queue=args.max_queue,
-            max_batch_size=args.max_batch_size,
-            batch_timeout_ms=args.batch_timeout_ms,
+            limits=limits,
+            plugins=args.plugin,
         )
     except (ModelSpecError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -134,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve one base model with per-user adapters over HTTP")
     serve.add_argument("--base", required=True, help="base model: preset, local directory or hub id")
     serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")
+    serve.add_argument(
+        "--plugin",
+        action="append",
+        help="module of your own strategies, imported before serving (repeatable; also the "
+        "lightning_asr.strategies entry-point group)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(

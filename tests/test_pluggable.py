@@ -133,7 +133,7 @@ def test_trains_exports_and_imports(trained, fixed_batch):
 
 
 def test_serves_merged_and_unmerged_like_offline_decoding(trained):
-    from lightning_asr.serve import AdapterServer
+    from lightning_asr.serving import AdapterServer
 
     module, adapter, tmp = trained
     rng = np.random.RandomState(1)

@@ -11,12 +11,13 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from loopback import BackgroundServer
 
 from lightning_asr import client
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import read_audio, write_wav
 from lightning_asr.models import load_base_model
-from lightning_asr.serve import AdapterServer, BackgroundServer, create_app
+from lightning_asr.serving import AdapterServer, ServiceLimits, create_app
 
 BASE = "whisper-tiny-random"
 DECODE = {"language": "manifest", "max_new_tokens": 12, "num_beams": 1}
@@ -91,9 +92,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(store):
-    engine = AdapterServer(BASE, store["adapters"], mode="unmerged", cache_size=8, language="en", max_new_tokens=12)
+    limits = ServiceLimits(max_upload_bytes=2**20)
+    engine = AdapterServer(
+        BASE, store["adapters"], mode="unmerged", cache_size=8, language="en", max_new_tokens=12, limits=limits
+    )
     engine.preload_structures()
-    with BackgroundServer(create_app(engine, max_upload_bytes=2**20)) as url:
+    with BackgroundServer(create_app(engine)) as url:
         yield url, engine
 
 
@@ -288,7 +292,7 @@ def test_a_failing_merged_decode_still_restores_the_base(merged_served, store, m
     def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(engine, "_decode", broken)
+    monkeypatch.setattr(engine, "decode_windows", broken)
     status, body = raw_post(url, store["audio"].read_bytes())
     assert status == 500 and "decoder exploded" in body["detail"]
     monkeypatch.undo()

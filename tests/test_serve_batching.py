@@ -9,9 +9,10 @@ from test_serve import BASE, export_adapter
 
 from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
-from lightning_asr.batching import bankable, row_banked
 from lightning_asr.models import load_base_model
-from lightning_asr.serve import AdapterServer
+from lightning_asr.serving import AdapterServer
+from lightning_asr.serving.bank import bankable, row_banked
+from lightning_asr.serving.engine import STAGES
 
 USERS = {
     "u1": ({"name": "lora", "rank": 4, "alpha": 8}, 11),
@@ -51,17 +52,16 @@ def test_rows_of_different_adapters_equal_decoding_each_alone(batch_store):
     assert len({r["text"] for r in alone}) > 4, (
         "the adapters must change the transcripts for this test to mean anything"
     )
-    # rows of one structure shared a pass; the base row went with the LoRA rows, through all-zero adapters
-    by_user = dict(zip(users, together))
-    assert by_user["u1"]["batch_rows"] == 4 and by_user["u4"]["batch_rows"] == 2 and by_user["u7"]["batch_rows"] == 2
+    # four structures (LoRA, GLoRA, BLoRA, bottleneck) and the base shared one pass
+    assert {r["batch_rows"] for r in together} == {9} and len(server.slots) == 4
     assert together[-1]["strategy"] == "base" and together[-1]["windows"] == 2
-    lora = next(s for s in server.slots.values() if s.strategy.name == "lora")
     with torch.no_grad():
         inputs = server.features(batch_store["audio"][3])[0][0]
         expected = server.backbone.decode(
-            load_base_model(BASE).eval(), lora.tokenizer, inputs, ["en"] * 2, server.decode_config
+            load_base_model(BASE).eval(), server.processor.tokenizer, inputs, ["en"] * 2, server.decode_config
         )
     assert together[-1]["text"] == "".join(expected[0])
+    assert all(set(r["timings_ms"]) == {*STAGES, "total"} for r in together + alone)
 
 
 def test_full_fine_tuning_cannot_share_a_pass_and_says_so(batch_store):
@@ -78,6 +78,7 @@ def test_a_bank_row_of_zeros_is_the_base_and_beams_follow_their_rows():
     model = load_base_model(BASE).eval()
     strategy = build_strategy({"name": "lora", "rank": 4, "alpha": 8})
     strategy.attach(model, for_training=False)
+    model.eval()  # the injected modules start in training mode; a bank serves inference only
     assert bankable(strategy) is None
     torch.manual_seed(0)
     tensors = {n: torch.randn_like(p) for n, p in strategy.trainable_parameters()}
@@ -105,15 +106,17 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_adapter(batch_stor
     memory after the run within 10 % of memory after warm-up."""
     import threading
 
-    from lightning_asr import client
-    from lightning_asr.serve import BackgroundServer, ServiceLimits, create_app
+    from loopback import BackgroundServer
 
-    server = AdapterServer(BASE, batch_store["adapters"], language="en", max_new_tokens=6, cache_size=16)
+    from lightning_asr import client
+    from lightning_asr.serving import ServiceLimits, create_app
+
+    limits = ServiceLimits(max_batch_size=8, batch_timeout_ms=30, max_queue=64)
+    server = AdapterServer(BASE, batch_store["adapters"], language="en", max_new_tokens=6, cache_size=16, limits=limits)
     users = ["u1", "u4", "u6", "u7"]  # LoRA, GLoRA type 3, BLoRA, bottleneck
     audio_dir = batch_store["adapters"].parent
     expected = {(u, i): server.transcribe(batch_store["audio"][i], user=u)["text"] for u in users for i in range(3)}
-    limits = ServiceLimits(max_batch_size=8, batch_timeout_ms=30, max_queue=64)
-    with BackgroundServer(create_app(server, limits=limits)) as url:
+    with BackgroundServer(create_app(server)) as url:
         for user in users:  # warm-up: every structure injected, every adapter cached
             client.transcribe(url, audio_dir / "a0.wav", user=user)
         warm = rss_bytes()
@@ -160,3 +163,70 @@ def test_base_rows_in_merged_mode_and_slots_evicted_within_a_batch(batch_store):
     results = small.transcribe_many([{"audio": audio, "user": u} for u in ("u1", "u4", "u7")])
     assert all(isinstance(r, dict) for r in results), results
     assert [r["text"] for r in results] == [small.transcribe(audio, user=u)["text"] for u in ("u1", "u4", "u7")]
+
+
+@pytest.fixture(scope="module")
+def ia3_store(tmp_path_factory, request):
+    """Two users of the IA3-shaped plugin strategy (tests/plugins/ia3_scaling.py), loaded as a plugin."""
+    import sys
+    from pathlib import Path
+
+    from lightning_asr.adapters import STRATEGIES, load_plugins
+
+    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+    assert "ia3-scaling" not in STRATEGIES
+    assert load_plugins(["ia3_scaling"]) == ["ia3_scaling"]
+    root = tmp_path_factory.mktemp("ia3")
+    for user, seed in (("ann", 1), ("ben", 2)):
+        model = load_base_model(BASE)
+        strategy = build_strategy({"name": "ia3-scaling"})
+        strategy.attach(model)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, scale in strategy.trainable_parameters():
+                scale.copy_(1 + 2 * torch.randn(scale.shape, generator=generator))
+        strategy.save_adapter(root / user)
+    write_wav(root / "clip.wav", (0.1 * np.random.RandomState(5).randn(32000)).astype(np.float32))
+    yield {"adapters": root, "audio": (root / "clip.wav").read_bytes()}
+    STRATEGIES.pop("ia3-scaling", None)
+    sys.path.remove(str(Path(__file__).parent / "plugins"))
+
+
+def test_a_strategy_without_a_declared_bank_decodes_each_user_alone(ia3_store):
+    """A bare scale on the wrapper: batched four at a time, in both orders and whatever the slot held before,
+    every row equals that user's own transcript."""
+    from lightning_asr.serving import ServiceLimits
+
+    server = AdapterServer(
+        BASE, ia3_store["adapters"], language="en", max_new_tokens=8, limits=ServiceLimits(max_batch_size=4)
+    )
+    audio = ia3_store["audio"]
+    own = {user: server.transcribe(audio, user=user)["text"] for user in ("ann", "ben")}
+    assert own["ann"] != own["ben"], "the two scales must change the transcript for this test to mean anything"
+    slot = next(iter(server.slots.values()))
+    assert "declares no bank modules" in bankable(slot.strategy)
+    for held in ("ann", "ben"):
+        for order in (["ann", "ben"], ["ben", "ann"], ["ann", "ben", "ben", "ann"]):
+            server.transcribe(audio, user=held)  # the slot now holds this user's scale
+            results = server.transcribe_many([{"audio": audio, "user": user} for user in order])
+            assert [r["text"] for r in results] == [own[user] for user in order], (held, order)
+            assert all(r["batch_rows"] == 1 and "declares no bank" in r["note"] for r in results)
+
+
+def test_a_declared_bank_must_hold_every_trained_tensor(ia3_store):
+    """A strategy that declares bank modules but trains a tensor outside them is refused a shared pass."""
+    from lightning_asr.adapters import STRATEGIES
+
+    ia3 = STRATEGIES["ia3-scaling"]
+
+    class DeclaresTheBaseLayer(ia3):
+        def bank_modules(self):
+            return {f"{name}.base_layer": layer.base_layer for name, layer in self.layers().items()}
+
+    strategy = DeclaresTheBaseLayer({"name": "ia3-scaling"})
+    strategy.attach(load_base_model(BASE).eval(), for_training=False)
+    reason = bankable(strategy)
+    assert reason is not None and "no bank module holds" in reason and ".scale" in reason
+    with pytest.raises(ValueError, match="no bank module holds"):
+        with row_banked(strategy, [None], [0]):
+            pass

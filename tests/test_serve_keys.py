@@ -9,11 +9,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+from loopback import BackgroundServer
 from test_serve import BASE, USERS, export_adapter
 
 from lightning_asr import client
 from lightning_asr.audio import write_wav
-from lightning_asr.serve import AdapterServer, BackgroundServer, ServiceLimits, create_app, write_user_key
+from lightning_asr.serving import AdapterServer, ServiceLimits, create_app, write_user_key
 
 API_KEY = "service-key-1"
 
@@ -37,8 +38,8 @@ def engine(store, **options):
 @pytest.fixture(scope="module")
 def keyed(keyed_store):
     limits = ServiceLimits(max_upload_bytes=2**20, max_adapter_bytes=2**16, max_audio_seconds=3.0, max_queue=16)
-    server = engine(keyed_store, max_audio_seconds=3.0)
-    with BackgroundServer(create_app(server, api_keys=[API_KEY, "service-key-2"], limits=limits)) as url:
+    server = engine(keyed_store, limits=limits)
+    with BackgroundServer(create_app(server, api_keys=[API_KEY, "service-key-2"])) as url:
         yield url
 
 
@@ -132,17 +133,17 @@ def test_limits_on_audio_adapter_files_and_queue(keyed, keyed_store, tmp_path):
 
 
 def test_requests_beyond_the_queue_get_503_with_retry_after(keyed_store, monkeypatch):
-    server = engine(keyed_store)
+    server = engine(keyed_store, limits=ServiceLimits(max_queue=1, retry_after_seconds=7))
     release = threading.Event()
-    decode = server._decode
+    decode = server.decode_windows
 
     def slow_decode(*args, **kwargs):  # hold the model until the test has filled the queue
         release.wait(timeout=30)
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(server, "_decode", slow_decode)
+    monkeypatch.setattr(server, "decode_windows", slow_decode)
     audio = keyed_store["audio"]
-    with BackgroundServer(create_app(server, limits=ServiceLimits(max_queue=1, retry_after_seconds=7))) as url:
+    with BackgroundServer(create_app(server)) as url:
         results = []
         threads = [
             threading.Thread(

@@ -69,6 +69,28 @@ def register(name: str, config_class: type = StrategyConfig) -> Callable[[type],
     return decorator
 
 
+PLUGIN_GROUP = "lightning_asr.strategies"  # entry points whose modules register strategies when imported
+
+
+def load_plugins(modules: list[str] | None = None) -> list[str]:
+    """Import ``modules`` (dotted paths of the user's own strategy files) and every module an installed
+    package names in the ``lightning_asr.strategies`` entry-point group, so the strategies they register are
+    known. Returns the modules imported; a module that cannot be imported is an error naming it."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    names = list(modules or []) + [point.value.split(":")[0] for point in entry_points(group=PLUGIN_GROUP)]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(
+                f"strategy plugin {name!r} cannot be imported ({err}) — fix: give a dotted module path on "
+                "PYTHONPATH (e.g. my_lab.strategies), or install the package that provides it"
+            ) from err
+    return names
+
+
 def strategy_class(name: str) -> type[AdapterStrategy]:
     if name not in STRATEGIES:
         close = difflib.get_close_matches(str(name), list(STRATEGIES), n=1)
@@ -189,6 +211,16 @@ class AdapterStrategy:
         raise NotImplementedError(
             f"strategy {self.name!r} does not scale its adaptation: interpolate its parameters against the base's"
         )
+
+    def bank_modules(self) -> dict[str, nn.Module]:
+        """The sub-modules a server may gather per row to decode many users of this strategy in one pass
+        (``lightning_asr/serving/bank.py``), by module name. Each must compute ``x @ weight.T + bias`` at
+        inference from the tensors it lists in ``banked_tensors`` (``nn.Linear``: its weight and bias), and
+        together they must hold every trainable tensor, or the server decodes the strategy's users one at a
+        time. Wrapped layers that also define ``adapter_output(x, base_output)`` (what the layer adds to its
+        base layer's output) share one pass with other such strategies. The default declares none: a new
+        strategy's users are decoded alone, each with exactly its own weights."""
+        return {}
 
     def owns_base_parameter(self, name: str) -> bool:
         """Whether this strategy trains (and so overwrites) the base parameter ``name``. Everything else is the

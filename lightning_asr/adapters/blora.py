@@ -98,6 +98,10 @@ def random_signs(like: torch.Tensor) -> torch.Tensor:
 class GaussianFactor(nn.Module):
     """A linear map without bias whose weight has a factorised Gaussian posterior (``weight`` is mu)."""
 
+    # served, it is its posterior mean: a batched pass gathers mu alone; the variances shape training only
+    banked_tensors = ("weight",)
+    training_only_tensors = ("rho",)
+
     def __init__(self, in_features: int, out_features: int, bayesian: bool, rho_init: tuple[float, float] | float):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))

@@ -62,11 +62,15 @@ class BottleneckAdapterLinear(nn.Module):
         nn.init.zeros_(self.adapter_up.bias)
         self.output_scale = 1.0  # scale_adaptation's share of the adapter's output
 
+    def adapter_output(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """What this layer adds to ``base_layer(x)``: a function of the base layer's output."""
+        hidden = self.adapter_dropout(base_output.to(self.adapter_down.weight.dtype))
+        added = self.adapter_up(self.activation(self.adapter_down(hidden))).to(base_output.dtype)
+        return added if self.output_scale == 1.0 else self.output_scale * added
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        hidden = self.adapter_dropout(y.to(self.adapter_down.weight.dtype))
-        added = self.adapter_up(self.activation(self.adapter_down(hidden))).to(y.dtype)
-        return y + added if self.output_scale == 1.0 else y + self.output_scale * added
+        return y + self.adapter_output(x, y)
 
     def factors(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters() if not name.startswith("base_layer.")}
@@ -104,6 +108,13 @@ class BottleneckAdapter(AdapterStrategy):
 
     def layers(self) -> dict[str, BottleneckAdapterLinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
+
+    def bank_modules(self) -> dict[str, nn.Module]:
+        return {
+            f"{name}.{part}": getattr(layer, part)
+            for name, layer in self.layers().items()
+            for part in ("adapter_down", "adapter_up")
+        }
 
     def scale_adaptation(self, factor: float) -> None:
         for layer in self.layers().values():

@@ -185,7 +185,7 @@ def _load_tensors(path: Path, side: dict | None) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _check_fit(strategy, directory: Path, side: dict | None, tensors: dict[str, torch.Tensor]) -> None:
+def check_fit(strategy, directory: Path | str, side: dict | None, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse tensors or settings that do not fit the model: a load would fail halfway or compute another function."""
     own = dict(strategy.model.named_parameters())
     unknown = sorted(set(tensors) - set(own))
@@ -225,7 +225,6 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
     if not directory.is_dir():
         raise AdapterFileError(f"{directory} is not an adapter directory — fix: pass the directory save_adapter wrote")
     side = read_side_file(directory)
-    tensors: dict[str, torch.Tensor] = {}
     if side is None:
         if not strategy.imports_plain_peft:
             raise AdapterFileError(
@@ -254,9 +253,18 @@ def read_adapter_tensors(strategy, directory: str | Path, ignore_fingerprint: bo
                 f"{directory / PEFT_TENSORS} is missing — fix: copy every file save_adapter wrote, "
                 "or export the adapter again"
             )
+    tensors = read_tensor_files(directory, side)
+    check_fit(strategy, directory, side, tensors)
+    return tensors
+
+
+def read_tensor_files(directory: Path, side: dict | None) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter directory's safetensors files (checksums checked) under the model's own
+    parameter names; whether they fit a model is ``check_fit``'s question."""
+    tensors: dict[str, torch.Tensor] = {}
+    if side is not None:
         tensors.update(_load_tensors(directory / SIDE_TENSORS, side))
     if (directory / PEFT_TENSORS).exists():
         for name, tensor in _load_tensors(directory / PEFT_TENSORS, side).items():
             tensors[name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name] = tensor
-    _check_fit(strategy, directory, side, tensors)
     return tensors

@@ -125,11 +125,15 @@ class LoRALinear(nn.Module):
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
+    def adapter_output(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """What this layer adds to ``base_layer(x)`` (unmerged)."""
+        return self.adapter_delta(x.to(self.lora_A.weight.dtype)).to(base_output.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:
             return result
-        return result + self.adapter_delta(x.to(self.lora_A.weight.dtype)).to(result.dtype)
+        return result + self.adapter_output(x, result)
 
     def delta_weight(self) -> torch.Tensor:
         """The dense ``d_out x d_in`` change this adapter makes to W0 (as merged)."""
@@ -179,6 +183,15 @@ class LoRA(AdapterStrategy):
 
     def layers(self) -> dict[str, LoRALinear]:
         return {name: self.model.get_submodule(name) for name in self.target_names}
+
+    def bank_modules(self) -> dict[str, nn.Module]:
+        # every map of the low-rank branch (A, B, and GLoRA's gates) is linear in its input
+        return {
+            f"{layer_name}.{name}": module
+            for layer_name, layer in self.layers().items()
+            for name, module in layer.named_children()
+            if name != "base_layer" and hasattr(module, "weight")
+        }
 
     def settings_mismatch(self, saved: dict) -> list[str]:
         # alpha / rank scales every update; the targets decide which layers the tensors belong to

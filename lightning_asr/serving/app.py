@@ -1,0 +1,189 @@
+"""The HTTP face of the engine: FastAPI routers, bearer-token authorisation as a dependency, bounded reading
+of bodies and forms, and the batching loop every transcription goes through.
+
+``POST /v1/transcribe`` (and ``/transcribe``) takes either
+
+- the audio as the raw body, with ``?user=ID`` (and optionally ``&language=xx``), or
+- ``multipart/form-data`` with an ``audio`` file part, and either a ``user`` field or ``adapter`` file parts
+  named by their file names (``lightning_asr_adapter.json``, ``lightning_asr_adapter.safetensors`` and, for
+  LoRA/BLoRA, ``adapter_config.json`` and ``adapter_model.safetensors``).
+
+``api_keys``: bearer tokens accepted on every route but ``/health`` (none: no authorisation). ``X-User-Key``:
+a user's own key, where the store holds one for that user. Every limit comes from the engine's
+``ServiceLimits``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
+
+from lightning_asr.serving.batcher import RequestBatcher
+from lightning_asr.serving.errors import ServeError
+from lightning_asr.serving.keys import api_key_valid, key_digest
+from lightning_asr.serving.store import ADAPTER_FILES
+
+log = logging.getLogger(__name__)
+
+
+def problem(err: ServeError, retry_after: int) -> JSONResponse:
+    headers = {}
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if err.status == 503:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"detail": err.message, "status": err.status}, status_code=err.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (read on, discarding, so the client reads the 413)."""
+    declared = request.headers.get("content-length")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 16 * limit + 2**26:
+            break  # drained enough; the connection is closed after the 413
+        else:
+            chunks = []
+    if size > limit or (declared and declared.isdigit() and int(declared) > limit):
+        raise ServeError(
+            413,
+            f"upload larger than {limit / 2**20:g} MB — fix: send shorter audio, or start the "
+            "server with a larger --max-upload-mb",
+        )
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, body: bytes):
+    """The multipart form of a body already read (and bounded), parsed by python-multipart."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=1 + len(ADAPTER_FILES), max_fields=8)
+    except Exception as err:  # python-multipart's and starlette's parse errors
+        raise ServeError(400, f"malformed multipart body: {err}") from None
+
+
+async def parse_request(request: Request, user: str | None, language: str | None, limits) -> dict:
+    """``transcribe_many``'s request from the HTTP request: audio, user, language, adapter files, user key."""
+    body = await read_body(request, limits.max_upload_bytes)
+    adapter_files = None
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        audio = body
+    else:
+        audio = None
+        form = await read_form(request, body)
+        for name, value in form.multi_items():
+            content = await value.read() if isinstance(value, UploadFile) else str(value).encode("utf-8")
+            if name == "audio":
+                audio = content
+            elif name == "user":
+                user = content.decode("utf-8", "replace").strip()
+            elif name == "language":
+                language = content.decode("utf-8", "replace").strip()
+            elif name == "adapter" and isinstance(value, UploadFile):
+                adapter_files = adapter_files or {}
+                key = Path(value.filename or "").name
+                if key not in ADAPTER_FILES or key != (value.filename or ""):
+                    raise ServeError(
+                        422,
+                        f"adapter part with file name {value.filename!r} — fix: send the files of an "
+                        f"adapter directory under their own names ({', '.join(ADAPTER_FILES)})",
+                    )
+                if key in adapter_files:
+                    raise ServeError(422, f"adapter file {key} sent twice — fix: send each file once")
+                adapter_files[key] = content
+            else:
+                raise ServeError(422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter")
+        await form.close()
+        if audio is None:
+            raise ServeError(422, "multipart request without an 'audio' part")
+        if adapter_files and sum(map(len, adapter_files.values())) > limits.max_adapter_bytes:
+            raise ServeError(
+                413,
+                f"adapter files larger than {limits.max_adapter_bytes / 2**20:g} MB together — fix: export a "
+                "smaller adapter, or start the server with a larger --max-adapter-mb",
+            )
+    return {
+        "audio": audio,
+        "user": user,
+        "adapter_files": adapter_files,
+        "language": language,
+        "user_key": request.headers.get("x-user-key"),
+    }
+
+
+def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
+    """The FastAPI application over ``engine`` (an ``AdapterServer``), its limits ``engine.limits``."""
+    from lightning_asr import __version__
+
+    limits = engine.limits
+    digests = [key_digest(k) for k in api_keys or []]
+    batcher = RequestBatcher(engine, limits.max_batch_size, limits.batch_timeout_ms)
+    waiting = {"count": 0}  # requests inside transcribe (being decoded or waiting for the model)
+
+    async def authorise(request: Request) -> None:
+        if not digests:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ServeError(401, "this server needs an API key — fix: send 'Authorization: Bearer KEY'")
+        if not api_key_valid(token.strip(), digests):
+            raise ServeError(403, "the API key is not valid for this server")
+
+    public, protected = APIRouter(), APIRouter(dependencies=[Depends(authorise)])
+
+    @public.get("/health")
+    async def health():
+        return {**engine.health(), "waiting": waiting["count"]}
+
+    @protected.get("/users")
+    async def users():
+        return {"users": await run_in_threadpool(engine.users)}
+
+    @protected.post("/transcribe")
+    async def transcribe(request: Request, user: str | None = None, language: str | None = None):
+        if waiting["count"] > limits.max_queue:
+            raise ServeError(
+                503,
+                f"{waiting['count']} requests are waiting for the model already — fix: retry after the "
+                f"Retry-After seconds, or start the server with a larger --max-queue",
+            )
+        waiting["count"] += 1
+        try:
+            return await batcher.submit(await parse_request(request, user, language, limits))
+        finally:
+            waiting["count"] -= 1
+
+    app = FastAPI(title="lightning-asr", version=__version__)
+    for prefix in ("/v1", ""):  # the unversioned routes are the first clients'
+        app.include_router(public, prefix=prefix)
+        app.include_router(protected, prefix=prefix)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, err: ServeError):
+        return problem(err, limits.retry_after_seconds)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, err: Exception):
+        log.exception("request failed")
+        return JSONResponse(
+            {"detail": f"internal error: {err.__class__.__name__}: {err}", "status": 500}, status_code=500
+        )
+
+    return app
