@@ -14,6 +14,8 @@ Per strategy (LoRA, GLoRA type 1, BLoRA, full fine-tuning), with adapters of ran
   the client sees it, with one client thread per user, each asking for its own user's adapter, until
   ``--requests`` are done or ``--seconds`` have passed. The LRU is emptied before each cell, so the first
   request of each user loads its adapter from disk; one untimed request per strategy warms the process.
+- in process (``--parts engine``), without HTTP: 8 users' requests of each mix as one ``transcribe_many``
+  batch against the same requests one by one (every row checked equal to its user's transcript alone).
 
 Prints markdown tables and writes ``weight_separation.json`` and ``weight_separation.csv`` to ``--out``.
 On a shared CPU the absolute figures drift; the ratios between rows are what to read.
@@ -191,7 +193,7 @@ def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: f
 
 MIXES = {  # the adapters of a run's users, cycled
     "lora": ["lora"],  # one structure: every row can share one pass, each with its own weights
-    "mixed": ["lora", "glora-1", "blora"],  # three structures: one pass per structure
+    "mixed": ["lora", "glora-1", "blora"],  # three structures: rows of all three share one pass
 }
 SERVINGS = {  # name: (mode, max batch size; None: --max-batch-size)
     "serialised": ("unmerged", 1),
@@ -259,6 +261,38 @@ def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
     return rows
 
 
+def engine_rows(args, adapters: Path, audio: Path) -> list[dict]:
+    """In process, no HTTP: 8 users' requests (each mix) through ``transcribe_many`` as one batch, against the
+    same requests one by one, alternating ``--engine-repeats`` times. What the engine itself gains, apart
+    from how the batcher forms batches over HTTP."""
+    engine = AdapterServer(args.base, adapters, language="en", max_new_tokens=args.max_new_tokens, cache_size=32)
+    samples = audio.read_bytes()
+    rows = []
+    for mix in args.mixes:
+        requests = [{"audio": samples, "user": user} for user in mix_users(mix, 8)]
+        engine.transcribe_many(requests)  # untimed: adapters read, structures injected, the mixed model built
+        batched, serial = [], []
+        for _ in range(args.engine_repeats):
+            started = time.perf_counter()
+            together = engine.transcribe_many(requests)
+            batched.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            alone = [engine.transcribe(**request) for request in requests]
+            serial.append(time.perf_counter() - started)
+            assert [r["text"] for r in together] == [r["text"] for r in alone], "a row differs from its user alone"
+        rows.append(
+            {
+                "mix": mix,
+                "users": 8,
+                "batch_s": statistics.median(batched),
+                "serial_s": statistics.median(serial),
+                "ratio": statistics.median(serial) / statistics.median(batched),
+                "batch_rows": together[0]["batch_rows"],
+            }
+        )
+    return rows
+
+
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = [
         "| " + " | ".join(title for _, title, _ in columns) + " |",
@@ -285,21 +319,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--audio-seconds", type=float, default=2.0)
     parser.add_argument(
-        "--parts", nargs="+", default=["per-strategy", "batching"], choices=["per-strategy", "batching"]
+        "--parts",
+        nargs="+",
+        default=["per-strategy", "batching", "engine"],
+        choices=["per-strategy", "batching", "engine"],
     )
     parser.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     parser.add_argument("--batching-users", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--batching-requests", type=int, default=48, help="requests per batching cell, at most")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=25.0)
+    parser.add_argument("--engine-repeats", type=int, default=3, help="alternations of the in-process part")
     parser.add_argument("--out", default="runs/bench/weight_separation", help="directory for the JSON and CSV")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    most_users = max(max(args.users), 2, *(args.batching_users if "batching" in args.parts else []))
+    most_users = max(max(args.users), 2, 8 if "engine" in args.parts else 2)
+    most_users = max(most_users, *(args.batching_users if "batching" in args.parts else []))
     exported = (list(args.strategies) if "per-strategy" in args.parts else []) + [
-        s for mix in args.mixes for s in MIXES[mix] if "batching" in args.parts
+        s for mix in args.mixes for s in MIXES[mix] if {"batching", "engine"} & set(args.parts)
     ]
     with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
         tmp = Path(tmp)
@@ -359,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             del engine
         if "batching" in args.parts:
             batching = batching_rows(args, tmp / "adapters", audio)
+        in_process = engine_rows(args, tmp / "adapters", audio) if "engine" in args.parts else []
     print(
         f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
         f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n"
@@ -420,11 +460,29 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['rps_vs_serialised']:.2f}x the requests/s of serialised decoding, p95 "
                     f"{row['p95_vs_serialised']:.2f}x (goal: >= 4x at no worse p95)"
                 )
+    if in_process:
+        print("\nIn process (no HTTP): 8 users' requests as one transcribe_many batch against one by one\n")
+        print(
+            markdown(
+                in_process,
+                [
+                    ("mix", "users' adapters", "s"),
+                    ("users", "users", "d"),
+                    ("batch_rows", "rows per pass", "d"),
+                    ("batch_s", "batch s", ".3f"),
+                    ("serial_s", "one by one s", ".3f"),
+                    ("ratio", "throughput vs one by one", ".2f"),
+                ],
+            )
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items()}
     (out / "weight_separation.json").write_text(
-        json.dumps({"settings": settings, "sizes": sizes, "serving": serving, "batching": batching}, indent=2)
+        json.dumps(
+            {"settings": settings, "sizes": sizes, "serving": serving, "batching": batching, "engine": in_process},
+            indent=2,
+        )
     )
     with open(out / "weight_separation.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -89,7 +89,6 @@ def _serve(args) -> int:
             api_keys=api_keys(args),
             require_user_keys=args.require_user_keys,
             limits=limits,
-            plugins=args.plugin,
         )
     except (ModelSpecError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -138,12 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve one base model with per-user adapters over HTTP")
     serve.add_argument("--base", required=True, help="base model: preset, local directory or hub id")
     serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")
-    serve.add_argument(
-        "--plugin",
-        action="append",
-        help="module of your own strategies, imported before serving (repeatable; also the "
-        "lightning_asr.strategies entry-point group)",
-    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -179,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--batch-timeout-ms", type=float, default=25.0, help="how long a batch waits for more requests after its first"
     )
+    for command in (train, evaluate, serve):
+        command.add_argument(
+            "--plugin",
+            action="append",
+            help="module of your own strategies (dotted path), imported first (repeatable); modules in the "
+            "lightning_asr.strategies entry-point group are imported too",
+        )
     client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
     client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
     client.add_argument("--user", help="user id of an adapter in the server's store (or of the uploaded adapter)")
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_asr.train import OutputExistsError
 
     try:
+        from lightning_asr.adapters import load_plugins
+
+        load_plugins(args.plugin)
         return {"train": _train, "evaluate": _evaluate, "serve": _serve}[args.command](args)
     except (ConfigError, ManifestError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

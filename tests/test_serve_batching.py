@@ -230,3 +230,12 @@ def test_a_declared_bank_must_hold_every_trained_tensor(ia3_store):
     with pytest.raises(ValueError, match="no bank module holds"):
         with row_banked(strategy, [None], [0]):
             pass
+
+
+def test_a_plugin_that_cannot_be_imported_is_named_with_the_fix(tmp_path, capsys):
+    from lightning_asr.cli import main
+
+    args = ["serve", "--plugin", "no_such_lab.strategies", "--base", BASE, "--adapters", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no_such_lab.strategies" in err and "fix:" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from lightning_asr.adapters import load_plugins
 from lightning_asr.serving.app import create_app
 from lightning_asr.serving.engine import AdapterServer
 from lightning_asr.serving.limits import ServiceLimits
@@ -22,12 +21,11 @@ def serve(
     api_keys: list[str] | None = None,
     require_user_keys: bool = False,
     limits: ServiceLimits | None = None,
-    plugins: list[str] | None = None,
 ) -> None:
-    """One process, one worker: one shared base. ``plugins``: modules of the user's own strategies."""
+    """One process, one worker: one shared base. Strategies of the user's own modules are registered before
+    (``adapters.load_plugins``, which ``python -m lightning_asr serve --plugin`` calls)."""
     import uvicorn
 
-    load_plugins(plugins)
     engine = AdapterServer(
         base,
         adapters,
