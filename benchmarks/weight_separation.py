@@ -18,7 +18,8 @@ Per strategy (LoRA, GLoRA type 1, BLoRA, full fine-tuning), with adapters of ran
   batch against the same requests one by one (every row checked equal to its user's transcript alone).
 
 Prints markdown tables and writes ``weight_separation.json`` and ``weight_separation.csv`` to ``--out``.
-On a shared CPU the absolute figures drift; the ratios between rows are what to read.
+On a shared CPU the absolute figures drift; the ratios between rows are what to read. Every torch computation
+runs on the serving process's engine thread (``serving.batcher.ENGINE_THREAD``), as ``serve`` runs it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
 from lightning_asr.models import load_base_model
 from lightning_asr.serving import AdapterServer, ServiceLimits, create_app
+from lightning_asr.serving.batcher import on_engine_thread
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the loopback server the tests use
 from loopback import BackgroundServer  # noqa: E402
@@ -221,7 +223,8 @@ def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
             limits = ServiceLimits(
                 max_batch_size=batch or args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms, max_queue=4 * most
             )
-            engine = AdapterServer(
+            engine = on_engine_thread(
+                AdapterServer,
                 args.base,
                 adapters,
                 mode=mode,
@@ -230,7 +233,7 @@ def batching_rows(args, adapters: Path, audio: Path) -> list[dict]:
                 max_new_tokens=args.max_new_tokens,
                 limits=limits,
             )
-            engine.preload_structures()
+            on_engine_thread(engine.preload_structures)
             urls[serving] = stack.enter_context(BackgroundServer(create_app(engine)))
         for mix in args.mixes:
             for url in urls.values():  # untimed: adapters read, first decodes of each structure
@@ -342,17 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
         tmp = Path(tmp)
-        base = load_base_model(args.base).eval()
-        total_base_bytes = base_bytes(args.base, base)
+        base = on_engine_thread(lambda: load_base_model(args.base).eval())
+        total_base_bytes = on_engine_thread(base_bytes, args.base, base)
         audio = tmp / "audio.wav"
         rng = np.random.RandomState(0)
         write_wav(audio, (0.1 * rng.randn(int(args.audio_seconds * 16000))).astype(np.float32))
         for strategy in dict.fromkeys(exported):
-            export_users(base, tmp / "adapters", strategy, most_users)
+            on_engine_thread(export_users, base, tmp / "adapters", strategy, most_users)
         del base
         sizes, serving, batching = [], [], []
         for mode in args.modes if "per-strategy" in args.parts else []:
-            engine = AdapterServer(
+            engine = on_engine_thread(
+                AdapterServer,
                 args.base,
                 tmp / "adapters",
                 mode=mode,
@@ -360,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 language="en",
                 max_new_tokens=args.max_new_tokens,
             )
-            engine.preload_structures()
+            on_engine_thread(engine.preload_structures)
             if mode == args.modes[0]:
                 for strategy in args.strategies:
                     device = directory_bytes(tmp / "adapters" / f"{strategy}-0")
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                             "device_bytes": device,
                             "base_bytes": total_base_bytes,
                             "device_vs_base": device / total_base_bytes,
-                            **swap_latency(engine, strategy, args.swap_repeats),
+                            **on_engine_thread(swap_latency, engine, strategy, args.swap_repeats),
                         }
                     )
             with BackgroundServer(create_app(engine)) as url:
@@ -398,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             del engine
         if "batching" in args.parts:
             batching = batching_rows(args, tmp / "adapters", audio)
-        in_process = engine_rows(args, tmp / "adapters", audio) if "engine" in args.parts else []
+        in_process = on_engine_thread(engine_rows, args, tmp / "adapters", audio) if "engine" in args.parts else []
     print(
         f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
         f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n"

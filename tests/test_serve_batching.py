@@ -239,3 +239,31 @@ def test_a_plugin_that_cannot_be_imported_is_named_with_the_fix(tmp_path, capsys
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no_such_lab.strategies" in err and "fix:" in err
+
+
+def test_batches_decode_on_the_engine_thread(batch_store, monkeypatch):
+    """Every torch computation of a serving process runs on one thread: a second thread running parallel
+    regions beside another's makes libgomp's workers sleep between operations."""
+    import threading
+
+    from loopback import BackgroundServer
+
+    from lightning_asr import client
+    from lightning_asr.serving import ServiceLimits, create_app
+    from lightning_asr.serving.batcher import on_engine_thread
+
+    server = on_engine_thread(
+        AdapterServer, BASE, batch_store["adapters"], language="en", max_new_tokens=4, limits=ServiceLimits()
+    )
+    threads = set()
+    decode = server.decode_windows
+
+    def recording(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(server, "decode_windows", recording)
+    with BackgroundServer(create_app(server)) as url:
+        for user in ("u1", "u4"):
+            client.transcribe(url, batch_store["adapters"].parent / "a0.wav", user=user)
+    assert len(threads) == 1 and next(iter(threads)).startswith("lightning-asr-engine")

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from starlette.concurrency import run_in_threadpool
+from concurrent.futures import ThreadPoolExecutor
 
 from lightning_asr.serving.errors import ServeError
 
 log = logging.getLogger(__name__)
+
+# Every torch computation of a serving process runs on this one thread: building the engine, injecting
+# structures, decoding. PyTorch's CPU wheels parallelise with libgomp, which stops its worker threads from
+# spinning between parallel regions once more OpenMP threads exist than cores: a second thread running
+# parallel regions beside another thread's team (e.g. the main thread's, after loading the model there) makes
+# every small operation wait for sleeping workers. Measured on 2 cores, a loop of decoder-sized operations ran
+# 7x slower in a second thread than in the only one.
+ENGINE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning-asr-engine")
+
+
+def on_engine_thread(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` run on the engine thread (e.g. ``AdapterServer(...)``), its result returned."""
+    return ENGINE_THREAD.submit(function, *args, **kwargs).result()
 
 
 class RequestBatcher:
@@ -51,7 +63,10 @@ class RequestBatcher:
 
     async def run(self, batch: list) -> None:
         try:
-            results = await run_in_threadpool(self.engine.transcribe_many, [request for request, _ in batch])
+            requests = [request for request, _ in batch]
+            results = await asyncio.get_running_loop().run_in_executor(
+                ENGINE_THREAD, self.engine.transcribe_many, requests
+            )
         except Exception as err:  # the engine stays consistent; every request of the batch learns why
             log.exception("batched transcription failed")
             results = [ServeError(500, f"internal error: {err.__class__.__name__}: {err}")] * len(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lightning_asr.serving.app import create_app
+from lightning_asr.serving.batcher import on_engine_thread
 from lightning_asr.serving.engine import AdapterServer
 from lightning_asr.serving.limits import ServiceLimits
 
@@ -26,7 +27,8 @@ def serve(
     (``adapters.load_plugins``, which ``python -m lightning_asr serve --plugin`` calls)."""
     import uvicorn
 
-    engine = AdapterServer(
+    engine = on_engine_thread(
+        AdapterServer,
         base,
         adapters,
         mode=mode,
@@ -38,7 +40,7 @@ def serve(
         require_user_keys=require_user_keys,
         limits=limits,
     )
-    structures = engine.preload_structures()
+    structures = on_engine_thread(engine.preload_structures)
     print(
         f"serving {base} ({mode}) with adapters from {adapters} ({structures} structure(s) injected) "
         f"on http://{host}:{port}",
