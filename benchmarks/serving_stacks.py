@@ -137,7 +137,7 @@ def start(stack: str, args, adapters: Path, audio: bytes) -> tuple[subprocess.Po
         try:
             client.post(url + "/transcribe", body, content_type, timeout=60)
             return process, url, time.perf_counter() - started
-        except OSError:
+        except client.ClientError:  # not listening yet
             time.sleep(0.2)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_asr train|evaluate|serve|transcribe``."""
+"""Command line: ``python -m lightning_asr train|evaluate|export|serve|transcribe``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,21 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from lightning_asr.adapters.export import AdapterFileError
+    from lightning_asr.module import ASRModule
+
+    module = ASRModule.from_checkpoint(args.checkpoint)
+    try:
+        path = module.strategy.save_adapter(args.out, overwrite=args.force)
+    except (FileExistsError, AdapterFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{module.strategy.name} adapter of {args.checkpoint} written to {path}")
+    print(f"serve it: python -m lightning_asr serve --base {module.config.model.spec} --adapters {Path(path).parent}")
+    return 0
+
+
 def api_keys(args) -> list[str]:
     """``--api-key`` values and the lines of ``--api-key-file`` (blank lines and ``#`` comments skipped)."""
     keys = list(args.api_key or [])
@@ -97,7 +112,7 @@ def _serve(args) -> int:
 
 
 def _transcribe(args) -> int:
-    from lightning_asr.client import ServerError, transcribe
+    from lightning_asr.client import ClientError, ServerError, transcribe
 
     failed = 0
     for path in args.files:
@@ -111,7 +126,7 @@ def _transcribe(args) -> int:
                 api_key=args.api_key or os.environ.get("LIGHTNING_ASR_API_KEY"),
                 user_key=args.user_key,
             )
-        except (ServerError, OSError) as err:  # one bad file (or refusal) does not stop the others
+        except (ServerError, ClientError) as err:  # one bad file (or refusal) does not stop the others
             failed += 1
             result = {"error": str(getattr(err, "detail", err)), "status": getattr(err, "status", None)}
         print(json.dumps({"file": path, **result}, ensure_ascii=False), flush=True)
@@ -134,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--predictions", help="write per-utterance predictions to this JSONL file")
     evaluate.add_argument("--devices", type=int, help="processes (or GPUs) to shard the test sets over")
     evaluate.add_argument("--strategy", help="Lightning strategy for several devices, e.g. ddp")
+    export = commands.add_parser(
+        "export", help="write a checkpoint's adapter as a directory a device keeps and the server serves"
+    )
+    export.add_argument("--checkpoint", required=True, help="e.g. a run's or a benchmark cell's best.ckpt")
+    export.add_argument("--out", required=True, help="the adapter directory, e.g. adapters/<user_id>")
+    export.add_argument("--force", action="store_true", help="replace the files of a directory that holds some")
     serve = commands.add_parser("serve", help="serve one base model with per-user adapters over HTTP")
     serve.add_argument("--base", required=True, help="base model: preset, local directory or hub id")
     serve.add_argument("--adapters", required=True, help="adapter store: DIR/<user_id>/ as written by save_adapter")
@@ -172,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--batch-timeout-ms", type=float, default=25.0, help="how long a batch waits for more requests after its first"
     )
-    for command in (train, evaluate, serve):
+    for command in (train, evaluate, export, serve):
         command.add_argument(
             "--plugin",
             action="append",
@@ -181,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     client = commands.add_parser("transcribe", help="send audio files to a running server; one JSON line per file")
     client.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
-    client.add_argument("--user", help="user id of an adapter in the server's store (or of the uploaded adapter)")
+    client.add_argument(
+        "--user", help="user id of an adapter in the server's store (or of the uploaded adapter); none: the base"
+    )
     client.add_argument("--adapter-dir", help="send this exported adapter directory with each file")
     client.add_argument("--language", help="'auto' or a language code (default: the server's)")
     client.add_argument("--api-key", help="the server's bearer token (default: $LIGHTNING_ASR_API_KEY)")
@@ -189,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("files", nargs="+", help="WAV or FLAC files")
     args = parser.parse_args(argv)
     if args.command == "transcribe":  # the client needs neither torch nor transformers
-        if not (args.user or args.adapter_dir):
-            parser.error("transcribe: give --user, --adapter-dir, or both")
         return _transcribe(args)
     from lightning_asr.console import quiet
 
@@ -203,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_asr.adapters import load_plugins
 
         load_plugins(args.plugin)
-        return {"train": _train, "evaluate": _evaluate, "serve": _serve}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "export": _export, "serve": _serve}[args.command](args)
     except (ConfigError, ManifestError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,33 @@ class ServerError(RuntimeError):
         self.status, self.detail = status, detail
 
 
+class ClientError(RuntimeError):
+    """The request could not be sent or answered (no such file, no server there, a malformed URL); the
+    message names the problem and the fix."""
+
+
+def server_url(server: str, path: str) -> str:
+    """``server`` + ``path``, refused with the fix where ``server`` is not an http(s) URL."""
+    parsed = urllib.parse.urlparse(server)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ClientError(
+            f"server URL {server!r} is not an http(s) URL with a host — fix: write it as http://HOST:PORT, "
+            "e.g. http://127.0.0.1:8000"
+        )
+    return server.rstrip("/") + path
+
+
+def read_file(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ClientError(f"{what} {str(path)!r} does not exist — fix: give the path of an existing file") from None
+    except IsADirectoryError:
+        raise ClientError(f"{what} {str(path)!r} is a directory — fix: give the path of a file") from None
+    except PermissionError:
+        raise ClientError(f"{what} {str(path)!r} cannot be read (permission denied) — fix: check its mode") from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now (the OS picks it), for a server started next on loopback."""
     with socket.socket() as probe:
@@ -77,6 +104,16 @@ def post(url: str, body: bytes, content_type: str, timeout: float = 300.0, heade
         except ValueError:
             detail = raw.decode("utf-8", "replace")
         raise ServerError(err.code, detail if isinstance(detail, str) else json.dumps(detail)) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise ClientError(
+                f"no answer from {url.split('?')[0]} within {timeout:g} s — fix: retry, or pass a larger timeout"
+            ) from None
+        raise ClientError(
+            f"cannot reach {url.split('?')[0]} ({getattr(reason, 'strerror', None) or reason}) — fix: start the "
+            "server (python -m lightning_asr serve ...) or check the host and port"
+        ) from None
 
 
 def transcribe(
@@ -90,23 +127,27 @@ def transcribe(
     user_key: str | None = None,
 ) -> dict:
     """Transcribe one WAV/FLAC file with ``user``'s adapter from the server's store, or with the adapter in
-    ``adapter_dir`` (sent along; with ``user`` too where the server requires uploads to name their user).
+    ``adapter_dir`` (sent along; with ``user`` too where the server requires uploads to name their user), or,
+    with neither, with the base model itself.
     ``api_key``: the server's bearer token; ``user_key``: the user's own key. Raises ``ServerError`` with the
     server's explanation when refused."""
-    if user is None and adapter_dir is None:
-        raise ValueError("give user, adapter_dir, or both")
-    audio = Path(audio_path).read_bytes()
-    url = server.rstrip("/") + "/transcribe"
+    url = server_url(server, "/v1/transcribe")
+    audio = read_file(audio_path, "audio file")
     headers = auth_headers(api_key, user_key)
     if adapter_dir is None:
-        query = {"user": user, **({"language": language} if language else {})}
+        query = {**({"user": user} if user else {}), **({"language": language} if language else {})}
         return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout, headers)
     directory = Path(adapter_dir)
     files = [
-        ("adapter", name, (directory / name).read_bytes()) for name in ADAPTER_FILES if (directory / name).exists()
+        ("adapter", name, read_file(directory / name, "adapter file"))
+        for name in ADAPTER_FILES
+        if (directory / name).exists()
     ]
     if not files:
-        raise FileNotFoundError(f"{directory} holds no adapter files ({', '.join(ADAPTER_FILES)})")
+        raise ClientError(
+            f"{directory} holds no adapter files ({', '.join(ADAPTER_FILES)}) — fix: give the directory "
+            "strategy.save_adapter (or python -m lightning_asr export) wrote"
+        )
     fields = [("audio", Path(audio_path).name, audio), *files]
     if language:
         fields.append(("language", None, language.encode()))
@@ -117,5 +158,11 @@ def transcribe(
 
 
 def health(server: str, timeout: float = 30.0) -> dict:
-    with urllib.request.urlopen(server.rstrip("/") + "/health", timeout=timeout) as response:
-        return json.loads(response.read())
+    url = server_url(server, "/v1/health")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.URLError as err:
+        raise ClientError(
+            f"cannot reach {url} ({err.reason}) — fix: start the server or check the host and port"
+        ) from None

@@ -392,7 +392,7 @@ def test_a_killed_server_restarts_and_serves_the_same_transcripts(store):
             try:
                 client.health(url, timeout=2)
                 return process, url
-            except OSError:
+            except client.ClientError:
                 assert process.poll() is None, "the server exited at start"
                 time.sleep(0.2)
         process.kill()
@@ -408,3 +408,26 @@ def test_a_killed_server_restarts_and_serves_the_same_transcripts(store):
             os.kill(process.pid, signal.SIGKILL)
             assert process.wait(timeout=30) == -signal.SIGKILL
     assert runs[0] == runs[1] == {user: store["offline"][user] for user in users}
+
+
+def test_client_errors_name_the_fix(tmp_path, capsys):
+    """No server there, a URL without a scheme, a missing audio file: each a ClientError naming the fix,
+    never a Python object's repr; the command line reports each file and goes on."""
+    from lightning_asr.cli import main
+
+    audio = tmp_path / "a.wav"
+    write_wav(audio, np.zeros(1600, dtype=np.float32))
+    url = f"http://127.0.0.1:{client.free_port()}"
+    for call, expected in (
+        (lambda: client.transcribe(url, audio, user="alice"), "cannot reach"),
+        (lambda: client.transcribe("127.0.0.1:8000", audio, user="alice"), "http://HOST:PORT"),
+        (lambda: client.transcribe(url, tmp_path / "missing.wav", user="alice"), "does not exist"),
+        (lambda: client.transcribe(url, audio, adapter_dir=tmp_path), "holds no adapter files"),
+    ):
+        with pytest.raises(client.ClientError) as refused:
+            call()
+        message = str(refused.value)
+        assert expected in message and "fix:" in message and "<" not in message, message
+    assert main(["transcribe", "--server", url, "--user", "alice", str(tmp_path / "missing.wav"), str(audio)]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [("does not exist" in r["error"], "cannot reach" in r["error"]) for r in lines] == [(1, 0), (0, 1)]

@@ -361,6 +361,23 @@ def test_an_adapter_run_on_a_base_from_files_checkpoints_the_adapter_only_and_re
     resumed = train(config_dict(corpus, tmp_path / "lora", **lora, **{"trainer.max_steps": 2}), resume=True)
     assert resumed.stopped_at_step == 2
     assert all(torch.equal(p, trained[name]) for name, p in resumed.module.named_parameters())
+    # exported from the adapter-only checkpoint and served over its base's files: the transcript offline decoding gives
+    from lightning_asr.audio import read_audio, write_wav
+    from lightning_asr.cli import main
+    from lightning_asr.serving import AdapterServer
+
+    assert main(["export", "--checkpoint", str(result.best_checkpoint), "--out", str(tmp_path / "store" / "ann")]) == 0
+    assert main(["export", "--checkpoint", str(result.best_checkpoint), "--out", str(tmp_path / "store" / "ann")]) == 2
+    write_wav(tmp_path / "clip.wav", (0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0))).numpy())
+    decode = reloaded.config.decode
+    server = AdapterServer(
+        str(tmp_path / "base"), tmp_path / "store", language="en", max_new_tokens=decode.max_new_tokens
+    )
+    inputs = reloaded.backbone.audio_inputs(reloaded.processor, [read_audio(tmp_path / "clip.wav")])
+    with torch.no_grad():
+        expected = reloaded.eval().transcribe(inputs, ["en"])[0][0]
+    served = server.transcribe((tmp_path / "clip.wav").read_bytes(), user="ann")
+    assert served["strategy"] == "lora" and served["text"] == expected
     with torch.no_grad():  # another base at the same path
         next(base.model.parameters()).add_(0.01)
     base.model.save_pretrained(tmp_path / "base")
