@@ -156,7 +156,7 @@ def load_test(url: str, audio: Path, users: list[str], requests: int, seconds: f
                 latencies.append((time.perf_counter() - started) * 1000)
                 texts.setdefault(user, set()).add(result.get("text"))
                 hits.append(result.get("cache_hit", False))
-                note = result.get("note", "")
+                note = result.get("note") or ""
                 modes.add(
                     result.get("mode", "?")
                     + (

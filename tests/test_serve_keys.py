@@ -166,3 +166,20 @@ def test_requests_beyond_the_queue_get_503_with_retry_after(keyed_store, monkeyp
         for thread in threads:
             thread.join(timeout=60)
     assert [status for status, _ in results] == [200, 200]
+
+
+def test_the_api_page_works_offline_and_describes_the_real_request(keyed_store):
+    """/docs serves Swagger UI's own files (no CDN) and stays reachable where an API key guards the API; the
+    schema describes the raw and the multipart request, the response and every refusal."""
+    server = engine(keyed_store)
+    with BackgroundServer(create_app(server, api_keys=[API_KEY])) as url:
+        page = urllib.request.urlopen(url + "/docs").read().decode()
+        assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+        assert urllib.request.urlopen(url + "/docs-assets/swagger-ui-bundle.js").status == 200
+        schema = json.loads(urllib.request.urlopen(url + "/openapi.json").read())
+    route = schema["paths"]["/v1/transcribe"]["post"]
+    assert set(route["requestBody"]["content"]) == {"application/octet-stream", "multipart/form-data"}
+    form = route["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"audio", "user", "language", "adapter"} <= set(form)
+    assert {"200", "400", "401", "403", "404", "409", "413", "422", "503"} <= set(route["responses"])
+    assert "HTTPBearer" in schema["components"]["securitySchemes"] and "/transcribe" in schema["paths"]

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
@@ -30,6 +35,82 @@ from lightning_asr.serving.keys import api_key_valid, key_digest
 from lightning_asr.serving.store import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage of one request (a shared pass's swap and decode are the pass's)."""
+
+    audio: float
+    queue: float
+    adapter_load: float
+    swap: float
+    merge: float
+    decode: float
+    total: float
+
+
+class Transcription(BaseModel):
+    """The one response shape of every transcription, alone or in a shared pass."""
+
+    text: str
+    language: str | None
+    language_detected: bool
+    user: str | None
+    adapter_source: str | None  # store, upload, or null for the base
+    strategy: str
+    mode: str  # merged or unmerged, as served
+    cache_hit: bool
+    swapped: bool
+    batch_rows: int
+    windows: int
+    audio_seconds: float
+    cap_hits: int | None  # null for a shared pass (counted per batch)
+    timings_ms: Timings
+    note: str | None = None
+
+
+class Problem(BaseModel):
+    """Every refusal: what went wrong and the fix, and the HTTP status."""
+
+    detail: str
+    status: int
+
+
+REFUSALS = {
+    400: "unreadable, empty or corrupt audio; a malformed form; an invalid user id",
+    401: "no API key, or no user key where the user has one",
+    403: "a wrong API key or user key",
+    404: "no adapter for this user in the store",
+    409: "an adapter exported for another base model",
+    413: "a body, adapter or audio longer than the server's limits",
+    422: "an incomplete or mismatched adapter, an unknown language or form field",
+    503: "too many requests waiting (see Retry-After)",
+}
+AUDIO_SCHEMA = {"type": "string", "format": "binary", "description": "WAV or FLAC"}
+TRANSCRIBE_BODY = {  # the route reads the body itself: bounded before it is parsed
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": AUDIO_SCHEMA},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["audio"],
+                    "properties": {
+                        "audio": AUDIO_SCHEMA,
+                        "user": {"type": "string", "description": "a user of the store (or of the upload)"},
+                        "language": {"type": "string", "description": "auto, or a language code"},
+                        "adapter": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "the files of an adapter directory, under their own names",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 def problem(err: ServeError, retry_after: int) -> JSONResponse:
@@ -128,6 +209,25 @@ async def parse_request(request: Request, user: str | None, language: str | None
     }
 
 
+BEARER = HTTPBearer(auto_error=False, description="the server's API key, where it was started with one")
+
+
+class Authorise:
+    """The dependency every route but ``/health`` and the API page has: a bearer token whose digest is one
+    of ``digests`` (none: no authorisation)."""
+
+    def __init__(self, digests: list[str]):
+        self.digests = digests
+
+    async def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if not self.digests:
+            return
+        if credentials is None or not credentials.credentials.strip():
+            raise ServeError(401, "this server needs an API key — fix: send 'Authorization: Bearer KEY'")
+        if not api_key_valid(credentials.credentials.strip(), self.digests):
+            raise ServeError(403, "the API key is not valid for this server")
+
+
 def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
     """The FastAPI application over ``engine`` (an ``AdapterServer``), its limits ``engine.limits``."""
     from lightning_asr import __version__
@@ -137,16 +237,7 @@ def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
     batcher = RequestBatcher(engine, limits.max_batch_size, limits.batch_timeout_ms)
     waiting = {"count": 0}  # requests inside transcribe (being decoded or waiting for the model)
 
-    async def authorise(request: Request) -> None:
-        if not digests:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ServeError(401, "this server needs an API key — fix: send 'Authorization: Bearer KEY'")
-        if not api_key_valid(token.strip(), digests):
-            raise ServeError(403, "the API key is not valid for this server")
-
-    public, protected = APIRouter(), APIRouter(dependencies=[Depends(authorise)])
+    public, protected = APIRouter(), APIRouter(dependencies=[Depends(Authorise(digests))])
 
     @public.get("/health")
     async def health():
@@ -156,7 +247,12 @@ def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
     async def users():
         return {"users": await run_in_threadpool(engine.users)}
 
-    @protected.post("/transcribe")
+    @protected.post(
+        "/transcribe",
+        response_model=Transcription,
+        responses={status: {"model": Problem, "description": what} for status, what in REFUSALS.items()},
+        openapi_extra=TRANSCRIBE_BODY,
+    )
     async def transcribe(request: Request, user: str | None = None, language: str | None = None):
         if waiting["count"] > limits.max_queue:
             raise ServeError(
@@ -170,7 +266,23 @@ def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
         finally:
             waiting["count"] -= 1
 
-    app = FastAPI(title="lightning-asr", version=__version__)
+    # the API's page works offline: Swagger UI's files come from a package, not a CDN; it and the schema
+    # hold no data, so they stay open where an API key guards the rest (its Authorize button takes the key)
+    app = FastAPI(title="lightning-asr", version=__version__, docs_url=None, redoc_url=None)
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="lightning-asr API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
     for prefix in ("/v1", ""):  # the unversioned routes are the first clients'
         app.include_router(public, prefix=prefix)
         app.include_router(protected, prefix=prefix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import soundfile as sf
@@ -20,8 +21,9 @@ def decode_audio_bytes(data: bytes, max_seconds: float | None = None) -> np.ndar
         )
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as err:
-        raise ServeError(400, f"unreadable audio ({err}) — fix: send WAV or FLAC bytes") from err
+    except Exception as err:  # libsndfile names its file object: '<_io.BytesIO object at 0x...>'
+        reason = re.sub(r"\s*<[^>]*>", "", str(err)).strip(" :")
+        raise ServeError(400, f"unreadable audio ({reason}) — fix: send WAV or FLAC bytes") from err
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise ServeError(400, f"sample rate {rate} Hz cannot be resampled — fix: re-encode the audio at 16000 Hz")
     if samples.shape[0] == 0:

@@ -331,9 +331,8 @@ class AdapterServer:
             "audio_seconds": round(row.seconds, 3),
             "cap_hits": cap_hits,
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "note": note,
         }
-        if note:
-            response["note"] = note
         return response
 
     @contextmanager
