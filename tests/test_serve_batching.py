@@ -11,7 +11,7 @@ from lightning_asr.adapters import build_strategy
 from lightning_asr.audio import write_wav
 from lightning_asr.models import load_base_model
 from lightning_asr.serving import AdapterServer
-from lightning_asr.serving.bank import bankable, row_banked
+from lightning_asr.serving.bank import bankable, mixable, row_banked
 from lightning_asr.serving.engine import STAGES
 
 USERS = {
@@ -214,7 +214,8 @@ def test_a_strategy_without_a_declared_bank_decodes_each_user_alone(ia3_store):
 
 
 def test_a_declared_bank_must_hold_every_trained_tensor(ia3_store):
-    """A strategy that declares bank modules but trains a tensor outside them is refused a shared pass."""
+    """A strategy whose declared bank holds a tensor it does not train (and misses the one it trains) is
+    refused a shared pass."""
     from lightning_asr.adapters import STRATEGIES
 
     ia3 = STRATEGIES["ia3-scaling"]
@@ -226,10 +227,20 @@ def test_a_declared_bank_must_hold_every_trained_tensor(ia3_store):
     strategy = DeclaresTheBaseLayer({"name": "ia3-scaling"})
     strategy.attach(load_base_model(BASE).eval(), for_training=False)
     reason = bankable(strategy)
-    assert reason is not None and "no bank module holds" in reason and ".scale" in reason
-    with pytest.raises(ValueError, match="no bank module holds"):
+    # the base layer's weight is frozen: a bank of it would gather each user's copy of the shared base
+    assert reason is not None and "does not train" in reason and "base_layer" in reason
+    with pytest.raises(ValueError, match="does not train"):
         with row_banked(strategy, [None], [0]):
             pass
+    lora = STRATEGIES["lora"]
+
+    class BanksAOnly(lora):
+        def bank_modules(self):
+            return {name: m for name, m in super().bank_modules().items() if name.endswith("lora_A")}
+
+    partial = BanksAOnly({"name": "lora", "rank": 2})
+    partial.attach(load_base_model(BASE).eval(), for_training=False)
+    assert "no bank module holds" in bankable(partial) and "lora_B" in bankable(partial)
 
 
 def test_a_plugin_that_cannot_be_imported_is_named_with_the_fix(tmp_path, capsys):
@@ -267,3 +278,80 @@ def test_batches_decode_on_the_engine_thread(batch_store, monkeypatch):
         for user in ("u1", "u4"):
             client.transcribe(url, batch_store["adapters"].parent / "a0.wav", user=user)
     assert len(threads) == 1 and next(iter(threads)).startswith("lightning-asr-engine")
+
+
+def test_an_adapter_cannot_write_a_base_weight(batch_store, tmp_path):
+    """An upload whose tensors name a frozen base weight (checksums recomputed, so only the fit check stands in
+    the way) is refused, and the base every user shares is unchanged."""
+    import hashlib
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lightning_asr.serving import ServeError
+
+    directory = tmp_path / "crafted"
+    shutil.copytree(batch_store["adapters"] / "u1", directory)
+    server = AdapterServer(BASE, batch_store["adapters"], language="en", max_new_tokens=6)
+    name = "model.encoder.conv1.weight"
+    tensors = load_file(str(directory / "lightning_asr_adapter.safetensors"))
+    tensors[name] = torch.zeros_like(server.base.get_parameter(name))
+    save_file(tensors, str(directory / "lightning_asr_adapter.safetensors"))
+    side = json.loads((directory / "lightning_asr_adapter.json").read_text())
+    for file in side.get("sha256", {}):
+        side["sha256"][file] = hashlib.sha256((directory / file).read_bytes()).hexdigest()
+    (directory / "lightning_asr_adapter.json").write_text(json.dumps(side))
+    before = server.base.get_parameter(name).clone()
+    files = {p.name: p.read_bytes() for p in directory.iterdir()}
+    with pytest.raises(ServeError) as refused:
+        server.transcribe(batch_store["audio"][0], adapter_files=files)
+    assert refused.value.status == 422 and name in refused.value.message
+    assert torch.equal(server.base.get_parameter(name), before)
+
+
+def test_a_strategy_with_a_bank_but_no_adapter_output_shares_a_pass_of_its_own(batch_store, tmp_path):
+    """Banked but not mixable: its users share one pass through their slot, each row equal to the user alone."""
+    import math
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from lightning_asr.adapters import STRATEGIES, register
+    from lightning_asr.adapters.lora import LoRA, LowRankConfig
+
+    class PlainLoRALinear(nn.Module):
+        def __init__(self, base_layer: nn.Linear, rank: int):
+            super().__init__()
+            self.base_layer, self.merged = base_layer, False
+            self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
+            self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+
+        def forward(self, x):
+            return self.base_layer(x) + self.lora_B(self.lora_A(x))
+
+    @dataclass
+    class PlainConfig(LowRankConfig):
+        name: str = "plain-lora"
+
+    @register("plain-lora", PlainConfig)
+    class PlainLoRA(LoRA):
+        mergeable = False
+
+        def make_layer(self, linear):
+            return PlainLoRALinear(linear, self.config.rank)
+
+    try:
+        for user, seed in (("p1", 1), ("p2", 2), ("p3", 3)):
+            export_adapter(tmp_path / user, {"name": "plain-lora", "rank": 4}, seed)
+        server = AdapterServer(BASE, tmp_path, language="en", max_new_tokens=6)
+        audio = batch_store["audio"][1]
+        alone = [server.transcribe(audio, user=u)["text"] for u in ("p1", "p2", "p3")]
+        slot = next(iter(server.slots.values()))
+        assert bankable(slot.strategy) is None and not mixable(slot.strategy)
+        together = server.transcribe_many([{"audio": audio, "user": u} for u in ("p1", "p2", "p3")])
+        assert [r["text"] for r in together] == alone and {r["batch_rows"] for r in together} == {3}
+        assert len(set(alone)) > 1, "the adapters must change the transcripts for this test to mean anything"
+    finally:
+        STRATEGIES.pop("plain-lora", None)

@@ -250,9 +250,12 @@ class AdapterStrategy:
         return {n: p.detach().clone() for n, p in self.trainable_parameters()}
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy ``state`` into the model. ``strict``: exactly the trainable parameters, so an adapter never
+        writes a frozen (shared) base weight."""
         own = dict(self.model.named_parameters())
-        unknown = sorted(set(state) - set(own))
-        missing = sorted({n for n, _ in self.trainable_parameters()} - set(state))
+        trained = {n for n, _ in self.trainable_parameters()}
+        unknown = sorted(set(state) - (trained if strict else set(own)))
+        missing = sorted(trained - set(state))
         if strict and (unknown or missing):
             raise KeyError(
                 f"adapter state does not fit this {self.name} strategy: unknown {unknown[:5]}, missing {missing[:5]}"

@@ -187,9 +187,10 @@ def _load_tensors(path: Path, side: dict | None) -> dict[str, torch.Tensor]:
 
 def check_fit(strategy, directory: Path | str, side: dict | None, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse tensors or settings that do not fit the model: a load would fail halfway or compute another function."""
-    own = dict(strategy.model.named_parameters())
+    # only what the strategy trains: a tensor named after a frozen base weight would overwrite the base
+    own = dict(strategy.trainable_parameters())
     unknown = sorted(set(tensors) - set(own))
-    missing = sorted({name for name, _ in strategy.trainable_parameters()} - set(tensors))
+    missing = sorted(set(own) - set(tensors))
     wrong = sorted(
         name
         for name in set(tensors) & set(own)

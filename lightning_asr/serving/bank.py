@@ -11,7 +11,8 @@ Here the contract is declared by the strategy (``AdapterStrategy.bank_modules``)
 - ``bankable`` proves that those sub-modules hold every tensor the strategy trains; a strategy that declares
   none, trains a tensor outside them (a bare scale on its wrapper) or overwrites base weights is decoded
   one user at a time, and the reason is returned;
-- rows of *different* structures share one pass through ``mixed_model``: a copy of the base's module tree
+- rows of *different* structures share one pass through ``MixedModel`` (where every layer of each says what
+  it adds, ``mixable``): a copy of the base's module tree
   (its weights the base's own tensors) whose adapted layers run the base layer once for every row and add,
   to each structure's rows only, what that structure's layer adds (``adapter_output``);
 - a row without an adapter (the base) is in no structure's rows, or gets an all-zero bank entry: it computes
@@ -51,6 +52,9 @@ def bankable(strategy) -> str | None:
         tensors = banked_tensors(module)
         if not tensors:
             return f"{strategy.name}'s bank module {name} is a {type(module).__name__}, not a linear map it can gather"
+        frozen = [t for t in tensors if getattr(module, t) is not None and f"{name}.{t}" not in trained]
+        if frozen:  # each row's bank entry comes from its adapter's tensors, which hold trained tensors only
+            return f"{strategy.name}'s bank module {name} holds a tensor it does not train ({frozen[0]}): each user decodes alone"
         covered |= {f"{name}.{t}" for t in (*tensors, *getattr(module, "training_only_tensors", ()))}
     outside = [n for n in trained if n not in covered]
     if outside:
@@ -66,6 +70,8 @@ def mixable(strategy) -> bool:
         and isinstance(layers, dict)
         and bool(layers)
         and all(hasattr(layer, "adapter_output") and hasattr(layer, "base_layer") for layer in layers.values())
+        # every banked part inside a layer the mixed model calls: nothing of the adapter is left out
+        and all(any(name.startswith(f"{path}.") for path in layers) for name in strategy.bank_modules())
     )
 
 
@@ -96,8 +102,8 @@ def row_banked(strategy, adapters: list[dict[str, torch.Tensor] | None], rows: l
     if reason is not None:
         raise ValueError(reason)
     modules = strategy.bank_modules()
-    index = torch.tensor(rows, dtype=torch.long)
     banks = {}
+    index = torch.tensor(rows, dtype=torch.long)
     for name, module in modules.items():
         if module.training:
             raise ValueError(f"{name} is in training mode: a bank serves the inference forward only")
@@ -111,6 +117,7 @@ def row_banked(strategy, adapters: list[dict[str, torch.Tensor] | None], rows: l
                 for tensors in adapters
             ]
             banks[name][tensor_name] = torch.stack(entries).to(own)
+            index = index.to(own.device)
 
     def banked_forward(bank: dict):
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +154,7 @@ class MixedLayer(nn.Module):
             if len(rows) == self.routing["requests"]:  # every row is this structure's: no gathering
                 output = output + layer.adapter_output(x, output).to(output.dtype)
                 continue
-            chosen = expand_rows(rows, x.shape[0], self.routing["requests"])
+            chosen = expand_rows(rows.to(x.device), x.shape[0], self.routing["requests"])
             added = layer.adapter_output(x[chosen], output[chosen])
             output.index_add_(0, chosen, added.to(output.dtype))  # the base layer's fresh output: ours to change
         return output
@@ -175,17 +182,17 @@ class MixedModel:
     def rows(self, assignment: list[tuple[str | None, dict | None]]):
         """Within the block, request r of a batch uses ``assignment[r]``: (structure key, its tensors), or
         (None, None) for the base."""
-        self.routing["requests"] = len(assignment)
-        with ExitStack() as stack:
-            for key, slot in self.slots.items():
-                positions = [r for r, (k, _) in enumerate(assignment) if k == key]
-                if not positions:
-                    continue
-                self.routing["rows"][key] = torch.tensor(positions, dtype=torch.long)
-                tensors = [assignment[r][1] for r in positions]
-                stack.enter_context(row_banked(slot.strategy, tensors, list(range(len(positions)))))
-            try:
+        routes = {}
+        try:
+            with ExitStack() as stack:
+                for key, slot in self.slots.items():
+                    positions = [r for r, (k, _) in enumerate(assignment) if k == key]
+                    if positions:
+                        tensors = [assignment[r][1] for r in positions]
+                        stack.enter_context(row_banked(slot.strategy, tensors, list(range(len(positions)))))
+                        routes[key] = torch.tensor(positions, dtype=torch.long)
+                # routed only once every bank is open: a structure never computes with unbanked modules
+                self.routing.update(requests=len(assignment), rows=routes)
                 yield self.model
-            finally:
-                self.routing["rows"].clear()
-                self.routing["requests"] = 0
+        finally:
+            self.routing.update(requests=0, rows={})

@@ -3,9 +3,10 @@
 - **Structures over shared weights** (``serving/slots.py``): one injected copy of the base per adapter
   structure, its base weights the base's own tensors.
 - **One request path.** ``transcribe`` is ``transcribe_many`` of one request. Requests whose strategies declare
-  a bank (``AdapterStrategy.bank_modules``, checked by ``serving.bank.bankable``) share one batched pass over
-  the base, whatever their structures, each row with exactly its own adapter; the others are decoded one at a
-  time in their slot after a swap, and the response says why.
+  a bank (``AdapterStrategy.bank_modules``, checked by ``serving.bank.bankable``) and whose layers say what
+  they add (``adapter_output``) share one batched pass over the base with the base rows, whatever their
+  structures, each row with exactly its own adapter; a bank alone shares a pass among one structure's users;
+  the others are decoded one at a time in their slot after a swap, and the response says why.
 - **Hot swap.** A slot remembers which adapter its parameters hold, so consecutive requests of one user copy
   nothing; a copy that fails halfway leaves the slot marked empty.
 - **Merged mode** folds a mergeable strategy into the shared base weights for the decode and then copies back
@@ -19,6 +20,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -27,7 +29,7 @@ from lightning_asr.audio import SAMPLE_RATE
 from lightning_asr.config import DecodeConfig, ModelConfig, structured
 from lightning_asr.models import backbone_for
 from lightning_asr.serving.audio import decode_audio_bytes
-from lightning_asr.serving.bank import bankable, mixable
+from lightning_asr.serving.bank import bankable, mixable, row_banked
 from lightning_asr.serving.errors import ServeError
 from lightning_asr.serving.keys import check_request
 from lightning_asr.serving.limits import ServiceLimits
@@ -37,6 +39,13 @@ from lightning_asr.serving.store import AdapterStore, StoredAdapter
 MODES = ("merged", "unmerged")
 WINDOWS_PER_BATCH = 16  # windows decoded together, in batches of at most this many (bounded memory)
 STAGES = ("audio", "queue", "adapter_load", "swap", "merge", "decode")
+
+
+@contextmanager
+def slot_bank(slot: Slot, assignment: list[tuple]):
+    """A slot's own model, row r with ``assignment[r]``'s tensors (a pass of one structure's users)."""
+    with row_banked(slot.strategy, [tensors for _, tensors in assignment], list(range(len(assignment)))):
+        yield slot.model
 
 
 @dataclass
@@ -212,20 +221,28 @@ class AdapterServer:
     # ---- decoding --------------------------------------------------------------------------------------------
     def decode_rows(self, rows: list[Row]):
         """(row, response) for every row: one shared pass for the rows that can share one, the rest alone."""
-        shared, alone = [], []
+        shared, own_bank, alone = [], {}, []
         for row in rows:
             if row.adapter is None:
                 shared.append(row)
             elif self.mode == "merged" and row.slot.strategy.mergeable:
                 alone.append((row, "merged mode folds one adapter at a time"))
-            elif not mixable(row.slot.strategy):
-                alone.append((row, bankable(row.slot.strategy) or "its layers do not say what they add to the base"))
-            else:
+            elif mixable(row.slot.strategy):
                 shared.append(row)
+            elif bankable(row.slot.strategy) is None:  # a bank, but no adapter_output: a pass of its own
+                own_bank.setdefault(row.slot.key, []).append(row)
+            else:
+                alone.append((row, bankable(row.slot.strategy)))
         if len(shared) == 1 and shared[0].adapter is not None:  # one user: the slot's own forward, no gathering
             alone.append((shared.pop(), None))
         if shared:
-            yield from self.decode_shared(shared)
+            mixed = self.structures.mixed_model({row.slot.key: row.slot for row in shared if row.slot is not None})
+            yield from self.decode_shared(shared, mixed.rows)
+        for group in own_bank.values():
+            if len(group) == 1:
+                alone.append((group[0], None))
+            else:
+                yield from self.decode_shared(group, partial(slot_bank, group[0].slot))
         for row, reason in alone:
             yield row, self.decode_alone(row, reason)
 
@@ -268,18 +285,16 @@ class AdapterServer:
                 cap_hits += hits
         return texts, language, cap_hits
 
-    def decode_shared(self, rows: list[Row]):
+    def decode_shared(self, rows: list[Row], routed):
         """Every window of ``rows`` in batches of at most ``WINDOWS_PER_BATCH``, each window with its
-        request's adapter, through one model that mixes the rows' structures."""
-        started = time.perf_counter()
-        mixed = self.structures.mixed_model({row.slot.key: row.slot for row in rows if row.slot is not None})
+        request's adapter: ``routed(assignment)`` opens the model whose row r uses ``assignment[r]``
+        ((structure key, tensors), or (None, None): the base)."""
         assignment = [(row.slot.key, row.adapter.tensors) if row.adapter else (None, None) for row in rows]
-        swap_ms = (time.perf_counter() - started) * 1000
         with torch.no_grad():
             for position, row in enumerate(rows):  # detect per request, on its first window, with its adapter
                 if row.language is None:
                     first = {k: v[:1].to(self.device) for k, v in row.features[0].items()}
-                    with mixed.rows([assignment[position]]) as model:
+                    with routed([assignment[position]]) as model:
                         row.language = self.backbone.detect_language(model, first)
         windows = []  # (row position, model inputs of one window)
         for position, row in enumerate(rows):
@@ -297,7 +312,7 @@ class AdapterServer:
                 positions = [position for position, _ in chunk]
                 inputs = {k: torch.cat([w[k] for _, w in chunk]).to(self.device) for k in chunk[0][1]}
                 languages = [rows[position].language for position in positions]
-                with mixed.rows([assignment[p] for p in positions]) as model:
+                with routed([assignment[p] for p in positions]) as model:
                     chunk_texts, _ = self.backbone.decode(
                         model,
                         self.processor.tokenizer,
@@ -309,7 +324,7 @@ class AdapterServer:
                     texts[position].append(text)
         decode_ms = (time.perf_counter() - decode_started) * 1000
         for position, row in enumerate(rows):
-            row.timings.update(swap=swap_ms, decode=decode_ms)
+            row.timings["decode"] = decode_ms
             # cap hits are counted per batch, not per row: not reported for a shared pass
             yield row, self.response(row, texts[position], row.language, None, "unmerged", len(rows), None)
 
@@ -358,10 +373,12 @@ class AdapterServer:
             yield state
         finally:
             restore = time.perf_counter()
-            slot.strategy.unmerge()
-            with torch.no_grad():  # subtracting back leaves rounding residue: the kept weights are exact
-                for target, weight in zip(targets, originals):
-                    target.copy_(weight)
+            try:
+                slot.strategy.unmerge()
+            finally:  # subtracting back leaves rounding residue, or fails: the kept weights are exact
+                with torch.no_grad():
+                    for target, weight in zip(targets, originals):
+                        target.copy_(weight)
             state["ms"] += (time.perf_counter() - restore) * 1000
 
     def preload_structures(self) -> int:
