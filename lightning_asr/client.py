@@ -125,18 +125,33 @@ def transcribe(
     timeout: float = 300.0,
     api_key: str | None = None,
     user_key: str | None = None,
+    adapter_id: str | None = None,
 ) -> dict:
     """Transcribe one WAV/FLAC file with ``user``'s adapter from the server's store, or with the adapter in
     ``adapter_dir`` (sent along; with ``user`` too where the server requires uploads to name their user), or,
-    with neither, with the base model itself.
+    with neither, with the base model itself. ``adapter_id``: an adapter registered before
+    (``register_adapter``), named instead of sent.
     ``api_key``: the server's bearer token; ``user_key``: the user's own key. Raises ``ServerError`` with the
     server's explanation when refused."""
     url = server_url(server, "/v1/transcribe")
     audio = read_file(audio_path, "audio file")
     headers = auth_headers(api_key, user_key)
     if adapter_dir is None:
-        query = {**({"user": user} if user else {}), **({"language": language} if language else {})}
+        query = {
+            **({"user": user} if user else {}),
+            **({"language": language} if language else {}),
+            **({"adapter": adapter_id} if adapter_id else {}),
+        }
         return post(f"{url}?{urllib.parse.urlencode(query)}", audio, "application/octet-stream", timeout, headers)
+    fields = [("audio", Path(audio_path).name, audio), *adapter_parts(adapter_dir)]
+    fields += [("language", None, language.encode())] if language else []
+    fields += [("user", None, user.encode())] if user else []
+    body, content_type = multipart_body(fields)
+    return post(url, body, content_type, timeout, headers)
+
+
+def adapter_parts(adapter_dir: str | Path) -> list[tuple[str, str, bytes]]:
+    """The ``adapter`` parts of a multipart body: the files of an exported adapter directory."""
     directory = Path(adapter_dir)
     files = [
         ("adapter", name, read_file(directory / name, "adapter file"))
@@ -148,13 +163,22 @@ def transcribe(
             f"{directory} holds no adapter files ({', '.join(ADAPTER_FILES)}) — fix: give the directory "
             "strategy.save_adapter (or python -m lightning_asr export) wrote"
         )
-    fields = [("audio", Path(audio_path).name, audio), *files]
-    if language:
-        fields.append(("language", None, language.encode()))
-    if user:
-        fields.append(("user", None, user.encode()))
+    return files
+
+
+def register_adapter(
+    server: str,
+    adapter_dir: str | Path,
+    user: str | None = None,
+    timeout: float = 300.0,
+    api_key: str | None = None,
+    user_key: str | None = None,
+) -> dict:
+    """Upload an adapter once (``{"adapter_id", "strategy", "bytes"}``); ``transcribe(..., adapter_id=...)``
+    then names it instead of sending its files with every request."""
+    fields = [*adapter_parts(adapter_dir), *([("user", None, user.encode())] if user else [])]
     body, content_type = multipart_body(fields)
-    return post(url, body, content_type, timeout, headers)
+    return post(server_url(server, "/v1/adapters"), body, content_type, timeout, auth_headers(api_key, user_key))
 
 
 def health(server: str, timeout: float = 30.0) -> dict:

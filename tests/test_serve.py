@@ -431,3 +431,17 @@ def test_client_errors_name_the_fix(tmp_path, capsys):
     assert main(["transcribe", "--server", url, "--user", "alice", str(tmp_path / "missing.wav"), str(audio)]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [("does not exist" in r["error"], "cannot reach" in r["error"]) for r in lines] == [(1, 0), (0, 1)]
+
+
+def test_an_adapter_registered_once_is_named_by_its_fingerprint(served, store):
+    """A device uploads its adapter once and then sends only the audio and the adapter's id: the transcript
+    offline decoding gives; an unknown id is 404 with the fix."""
+    url, _ = served
+    registered = client.register_adapter(url, store["adapters"] / "gina")
+    again = client.register_adapter(url, store["adapters"] / "gina")
+    assert registered["adapter_id"] == again["adapter_id"] and registered["strategy"] == "glora"
+    result = ask(url, store["audio"], adapter_id=registered["adapter_id"])
+    assert result["text"] == store["offline"]["gina"] and result["adapter_source"] == "registered"
+    with pytest.raises(client.ServerError) as refused:
+        ask(url, store["audio"], adapter_id="0" * 64)
+    assert refused.value.status == 404 and "POST /v1/adapters" in refused.value.detail

@@ -15,7 +15,9 @@ a user's own key, where the store holds one for that user. Every limit comes fro
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
-from lightning_asr.serving.batcher import RequestBatcher
+from lightning_asr.serving.batcher import ENGINE_THREAD, RequestBatcher
 from lightning_asr.serving.errors import ServeError
 from lightning_asr.serving.keys import api_key_valid, key_digest
 from lightning_asr.serving.store import ADAPTER_FILES
@@ -69,6 +71,14 @@ class Transcription(BaseModel):
     note: str | None = None
 
 
+class Registered(BaseModel):
+    """A registered adapter: the id requests name it by (its files' fingerprint)."""
+
+    adapter_id: str
+    strategy: str
+    bytes: int
+
+
 class Problem(BaseModel):
     """Every refusal: what went wrong and the fix, and the HTTP status."""
 
@@ -87,6 +97,25 @@ REFUSALS = {
     503: "too many requests waiting (see Retry-After)",
 }
 AUDIO_SCHEMA = {"type": "string", "format": "binary", "description": "WAV or FLAC"}
+ADAPTER_PARTS = {
+    "type": "array",
+    "items": {"type": "string", "format": "binary"},
+    "description": "the files of an adapter directory, under their own names",
+}
+ADAPTER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["adapter"],
+                    "properties": {"adapter": ADAPTER_PARTS, "user": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
 TRANSCRIBE_BODY = {  # the route reads the body itself: bounded before it is parsed
     "requestBody": {
         "required": True,
@@ -100,11 +129,8 @@ TRANSCRIBE_BODY = {  # the route reads the body itself: bounded before it is par
                         "audio": AUDIO_SCHEMA,
                         "user": {"type": "string", "description": "a user of the store (or of the upload)"},
                         "language": {"type": "string", "description": "auto, or a language code"},
-                        "adapter": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "the files of an adapter directory, under their own names",
-                        },
+                        "adapter": ADAPTER_PARTS,
+                        "adapter_id": {"type": "string", "description": "a registered adapter's id"},
                     },
                 }
             },
@@ -160,8 +186,11 @@ async def read_form(request: Request, body: bytes):
         raise ServeError(400, f"malformed multipart body: {err}") from None
 
 
-async def parse_request(request: Request, user: str | None, language: str | None, limits) -> dict:
-    """``transcribe_many``'s request from the HTTP request: audio, user, language, adapter files, user key."""
+async def parse_request(
+    request: Request, user: str | None, language: str | None, limits, adapter_id: str | None = None, audio_required=True
+) -> dict:
+    """``transcribe_many``'s request from the HTTP request: audio (where ``audio_required``), user, language, adapter
+    files or registered id, user key."""
     body = await read_body(request, limits.max_upload_bytes)
     adapter_files = None
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
@@ -177,6 +206,8 @@ async def parse_request(request: Request, user: str | None, language: str | None
                 user = content.decode("utf-8", "replace").strip()
             elif name == "language":
                 language = content.decode("utf-8", "replace").strip()
+            elif name == "adapter_id":
+                adapter_id = content.decode("utf-8", "replace").strip()
             elif name == "adapter" and isinstance(value, UploadFile):
                 adapter_files = adapter_files or {}
                 key = Path(value.filename or "").name
@@ -190,9 +221,11 @@ async def parse_request(request: Request, user: str | None, language: str | None
                     raise ServeError(422, f"adapter file {key} sent twice — fix: send each file once")
                 adapter_files[key] = content
             else:
-                raise ServeError(422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter")
+                raise ServeError(
+                    422, f"unexpected form field {name!r} — fix: use audio, user, language, adapter, adapter_id"
+                )
         await form.close()
-        if audio is None:
+        if audio is None and audio_required:
             raise ServeError(422, "multipart request without an 'audio' part")
         if adapter_files and sum(map(len, adapter_files.values())) > limits.max_adapter_bytes:
             raise ServeError(
@@ -204,6 +237,7 @@ async def parse_request(request: Request, user: str | None, language: str | None
         "audio": audio,
         "user": user,
         "adapter_files": adapter_files,
+        "adapter_id": adapter_id,
         "language": language,
         "user_key": request.headers.get("x-user-key"),
     }
@@ -253,7 +287,9 @@ def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
         responses={status: {"model": Problem, "description": what} for status, what in REFUSALS.items()},
         openapi_extra=TRANSCRIBE_BODY,
     )
-    async def transcribe(request: Request, user: str | None = None, language: str | None = None):
+    async def transcribe(
+        request: Request, user: str | None = None, language: str | None = None, adapter: str | None = None
+    ):
         if waiting["count"] > limits.max_queue:
             raise ServeError(
                 503,
@@ -262,9 +298,25 @@ def create_app(engine, api_keys: list[str] | None = None) -> FastAPI:
             )
         waiting["count"] += 1
         try:
-            return await batcher.submit(await parse_request(request, user, language, limits))
+            return await batcher.submit(await parse_request(request, user, language, limits, adapter))
         finally:
             waiting["count"] -= 1
+
+    @protected.post(
+        "/adapters",
+        response_model=Registered,
+        responses={
+            status: {"model": Problem, "description": REFUSALS[status]} for status in (400, 401, 403, 409, 413, 422)
+        },
+        openapi_extra=ADAPTER_BODY,
+    )
+    async def register(request: Request, user: str | None = None):
+        """Upload an adapter once; later requests name it (``?adapter=ID``) instead of sending its files."""
+        parsed = await parse_request(request, user, None, limits, audio_required=False)
+        if not parsed["adapter_files"]:
+            raise ServeError(422, "no adapter files — fix: send the files of an adapter directory as 'adapter' parts")
+        register = partial(engine.register_adapter, parsed["adapter_files"], parsed["user"], parsed["user_key"])
+        return await asyncio.get_running_loop().run_in_executor(ENGINE_THREAD, register)
 
     # the API's page works offline: Swagger UI's files come from a package, not a CDN; it and the schema
     # hold no data, so they stay open where an API key guards the rest (its Authorize button takes the key)

@@ -165,6 +165,10 @@ class AdapterServer:
             row = Row(index, request, time.perf_counter())
             try:
                 user, files = request.get("user"), request.get("adapter_files")
+                if request.get("adapter_id") is not None:  # a registered upload: checked as an upload
+                    if files is not None:
+                        raise ServeError(400, "give either the adapter's files or its registered id, not both")
+                    files = {}
                 check_request(self.store.root, user, files, request.get("user_key"), self.require_user_keys)
                 language = request.get("language")
                 row.language = self.default_language if language is None else self.parse_language(language)
@@ -193,18 +197,30 @@ class AdapterServer:
                 self.snapshot = self.take_snapshot()
         return results
 
+    def register_adapter(self, files: dict[str, bytes], user: str | None = None, user_key: str | None = None) -> dict:
+        """Check an uploaded adapter and keep it under its fingerprint, which later requests name instead of
+        sending the files (``adapter_id``)."""
+        check_request(self.store.root, user, files, user_key, self.require_user_keys)
+        with self.lock:
+            adapter_id, adapter = self.store.register(files, user)
+        return {"adapter_id": adapter_id, "strategy": adapter.strategy, "bytes": sum(map(len, files.values()))}
+
     def resolve(self, row: Row) -> None:
-        """The row's adapter (read, or from the store's cache) and its slot, the tensors checked against it."""
-        user, files = row.request.get("user"), row.request.get("adapter_files")
-        if user is None and files is None:
+        """The row's adapter (read, registered, or from the store's cache) and its slot, the tensors checked
+        against it."""
+        user, files, named = row.request.get("user"), row.request.get("adapter_files"), row.request.get("adapter_id")
+        if user is None and files is None and named is None:
             return
         started = time.perf_counter()
-        if files is not None:
+        if named is not None:
+            row.adapter, row.cache_hit = self.store.named(named, user, self.require_user_keys), True
+            read_ms = 0.0
+        elif files is not None:
             row.adapter = self.store.upload(files)
             read_ms = (time.perf_counter() - started) * 1000
         else:
             row.adapter, row.cache_hit, read_ms = self.store.user(user)
-        what = "the uploaded adapter" if files is not None else f"user {user!r}"
+        what = f"user {user!r}" if files is None and named is None else "the uploaded adapter"
         started, structures = time.perf_counter(), len(self.slots)
         row.slot = self.slot(row.adapter.side, what, row.adapter.key)
         checked = id(row.slot) in row.adapter.fits
@@ -336,7 +352,13 @@ class AdapterServer:
             "language": language,
             "language_detected": row.detected,
             "user": request.get("user"),
-            "adapter_source": None if adapter is None else "upload" if request.get("adapter_files") else "store",
+            "adapter_source": None
+            if adapter is None
+            else "registered"
+            if request.get("adapter_id")
+            else "upload"
+            if request.get("adapter_files")
+            else "store",
             "strategy": adapter.strategy if adapter is not None else "base",
             "mode": mode,
             "cache_hit": row.cache_hit,

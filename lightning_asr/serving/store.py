@@ -8,6 +8,7 @@ unpickled: adapter files are safetensors and JSON, and user ids are validated be
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import tempfile
@@ -80,6 +81,7 @@ class AdapterStore:
             raise ValueError("cache_size must be at least 1")
         self.root, self.fingerprint, self.base_spec, self.cache_size = Path(root), fingerprint, base_spec, cache_size
         self.cache: OrderedDict[str, StoredAdapter] = OrderedDict()
+        self.registered: OrderedDict[str, tuple[StoredAdapter, str | None]] = OrderedDict()  # id: (adapter, owner)
         self.tokens = itertools.count(1)
 
     def user(self, user: str) -> tuple[StoredAdapter, bool, float]:
@@ -114,6 +116,35 @@ class AdapterStore:
             for name, content in files.items():
                 (Path(tmp) / name).write_bytes(content)
             return self.read(Path(tmp), "the uploaded adapter")
+
+    def register(self, files: dict[str, bytes], owner: str | None) -> tuple[str, StoredAdapter]:
+        """An uploaded adapter kept under its fingerprint (the SHA-256 of its files), so a device uploads it
+        once and then names it; the ``cache_size`` most recently used are kept. ``owner``: the user it was
+        registered for (where user keys are required, only that user may name it)."""
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        adapter_id = digest.hexdigest()
+        if adapter_id not in self.registered:
+            self.registered[adapter_id] = (self.upload(files), owner)
+        self.registered.move_to_end(adapter_id)
+        while len(self.registered) > self.cache_size:
+            self.registered.popitem(last=False)
+        return adapter_id, self.registered[adapter_id][0]
+
+    def named(self, adapter_id: str, user: str | None, keys_required: bool) -> StoredAdapter:
+        """The adapter registered under ``adapter_id``."""
+        if adapter_id not in self.registered:
+            raise ServeError(
+                404,
+                f"no adapter registered as {adapter_id[:16]!r}... (or it was evicted) — fix: upload it again with "
+                "POST /v1/adapters, or send its files with the request",
+            )
+        adapter, owner = self.registered[adapter_id]
+        if keys_required and owner != user:
+            raise ServeError(403, "this adapter was registered for another user — fix: register it for yours")
+        self.registered.move_to_end(adapter_id)
+        return adapter
 
     def side(self, directory: Path, what: str) -> dict:
         """The side file, checked for this base."""
