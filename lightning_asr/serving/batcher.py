@@ -14,8 +14,7 @@ log = logging.getLogger(__name__)
 # structures, decoding. PyTorch's CPU wheels parallelise with libgomp, which stops its worker threads from
 # spinning between parallel regions once more OpenMP threads exist than cores: a second thread running
 # parallel regions beside another thread's team (e.g. the main thread's, after loading the model there) makes
-# every small operation wait for sleeping workers. Measured on 2 cores, a loop of decoder-sized operations ran
-# 7x slower in a second thread than in the only one.
+# every small operation wait for sleeping workers (benchmarks/engine_thread.py measures it).
 ENGINE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightning-asr-engine")
 
 

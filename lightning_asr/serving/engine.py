@@ -29,7 +29,7 @@ from lightning_asr.audio import SAMPLE_RATE
 from lightning_asr.config import DecodeConfig, ModelConfig, structured
 from lightning_asr.models import backbone_for
 from lightning_asr.serving.audio import decode_audio_bytes
-from lightning_asr.serving.bank import bankable, mixable, row_banked
+from lightning_asr.serving.bank import row_banked
 from lightning_asr.serving.errors import ServeError
 from lightning_asr.serving.keys import check_request
 from lightning_asr.serving.limits import ServiceLimits
@@ -116,10 +116,6 @@ class AdapterServer:
         self.served = 0
         # (cached users, structures, cached bytes), replaced whole under the lock: health reads it without waiting
         self.snapshot: tuple[tuple[str, ...], tuple[str, ...], int] = ((), (), 0)
-
-    @property
-    def adapters_dir(self):
-        return self.store.root
 
     # ---- requests --------------------------------------------------------------------------------------------
     def parse_language(self, language: str | None) -> str | None:
@@ -243,12 +239,12 @@ class AdapterServer:
                 shared.append(row)
             elif self.mode == "merged" and row.slot.strategy.mergeable:
                 alone.append((row, "merged mode folds one adapter at a time"))
-            elif mixable(row.slot.strategy):
+            elif row.slot.mixes:
                 shared.append(row)
-            elif bankable(row.slot.strategy) is None:  # a bank, but no adapter_output: a pass of its own
+            elif row.slot.alone_reason is None:  # a bank, but no adapter_output: a pass of its own
                 own_bank.setdefault(row.slot.key, []).append(row)
             else:
-                alone.append((row, bankable(row.slot.strategy)))
+                alone.append((row, row.slot.alone_reason))
         if len(shared) == 1 and shared[0].adapter is not None:  # one user: the slot's own forward, no gathering
             alone.append((shared.pop(), None))
         if shared:

@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_asr.adapters import AdapterStrategy, adapter_config, build_strategy
 from lightning_asr.config import ConfigError
-from lightning_asr.serving.bank import MixedModel
+from lightning_asr.serving.bank import MixedModel, bankable, mixable
 from lightning_asr.serving.errors import ServeError
 from lightning_asr.serving.store import AdapterStore, structure_key
 
@@ -32,6 +32,10 @@ class Slot:
     model: nn.Module
     tokenizer: object  # the base's, or a copy extended with the adapter's new tokens
     loaded: int | None = None  # token of the adapter whose tensors the slot's parameters hold
+    # decided once, when the structure is injected: why its users decode alone (None: they can share a bank),
+    # and whether they can share a pass with other structures
+    alone_reason: str | None = None
+    mixes: bool = False
 
 
 class Structures:
@@ -80,7 +84,8 @@ class Structures:
             except ValueError as err:
                 raise ServeError(422, f"{what}: {err}") from err
         model.eval()
-        slot = self.slots[key] = Slot(key, strategy, model, tokenizer)
+        slot = Slot(key, strategy, model, tokenizer, alone_reason=bankable(strategy), mixes=mixable(strategy))
+        self.slots[key] = slot
         while len(self.slots) > self.max_structures:
             evicted, _ = self.slots.popitem(last=False)
             self.store.forget_structure(evicted)

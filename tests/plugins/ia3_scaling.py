@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_asr.adapters import AdapterStrategy, StrategyConfig, matches_any, register
+from lightning_asr.adapters import AdapterStrategy, StrategyConfig, register
+from lightning_asr.adapters.lora import wrap_linear_layers
 
 
 @dataclass
@@ -33,14 +34,7 @@ class ScaledOutput(nn.Module):
 class IA3Scaling(AdapterStrategy):
     def attach(self, model, for_training=True):
         super().attach(model, for_training)
-        self.target_names = [
-            n
-            for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and matches_any(n, list(self.config.target_modules))
-        ]
-        for name in self.target_names:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, ScaledOutput(model.get_submodule(name)))
+        self.target_names = wrap_linear_layers(model, list(self.config.target_modules), ScaledOutput)
         return model
 
     def layers(self) -> dict[str, ScaledOutput]:
