@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark profile")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
-    from lightning_asr.study.benchmark import BaseGateError, Benchmark
+    from lightning_asr.study.base_model import BaseGateError
+    from lightning_asr.study.benchmark import Benchmark
     from lightning_asr.study.forgetting import errors
     from lightning_asr.study.profile import load_bench_config
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         benchmark.corpus_checksum = benchmark.prepare_data()
         try:
-            base = benchmark.prepare_base()
+            base = benchmark.base.prepare()
             passed = True
         except BaseGateError as err:
             print(f"seed {seed}: {err}", flush=True)

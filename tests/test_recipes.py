@@ -24,8 +24,8 @@ def test_recipe_resolves_every_cell(recipe, capsys):
     bench, path = load_bench_config(str(ROOT / "configs" / "bench" / f"{recipe}.yaml"))
     benchmark = Benchmark(bench, path)
     spec, target_name = RECIPES[recipe]
-    assert bench.base.spec == spec and spec not in PRESETS and not benchmark.pretrains
-    assert benchmark.target_name == target_name and benchmark.source_train_manifests() == []
+    assert bench.base.spec == spec and spec not in PRESETS and not benchmark.base.pretrains
+    assert benchmark.target_name == target_name and benchmark.base.source_train_manifests() == []
     lines = benchmark.check(list(bench.seeds))
     cells = [line for line in lines if line.startswith("cell ")]
     assert len(cells) == len(bench.strategies) * len(bench.seeds) == 21
@@ -123,7 +123,7 @@ def test_the_sweep_and_crn_profiles_plan_the_cells_they_describe():
 def test_real_whisper_profile_plans_its_cells_on_a_6_s_window_without_fetching():
     bench, path = load_bench_config(str(ROOT / "configs" / "bench" / "whisper_base.yaml"))
     benchmark = Benchmark(bench, path)
-    assert bench.base.spec == "whisper-base" and not benchmark.pretrains and bench.source_sets == ["en"]
+    assert bench.base.spec == "whisper-base" and not benchmark.base.pretrains and bench.source_sets == ["en"]
     assert bench.adapt["model"]["encoder_positions"] == 300  # the base evaluation and every cell read 6 s
     lines = benchmark.check(list(bench.seeds))
     cells = [line for line in lines if line.startswith("cell ")]

@@ -30,7 +30,6 @@ import lightning as L
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-import lightning_asr
 from lightning_asr.config import (
     ConfigError,
     ScoringConfig,
@@ -42,13 +41,13 @@ from lightning_asr.config import (
 )
 from lightning_asr.data.datamodule import set_language, set_name
 from lightning_asr.metrics import METRIC_NAMES, score_texts
-from lightning_asr.models import backbone_for, is_preset
+from lightning_asr.models import backbone_for
 from lightning_asr.study import figures, tracking
+from lightning_asr.study.base_model import BaseModel, say
 from lightning_asr.study.curves import LearningCurve
 from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors, label_free_drift
 from lightning_asr.study.identity import (
     CELL_VERSION,
-    PRETRAIN_RECIPE_VERSION,
     base_identity,
     checksum,
     config_identity,
@@ -62,19 +61,6 @@ from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
 
 INTERPOLATION = "interpolation.json"  # a cell's λ curve, beside predictions.json
-
-
-class BaseGateError(ConfigError):
-    """The pretrained base did not reach the profile's bounds on the source dev sets; ``path`` is where it
-    was kept."""
-
-    def __init__(self, message: str, path: Path):
-        super().__init__(message)
-        self.path = path
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
 
 
 class Benchmark:
@@ -111,7 +97,7 @@ class Benchmark:
         labels = [entry["label"] for entry in self.entries]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{config_path}: strategy labels must be unique, got {labels}")
-        self.dev_bounds()  # a bound for a set that is not a source set is an error now, not after pretraining
+        self.base = BaseModel(bench, config_path, self.manifest, self.out)
         if bench.reference not in labels:
             raise ConfigError(f"{config_path}: reference {bench.reference!r} is not among the strategies {labels}")
 
@@ -126,7 +112,7 @@ class Benchmark:
             build_corpus(
                 CorpusSpec(c.seed, c.train, c.dev, c.test, c.target_train), self.root
             )  # every set: one corpus serves both target profiles
-        manifests = sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()})
+        manifests = sorted({*self.test_manifests, *self.target.values(), *self.base.source_train_manifests()})
         for manifest in manifests:
             if not Path(manifest).exists():
                 raise ConfigError(
@@ -134,10 +120,6 @@ class Benchmark:
                 )
         say(f"stage 0: data ready in {time.perf_counter() - started:.1f} s")
         return checksum(manifests)
-
-    def pretraining_manifests(self) -> list[str]:
-        """What pretraining reads: the source training sets, and their dev sets for validation and the gate."""
-        return self.source_train_manifests() + [self.manifest(s, "dev") for s in self.bench.source_sets]
 
     def manifest(self, set_name_: str, split: str) -> str:
         entry = self.bench.manifests.get(set_name_, {})
@@ -147,156 +129,6 @@ class Benchmark:
                 f"{self.config_path}: manifests.{set_name_} has {unknown}; splits are train, dev and test"
             )
         return str(entry.get(split) or self.root / set_name_ / f"{split}.jsonl")
-
-    @property
-    def pretrains(self) -> bool:
-        return self.bench.base.pretrain and is_preset(self.bench.base.spec)
-
-    def source_train_manifests(self) -> list[str]:
-        return [self.manifest(s, "train") for s in self.bench.source_sets] if self.pretrains else []
-
-    def check_vocabulary_coverage(self, model_config) -> None:
-        """A base pretrained here has trained embeddings (output units) only for what its source data holds;
-        adapters that cannot touch embeddings cannot learn target units it never saw. Stop before wasting
-        the run."""
-        from lightning_asr.data.manifest import read_manifest
-
-        backbone = backbone_for(model_config.spec)
-
-        def units(manifests):
-            return backbone.output_units(model_config, [u for m in manifests for u in read_manifest(m)])
-
-        source, target = units(self.source_train_manifests()), units([self.target["train"], self.target["test"]])
-        unseen = sorted(target - source)
-        if unseen:
-            raise ConfigError(
-                f"{len(unseen)} of {len(target)} target tokens never occur in the source training data "
-                f"({unseen[:10]}...) — fix: extend the source text pools so "
-                "the pretrained base has trained embeddings for every target token"
-            )
-
-    def prepare_base(self) -> str:
-        base = self.bench.base
-        if not self.pretrains:
-            say(f"stage 0: base model {base.spec} (no pretraining)")
-            return base.spec
-        overrides = OmegaConf.to_container(base.train, resolve=True)
-        check_keys(overrides, TrainConfig, f"{self.config_path}: base.train")
-        config = to_dict(
-            OmegaConf.merge(
-                OmegaConf.structured(TrainConfig),
-                overrides,
-                {
-                    "model": {"spec": base.spec},
-                    "data": {
-                        "train_manifests": self.source_train_manifests(),
-                        "val_manifests": [self.manifest(s, "dev") for s in self.bench.source_sets],
-                    },
-                },
-            )
-        )
-        key = digest(
-            {
-                "config": config_identity(config),
-                "corpus": checksum(self.pretraining_manifests()),
-                "recipe": PRETRAIN_RECIPE_VERSION,
-                "version": lightning_asr.__version__,
-            }
-        )[:12]
-        target = Path(base.cache_dir) / f"{base.spec}-{key}"
-        if (target / "config.json").exists():
-            record = json.loads((target / "pretraining.json").read_text())
-            problem = self.above_bounds(record.get("dev_errors", {}))
-            if problem:  # cached under looser bounds than the profile's now
-                raise BaseGateError(
-                    f"the cached base {target} reached {problem} — fix: relax base.max_dev_error, or "
-                    f"remove {target} and give pretraining more steps (base.train)",
-                    target,
-                )
-            say(f"stage 0: reusing pretrained base {target}")
-            return str(target)
-        config["output_dir"] = str(self.out / "pretrain" / key)
-        config = structured(TrainConfig, config, lenient_adapter=False)
-        if base.require_vocabulary_coverage:
-            self.check_vocabulary_coverage(config.model)
-        resume = (Path(config.output_dir) / "checkpoints" / "last.ckpt").exists()
-        say(
-            f"stage 0: pretraining {base.spec} on {', '.join(self.bench.source_sets)} for {config.trainer.max_steps} "
-            f"steps{' (resuming)' if resume else ''}"
-        )
-        started = time.perf_counter()
-        from lightning_asr.module import ASRModule
-        from lightning_asr.train import train
-
-        result = train(config, resume=resume, force=not resume)
-        train_seconds = time.perf_counter() - started
-        module = ASRModule.from_checkpoint(result.best_checkpoint)
-        dev = self.base_dev_errors(module, config)
-        reached = ", ".join(f"{name} {error:.3f}" for name, error in dev.items())
-        too_high = self.above_bounds(dev)
-        record = {
-            "validation": result.validation,
-            "dev_errors": dev,
-            "stopped_at_step": result.stopped_at_step,
-            "train_seconds": round(train_seconds, 1),
-            "config": to_dict(config),
-        }
-        saved = self.save_base(module, target.with_name(target.name + ".rejected") if too_high else target, record)
-        if too_high:
-            raise BaseGateError(
-                f"the pretrained base reached {reached} on the source dev sets after {result.stopped_at_step} steps "
-                f"({train_seconds:.0f} s): {too_high}. It is kept at {saved} and not used — fix: give pretraining more "
-                f"steps or another schedule (base.train in {self.config_path}), or relax base.max_dev_error",
-                saved,
-            )
-        say(
-            f"stage 0: pretrained base saved to {target} after {result.stopped_at_step} steps in {train_seconds:.0f} s; "
-            f"dev error {reached}"
-        )
-        return str(target)
-
-    def above_bounds(self, dev: dict[str, float]) -> str:
-        """The source dev sets whose error is above the gate's bound ("en/dev 0.083 > 0.05; ..."), or ""."""
-        return "; ".join(
-            f"{name} {dev[name]:.3f} > {bound:g}"
-            for name, bound in self.dev_bounds().items()
-            if name in dev and not dev[name] <= bound
-        )
-
-    def dev_bounds(self) -> dict[str, float]:
-        bounds = OmegaConf.to_container(self.bench.base.max_dev_error)
-        unknown = sorted(set(bounds) - set(self.bench.source_sets))
-        if unknown:
-            raise ConfigError(f"{self.config_path}: base.max_dev_error names {unknown}, which are not source_sets")
-        return {set_name(self.manifest(s, "dev")): float(bound) for s, bound in bounds.items()}
-
-    def base_dev_errors(self, module, config) -> dict[str, float]:
-        """The pretrained base's primary error on each source dev set (decoded as the cells' evaluation is)."""
-        from lightning_asr.train import evaluate
-
-        decode = to_dict(OmegaConf.merge(config.decode, OmegaConf.to_container(self.bench.adapt).get("decode", {})))
-        results = evaluate(module, [self.manifest(s, "dev") for s in self.bench.source_sets], {"decode": decode})
-        return {
-            key.split("/", 1)[1].rsplit("/", 1)[0]: value
-            for key, value in sorted(results.items())
-            if key.endswith("/error")
-        }
-
-    @staticmethod
-    def save_base(module, target: Path, record: dict) -> Path:
-        """The model and processor as a model directory, written next to ``target`` and renamed into place."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            staging.chmod(0o755)
-            module.model.save_pretrained(staging)
-            module.processor.save_pretrained(staging)
-            (staging / "pretraining.json").write_text(json.dumps(record, indent=2))
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
 
     # ---- stages 1-3 -------------------------------------------------------------------------------------------
     def cell_config(self, entry: dict, seed: int, base_spec: str) -> DictConfig:
@@ -365,9 +197,10 @@ class Benchmark:
             results = evaluate(module, self.test_manifests)
             rows = module.predictions
             cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_suffix(".partial")
-            partial.write_text(json.dumps(rows, ensure_ascii=False))
-            partial.replace(cache)
+            # a name of its own: another invocation may be writing the same cache entry at this moment
+            with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:
+                partial.write(json.dumps(rows, ensure_ascii=False))
+            os.replace(partial.name, cache)
             say(
                 f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: "
                 + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
@@ -622,7 +455,7 @@ class Benchmark:
 
         lines = [
             f"profile {self.config_path}: base {self.bench.base.spec} "
-            f"({'pretrained here' if self.pretrains else 'used as it is'}), reference {self.bench.reference}"
+            f"({'pretrained here' if self.base.pretrains else 'used as it is'}), reference {self.bench.reference}"
         ]
         self.corpus_checksum = "unchecked"
         methods = []
@@ -638,9 +471,9 @@ class Benchmark:
                 )
         lines.append(
             f"{len(methods)} cells; {cost_text(methods, self.bench.cell_seconds)}"
-            + ("; plus pretraining the base, unless it is cached" if self.pretrains else "")
+            + ("; plus pretraining the base, unless it is cached" if self.base.pretrains else "")
         )
-        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.source_train_manifests()}):
+        for manifest in sorted({*self.test_manifests, *self.target.values(), *self.base.source_train_manifests()}):
             lines.append(f"{'found  ' if Path(manifest).exists() else 'MISSING'} {manifest}")
         return lines + self.power_lines(seeds)
 
@@ -695,7 +528,7 @@ class Benchmark:
         seconds = {}
         self.corpus_checksum = self.prepare_data()
         seconds["data"] = time.perf_counter() - started
-        base_spec = self.prepare_base()
+        base_spec = self.base.prepare()
         seconds["base"] = time.perf_counter() - started - seconds["data"]
         client = tracking.client_for(bench.tracking_uri)
         experiment = tracking.experiment_id(client, bench.name, bench.artifact_root)

@@ -25,8 +25,20 @@ TAG_REPRODUCE, TAG_EXPERIMENT, TAG_CELLS = (
 )
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI (relative or absolute), or None for other stores and memory."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def client_for(tracking_uri: str):
+    """An MLflow client whose store is ready. MLflow creates and migrates an SQLite store's schema on first use,
+    and two processes doing that at once break the file for every later run; so the first use of an SQLite store
+    holds a lock beside the file (``<file>.lock``), and the others wait for it and find the schema made."""
     import mlflow
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("file:") or "://" not in tracking_uri and not tracking_uri.startswith("sqlite"):
@@ -34,15 +46,29 @@ def client_for(tracking_uri: str):
             f"tracking URI {tracking_uri!r}: use a database store such as sqlite:///mlflow.db (MLflow's file store is deprecated)"
         )
     mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        return MlflowClient(tracking_uri=tracking_uri)  # opens the store: creates or migrates its schema
 
 
 def experiment_id(client, name: str, artifact_root: str | Path) -> str:
+    """The id of the experiment ``name``, created if missing (by this process or, at the same moment, another)."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None and experiment.lifecycle_stage != "deleted":
         return experiment.experiment_id
     location = (Path(artifact_root) / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)  # another writer created it first
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            raise
+        return experiment.experiment_id
 
 
 def finite_metrics(values: dict) -> dict[str, float]:

@@ -15,9 +15,9 @@ import sys
 
 def runs_links(tracking_uri: str, host: str, port: int) -> list[str]:
     """One line per experiment of the store: its name and the URL of its runs table."""
-    from mlflow.tracking import MlflowClient
+    from lightning_asr.study.tracking import client_for
 
-    experiments = MlflowClient(tracking_uri=tracking_uri).search_experiments()
+    experiments = client_for(tracking_uri).search_experiments()
     return [
         f"  {e.name}: http://{host}:{port}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning"
         for e in sorted(experiments, key=lambda e: e.name)

@@ -58,12 +58,11 @@ def find_browser(chromium: str | None) -> tuple[str, str]:
 
 def smoke_store(out: Path) -> str:
     """A store holding one smoke benchmark (parent run, one child per strategy); written once, then reused."""
-    from mlflow.tracking import MlflowClient
-
     from lightning_asr.study.cli import forgetting_main
+    from lightning_asr.study.tracking import client_for
 
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    if (out / "mlflow.db").exists() and MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT):
+    if (out / "mlflow.db").exists() and client_for(uri).get_experiment_by_name(EXPERIMENT):
         return uri
     args = ["--profile", "smoke", f"tracking_uri={uri}", f"artifact_root={out / 'artifacts'}"]
     args += [f"output_dir={out / 'bench'}", f"corpus.root={out / 'corpus'}", f"base.cache_dir={out / 'bases'}"]
@@ -103,14 +102,14 @@ def stop(process: subprocess.Popen) -> None:
 
 def check(uri: str, port: int, out: Path, browser: str, driver_path: str) -> list[str]:
     """Drive Chromium through the comparison; the failures, each with what the page showed."""
-    from mlflow.tracking import MlflowClient
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
+    from lightning_asr.study.tracking import client_for
     from lightning_asr.study.ui import runs_links
 
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
