@@ -10,6 +10,8 @@ Stages, each cached or skipped when its result exists:
   3. evaluate each adapted model on all test sets;
   4. compare: forgetting, adaptation gain, backward gain and forward loss against the reference strategy
      (``study/forgetting.py`` has the formulas), with intervals.
+This file orchestrates the stages and runs the cells; the base model (pretraining, its cache and gate) is
+``study/base_model.py``, what is written to MLflow ``study/records.py``, the statistics ``study/summary.py``.
 Everything is logged to MLflow: a parent run per invocation, a child run per cell. A rerun reuses finished
 cells (found by their tags: the cell's name and the hash of what makes its result, ``cell_hash``) and
 resumes an interrupted cell from its last checkpoint, in the same MLflow run; ``force`` trains every cell
@@ -42,10 +44,10 @@ from lightning_asr.config import (
 from lightning_asr.data.datamodule import set_language, set_name
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for
-from lightning_asr.study import figures, tracking
+from lightning_asr.study import records, tracking
 from lightning_asr.study.base_model import BaseModel, say
 from lightning_asr.study.curves import LearningCurve
-from lightning_asr.study.forgetting import METRICS_DOC, Scores, derived_metrics, errors, label_free_drift
+from lightning_asr.study.forgetting import Scores, label_free_drift
 from lightning_asr.study.identity import (
     CELL_VERSION,
     base_identity,
@@ -59,8 +61,6 @@ from lightning_asr.study.profile import sweep_entries
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
-
-INTERPOLATION = "interpolation.json"  # a cell's λ curve, beside predictions.json
 
 
 class Benchmark:
@@ -232,7 +232,7 @@ class Benchmark:
         if self.bench.curves.points > 0 and finished:
             # the curve is not part of a result's identity, but a cell reused without one would leave its
             # strategy out of the curves and the matched-target comparison
-            with_curve = [r for r in finished if self.cell_curve(client, r.info.run_id)]
+            with_curve = [r for r in finished if records.cell_curve(client, r.info.run_id)]
             if not with_curve and not self.force:
                 say(f"cell {cell}: finished before without a learning curve (curves.points 0); trained again")
             finished = with_curve
@@ -244,8 +244,8 @@ class Benchmark:
                 rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
                 artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
                 interpolation = (
-                    json.loads(Path(client.download_artifacts(run.info.run_id, INTERPOLATION, tmp)).read_text())
-                    if INTERPOLATION in artifacts
+                    json.loads(Path(client.download_artifacts(run.info.run_id, records.INTERPOLATION, tmp)).read_text())
+                    if records.INTERPOLATION in artifacts
                     else {}
                 )
             self.target_rows.setdefault(label, []).append(rows[self.target_name])
@@ -305,7 +305,19 @@ class Benchmark:
         interpolation = self.interpolation(module, config, base_spec)
         seconds["interpolation"] = time.perf_counter() - stage
         stage = time.perf_counter()
-        self.log_cell(client, run_id, cell, module, config, test_metrics, timer, seconds, interpolation)
+        records.log_cell(
+            client,
+            run_id,
+            cell,
+            module,
+            config,
+            test_metrics,
+            timer.median(),
+            seconds,
+            interpolation,
+            self.source_names,
+            self.target_name,
+        )
         seconds["logging"] = time.perf_counter() - stage
         tracking.log_values(client, run_id, {f"cell/seconds_{key}": value for key, value in seconds.items()})
         client.set_tag(run_id, tracking.TAG_STATUS, "finished")
@@ -376,7 +388,7 @@ class Benchmark:
             {self.target_name: predictions[self.target_name]},
             interpolation,
             dev_curves,
-            self.cell_stopped_step(client, run_id),
+            records.cell_stopped_step(client, run_id),
             self.drift(predictions),
         )
 
@@ -390,63 +402,6 @@ class Benchmark:
                 self.base_rows[name], predictions[name], lang, normalizer, self.scoring.average
             )
         return drift
-
-    def log_cell(
-        self,
-        client,
-        run_id: str,
-        cell: str,
-        module,
-        config: DictConfig,
-        test_metrics: dict,
-        timer,
-        seconds: dict[str, float],
-        interpolation: dict,
-    ) -> None:
-        from lightning_asr.adapters.sparsity import scalar_metrics
-
-        strategy = module.strategy
-        report = strategy.sparsity_stats()
-        counts = strategy.parameter_counts()
-        with tempfile.TemporaryDirectory() as tmp:
-            adapter_dir = strategy.save_adapter(Path(tmp) / "adapter")
-            adapter_bytes = sum(f.stat().st_size for f in adapter_dir.iterdir())
-            client.log_artifacts(run_id, str(adapter_dir), "adapter")
-            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(config))
-            client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
-            (Path(tmp) / "predictions.json").write_text(json.dumps(module.predictions, ensure_ascii=False))
-            client.log_artifact(run_id, str(Path(tmp) / "predictions.json"))
-            if interpolation:
-                (Path(tmp) / INTERPOLATION).write_text(json.dumps(interpolation))
-                client.log_artifact(run_id, str(Path(tmp) / INTERPOLATION))
-        if interpolation:  # the λ curve as step metrics (step = 10 λ), for MLflow's chart view
-            for index, factor in enumerate(interpolation["lambda"]):
-                per_set = {
-                    name: sum(entry["ce"][index]) / sum(entry["units"]) for name, entry in interpolation["sets"].items()
-                }
-                values = {
-                    "interpolation/target_ce": per_set[self.target_name],
-                    "interpolation/source_ce": float(np.mean([per_set[n] for n in self.source_names])),
-                }
-                tracking.log_values(client, run_id, values, step=round(10 * factor))
-        metrics = {
-            **test_metrics,
-            **{f"test/{name}/ce": Scores.from_rows(rows).cross_entropy() for name, rows in module.predictions.items()},
-            **scalar_metrics(report),
-            "params/trainable": counts["trainable"],
-            "params/total": counts["total"],
-            "adapter/bytes": adapter_bytes,
-            "train/step_time_s": timer.median(),
-            "train/seconds": seconds["train"],
-        }
-        normalizers = {f"normalizer/{name}": normalizer_id for name, normalizer_id in module.normalizer_ids.items()}
-        tracking.log_values(client, run_id, metrics, normalizers)
-        if report["overall"]["delta_w"]["count"]:
-            settings = ", ".join(f"{k} {v}" for k, v in flatten(to_dict(config.adapter)).items() if k != "name")
-            title = f"{cell}: {config.adapter.name} ({settings[:90]}), |delta W|"
-            figures.log_figure(client, run_id, figures.cell_sparsity_figure(report, title), "sparsity/histogram")
-            client.log_table(run_id, tracking.sparsity_table(report), "sparsity/table.json")
-            client.log_dict(run_id, report, "sparsity/report.json")  # histogram counts, for side-by-side plots
 
     def check(self, seeds: list[int]) -> list[str]:
         """Resolve and validate everything a run would use, without data, models or training: every cell's
@@ -573,11 +528,20 @@ class Benchmark:
                     result.cells.append(cell)
                     self.cell_runs[(cell.label, seed)] = cell.run_id
                     if self.bench.curves.points > 0:
-                        self.curves.setdefault(cell.label, {})[seed] = self.cell_curve(client, cell.run_id)
+                        self.curves.setdefault(cell.label, {})[seed] = records.cell_curve(client, cell.run_id)
             seconds["cells"] = time.perf_counter() - stage
             seconds["total"] = time.perf_counter() - started
-            self.log_cell_metrics(client, result)
-            self.log_comparison(client, result)
+            records.log_cell_metrics(client, result)
+            records.log_comparison(
+                client,
+                result,
+                bench,
+                self.out,
+                self.target_breakdown(),
+                self.target_metric,
+                self.normalizer().id,
+                self.curves,
+            )
             client.set_terminated(parent_id, "FINISHED")
         except BaseException:
             client.set_terminated(parent_id, "FAILED")
@@ -589,110 +553,6 @@ class Benchmark:
             f"(make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id})"
         )
         return result
-
-    def log_cell_metrics(self, client, result) -> None:
-        """Each cell's continual-learning metrics against the base and the reference of its seed (one run each:
-        the intervals are the comparison's)."""
-        base = errors(result.base)
-        for cell in result.cells:
-            reference = next((c for c in result.cells if c.label == result.reference and c.seed == cell.seed), None)
-            if reference is None:
-                continue
-            values, _ = derived_metrics(
-                base, errors(reference.scores), errors(cell.scores), self.source_names, self.target_name
-            )
-            base_ce = np.mean([result.base[n].cross_entropy() for n in self.source_names])
-            values["forgetting_ce"] = float(
-                np.mean([cell.scores[n].cross_entropy() for n in self.source_names]) - base_ce
-            )
-            tracking.log_values(client, cell.run_id, {f"cl/{key}": value for key, value in values.items()})
-
-    @staticmethod
-    def cell_curve(client, run_id: str) -> list[tuple[int, float, float]]:
-        """A cell's (step, target error, source error) points, from its logged curve metrics."""
-        from lightning_asr.study.curves import SOURCE, TARGET
-
-        target = {m.step: m.value for m in client.get_metric_history(run_id, TARGET)}
-        source = {m.step: m.value for m in client.get_metric_history(run_id, SOURCE)}
-        return [(step, target[step], source[step]) for step in sorted(set(target) & set(source))]
-
-    @staticmethod
-    def cell_stopped_step(client, run_id: str) -> float:
-        history = client.get_metric_history(run_id, "train/stopped_step")
-        return history[-1].value if history else math.nan
-
-    def log_comparison(self, client, result) -> None:
-        """The comparison (``study/summary.py``) printed, written under ``output_dir/<name>/`` and logged to the
-        parent run with the result it was computed from, the fronts figure and the target's breakdown."""
-        import pandas as pd
-
-        from lightning_asr.study import summary
-
-        parent_id = result.parent_run_id
-        unit = METRIC_NAMES[primary_unit(self.target_lang)].upper()
-        comparison = summary.compare(result, self.bench.statistics)
-        breakdown_columns, breakdown = self.target_breakdown()
-        breakdown_markdown = markdown_table(
-            ["strategy"] + breakdown_columns,
-            [[label] + [f"{row[c]:.3f}" for c in breakdown_columns] for label, row in breakdown.items()],
-        )
-        text = (
-            summary.markdown(comparison, result, unit)
-            + f"\n## {self.target_name}: error rates by unit and by language (mean over seeds)\n\n"
-            f"err_<lang>: edits charged to that language's tokens over its reference tokens; pier: the embedded "
-            f"language's rate. Normaliser: {self.normalizer().id}.\n\n{breakdown_markdown}\n"
-        )
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"comparison-{self.bench.target_set}.md").write_text(text)
-        result.save(self.out / f"result-{self.bench.target_set}.json")
-        rows = summary.table_rows(comparison)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "comparison.md").write_text(text)
-            pd.DataFrame(rows).to_csv(Path(tmp) / "comparison.csv", index=False)
-            (Path(tmp) / "metrics.md").write_text("# Metric definitions\n\n" + METRICS_DOC)
-            (Path(tmp) / "benchmark_config.yaml").write_text(OmegaConf.to_yaml(self.bench))
-            result.save(Path(tmp) / "result.json")
-            client.log_artifacts(parent_id, tmp)
-        metrics = {f"{label}/target_{key}": v for label, values in breakdown.items() for key, v in values.items()}
-        for s in comparison.strategies:
-            metrics.update(
-                {
-                    f"{s.label}/target_error": s.target_error,
-                    f"{s.label}/adaptation_gain": s.gain.value,
-                    f"{s.label}/forgetting": s.forgetting.value,
-                    f"{s.label}/forgetting_low": s.forgetting.low,
-                    f"{s.label}/forgetting_high": s.forgetting.high,
-                }
-            )
-            if s.forgetting_ce:
-                metrics[f"{s.label}/forgetting_ce"] = s.forgetting_ce.value
-            for key, hypothesis in s.vs_reference.items():
-                metrics[f"{s.label}/delta_{key}"] = hypothesis.estimate.value
-            if s.backward_gain:
-                metrics[f"{s.label}/backward_gain"] = s.backward_gain.value
-            for index, reading in enumerate(s.fronts):
-                metrics[f"{s.label}/front{index}_delta_source_ce"] = reading.difference.value
-        tracking.log_values(client, parent_id, metrics)
-        frame = pd.DataFrame(rows)
-        client.log_table(parent_id, frame.where(frame.notna(), None).to_dict(orient="list"), "comparison_table.json")
-        tradeoff = figures.benchmark_tradeoff_figure(
-            rows, f"{self.bench.name}: forgetting vs adaptation gain\n({comparison.interval})"
-        )
-        figures.log_figure(client, parent_id, tradeoff, "tradeoff")
-        if comparison.front_curves:
-            figure = figures.fronts_figure(
-                comparison.front_curves,
-                comparison.levels,
-                f"{self.bench.name} ({self.bench.target_set}): learning–forgetting fronts, λ from base to adapted\n"
-                f"bands: 95 % over {comparison.seeds} seed(s) and the test utterances"
-                + (" (one run)" if comparison.seeds < 2 else ""),
-            )
-            figures.log_figure(client, parent_id, figure, "fronts")
-        if any(c for by_seed in self.curves.values() for c in by_seed.values()):
-            curves = figures.curves_figure(self.curves, f"{self.bench.name}: forgetting along training (dev subsets)")
-            figures.log_figure(client, parent_id, curves, "curves")
-        print("\n" + text)
-        print("In one line per strategy:\n" + "\n".join(summary.closing_lines(comparison, result, unit)))
 
     @property
     def target_lang(self) -> str:
