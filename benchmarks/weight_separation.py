@@ -17,6 +17,10 @@ Per strategy (LoRA, GLoRA type 1, BLoRA, full fine-tuning), with adapters of ran
 - in process (``--parts engine``), without HTTP: 8 users' requests of each mix as one ``transcribe_many``
   batch against the same requests one by one (every row checked equal to its user's transcript alone).
 
+``--encoder-positions N`` serves a Whisper base whose encoder window is cut to its first N positions (300 = 6 s,
+``model.encoder_positions``), saved once as a model directory: the real whisper-base on a CPU, for example
+(``make fetch-whisper``, then ``--base whisper-base --encoder-positions 300``).
+
 Prints markdown tables and writes ``weight_separation.json`` and ``weight_separation.csv`` to ``--out``.
 On a shared CPU the absolute figures drift; the ratios between rows are what to read. Every torch computation
 runs on the serving process's engine thread (``serving.batcher.ENGINE_THREAD``), as ``serve`` runs it.
@@ -55,6 +59,16 @@ STRATEGIES = {
     "blora": {"name": "blora"},
     "full_ft": {"name": "full_ft"},
 }
+
+
+def cut_base(spec: str, positions: int, directory: Path) -> str:
+    """The base with its encoder window cut to ``positions``, saved as a model directory the server loads."""
+    from lightning_asr.models.whisper import load_model_processor
+
+    model, processor = load_model_processor(spec, encoder_positions=positions)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
 
 
 def directory_bytes(path: Path) -> int:
@@ -333,18 +347,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=25.0)
     parser.add_argument("--engine-repeats", type=int, default=3, help="alternations of the in-process part")
+    parser.add_argument(
+        "--encoder-positions", type=int, help="cut a Whisper base's encoder window to N positions (300 = 6 s)"
+    )
     parser.add_argument("--out", default="runs/bench/weight_separation", help="directory for the JSON and CSV")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     most_users = max(max(args.users), 2, 8 if "engine" in args.parts else 2)
-    most_users = max(most_users, *(args.batching_users if "batching" in args.parts else []))
+    most_users = max([most_users, *(args.batching_users if "batching" in args.parts else [])])
     exported = (list(args.strategies) if "per-strategy" in args.parts else []) + [
         s for mix in args.mixes for s in MIXES[mix] if {"batching", "engine"} & set(args.parts)
     ]
     with tempfile.TemporaryDirectory(prefix="weight-separation-") as tmp:
         tmp = Path(tmp)
+        named_base = args.base
+        if args.encoder_positions:
+            args.base = on_engine_thread(cut_base, args.base, args.encoder_positions, tmp / "base")
         base = on_engine_thread(lambda: load_base_model(args.base).eval())
         total_base_bytes = on_engine_thread(base_bytes, args.base, base)
         audio = tmp / "audio.wav"
@@ -404,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             batching = batching_rows(args, tmp / "adapters", audio)
         in_process = on_engine_thread(engine_rows, args, tmp / "adapters", audio) if "engine" in args.parts else []
     print(
-        f"\nbase {args.base}: {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
+        f"\nbase {named_base}"
+        + (f" (encoder window {args.encoder_positions / 50:g} s)" if args.encoder_positions else "")
+        + f": {total_base_bytes / 2**20:.1f} MiB of safetensors; decoding {args.audio_seconds:g} s of "
         f"audio, up to {args.max_new_tokens} new tokens, greedy; torch threads {torch.get_num_threads()}\n"
     )
     if sizes:
@@ -481,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {**vars(args), "base": named_base}
     (out / "weight_separation.json").write_text(
         json.dumps(
             {"settings": settings, "sizes": sizes, "serving": serving, "batching": batching, "engine": in_process},
