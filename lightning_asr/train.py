@@ -346,6 +346,9 @@ def train(config, resume: bool = False, force: bool = False, logger=None, extra_
         mode="min",
         save_last=not has_val,  # with validation: SaveLastAtValidation
         save_top_k=1,
+        # best.ckpt is evaluated and exported, never resumed: where last.ckpt holds the training state, best
+        # needs no optimiser state (two thirds of a full fine-tuning checkpoint under Adam)
+        save_weights_only=has_val,
     )
     callbacks = [checkpoint, SeedEachBatch(config.seed), *extra_callbacks]
     if has_val:

@@ -131,6 +131,21 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         assert overall["below"]["1e-3"] / overall["count"] == pytest.approx(data.metrics["sparsity/frac_below_1e-3"])
 
 
+def test_disk_holds_what_resumes_and_evaluates_not_more(smoke_run):
+    """A cell's best.ckpt is evaluated and exported, never resumed: no optimiser state (its last.ckpt has it);
+    a base saved to the cache keeps no pretraining checkpoints."""
+    import torch
+
+    tmp, _ = smoke_run
+    for cell in (tmp / "runs" / "forgetting-smoke" / "cells").iterdir():
+        best = torch.load(cell / "checkpoints" / "best.ckpt", weights_only=True)
+        last = torch.load(cell / "checkpoints" / "last.ckpt", weights_only=True)
+        assert "optimizer_states" not in best and best["state_dict"] and "lightning_asr_config" in best
+        assert last["optimizer_states"]
+    pretraining = list((tmp / "runs" / "forgetting-smoke" / "pretrain").iterdir())
+    assert len(pretraining) == 1 and not (pretraining[0] / "checkpoints").exists()
+
+
 def test_rerun_reuses_finished_cells(smoke_run, capsys):
     from lightning_asr.study.cli import forgetting_main as main
 

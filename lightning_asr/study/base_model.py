@@ -159,6 +159,9 @@ class BaseModel:
                 f"steps or another schedule (base.train in {self.config_path}), or relax base.max_dev_error",
                 saved,
             )
+        # the cached model directory is the base from now on: its training checkpoints (hundreds of MB with the
+        # optimiser's state) would only resume a pretraining that already passed its gate
+        shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
         say(
             f"stage 0: pretrained base saved to {target} after {result.stopped_at_step} steps in {train_seconds:.0f} s; "
             f"dev error {reached}"
