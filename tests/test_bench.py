@@ -30,6 +30,7 @@ def smoke_run(tmp_path_factory):
         f"output_dir={tmp}/runs",
         f"corpus.root={tmp}/corpus",
         f"base.cache_dir={tmp}/bases",
+        "statistics.drift_cross_entropy=true",
     ]
     assert main(args) == 0
     return tmp, args
@@ -129,6 +130,25 @@ def test_smoke_benchmark_writes_parent_and_child_runs(smoke_run):
         overall = report["overall"]["delta_w"]
         assert sum(overall["histogram"]) == overall["count"] > 0  # every |delta W| entry counted once
         assert overall["below"]["1e-3"] / overall["count"] == pytest.approx(data.metrics["sparsity/frac_below_1e-3"])
+
+
+def test_every_cell_is_scored_on_the_base_s_own_transcripts_where_the_profile_asks(smoke_run):
+    tmp, _ = smoke_run
+    client, runs = runs_of(tmp)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    result = BenchmarkResult.from_json((tmp / "runs" / "forgetting-smoke" / "result-ko-en.json").read_text())
+    for run in children:
+        assert "drift_ce.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {f"drift/{name}/ce" for name in result.source_sets} <= set(run.data.metrics)
+    for cell in result.cells:
+        for name in result.source_sets:
+            drift = cell.drift[name]
+            assert len(drift.ce) == len(drift.edits) == len(result.base[name].edits) and drift.ce_units.sum() > 0
+    # the base's transcripts as a manifest of the same audio, the set keeping its name
+    manifests = list((tmp / "runs" / "forgetting-smoke").glob("base-eval-*-drift/en/test.jsonl"))
+    assert len(manifests) == 1
+    text = (tmp / "runs" / "forgetting-smoke" / "comparison-ko-en.md").read_text()
+    assert "drift in CE (no labels)" in text
 
 
 def test_disk_holds_what_resumes_and_evaluates_not_more(smoke_run):

@@ -135,6 +135,31 @@ def test_drift_is_compared_beside_forgetting_and_kept_in_the_result():
     )
 
 
+def test_drift_in_cross_entropy_is_the_rise_over_the_base_and_shown_only_where_scored():
+    result = simulated_result(3, {"lora": REFERENCE_FORGETTING, "blora": 0.5 * REFERENCE_FORGETTING})
+    for cell in result.cells:  # nats per token on the base's transcripts rise with the cell's extra edits
+        cell.drift = {}
+        for name in SOURCE_SETS:
+            extra = np.maximum(cell.scores[name].edits - result.base[name].edits, 0)
+            tokens = result.base[name].tokens
+            cell.drift[name] = Scores(extra, tokens, 2.0 * extra, tokens.copy())
+    comparison = summary.compare(
+        BenchmarkResult.from_json(result.to_json()), StatisticsSection(replicates=300, front_levels=[])
+    )
+    lora, blora = (next(s for s in comparison.strategies if s.label == label) for label in ("lora", "blora"))
+    expected = np.mean([2.0 * lora.drift.value])  # 2 nats per extra edit, over the same tokens: twice the drift
+    assert lora.drift_ce.value == pytest.approx(expected)
+    assert 0 < blora.drift_ce.value < lora.drift_ce.value
+    assert blora.vs_reference["drift_ce"].estimate.value < 0 and not blora.vs_reference["drift_ce"].primary
+    text = summary.markdown(comparison, result, "MER")
+    assert "drift in CE (no labels)" in text and "Δdrift in CE" in text
+    for cell in result.cells:  # label-free drift in errors only: no column for what was not scored
+        cell.drift = {name: Scores(d.edits, d.tokens) for name, d in cell.drift.items()}
+    comparison = summary.compare(result, StatisticsSection(replicates=300, front_levels=[]))
+    assert comparison.strategies[0].drift_ce is None and comparison.strategies[0].drift is not None
+    assert "drift in CE" not in summary.markdown(comparison, result, "MER")
+
+
 def test_a_knob_sweep_adds_a_cell_per_value_and_refuses_what_it_cannot_mean():
     from omegaconf import OmegaConf
 

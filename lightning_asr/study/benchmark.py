@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -42,6 +42,7 @@ from lightning_asr.config import (
     to_dict,
 )
 from lightning_asr.data.datamodule import set_language, set_name
+from lightning_asr.files import write_text_atomic
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for
 from lightning_asr.study import records, tracking
@@ -61,6 +62,8 @@ from lightning_asr.study.profile import sweep_entries
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.text import TextNormalizer, primary_unit
+
+DRIFT_CE = "drift_ce.json"  # a cell's cross-entropy on the base's own source transcripts, over the base's
 
 
 class Benchmark:
@@ -168,6 +171,8 @@ class Benchmark:
                 "data": self.corpus_checksum,
                 "cell": CELL_VERSION,
                 "front_utterances": self.bench.statistics.front_utterances,
+                # only where asked for: the identities of cells run without it stay what they were
+                **({"drift_cross_entropy": True} if self.bench.statistics.drift_cross_entropy else {}),
             }
         )
 
@@ -187,6 +192,7 @@ class Benchmark:
 
         config = self.cell_config({"label": "base", "adapter": {"name": unadapted_strategy()}}, 0, base_spec)
         cache = self.base_evaluation_path(base_spec, config)
+        self.base_cache = cache
         if cache.exists() and not self.force:
             say(f"stage 1: reusing the base evaluation {cache}")
             rows = json.loads(cache.read_text())
@@ -196,18 +202,64 @@ class Benchmark:
             module = ASRModule(config)
             results = evaluate(module, self.test_manifests)
             rows = module.predictions
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            # a name of its own: another invocation may be writing the same cache entry at this moment
-            with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:
-                partial.write(json.dumps(rows, ensure_ascii=False))
-            os.replace(partial.name, cache)
+            write_text_atomic(cache, json.dumps(rows, ensure_ascii=False))  # another run may write it too
             say(
                 f"stage 1: base evaluated in {time.perf_counter() - started:.0f} s: "
                 + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(results.items()) if k.endswith("/error"))
             )
         self.target_rows["base"] = [rows[self.target_name]]
         self.base_rows = rows
+        if self.bench.statistics.drift_cross_entropy:
+            self.base_drift_ce = self.base_drift_cross_entropy(config)
         return {name: Scores.from_rows(r) for name, r in rows.items()}, rows
+
+    # ---- label-free drift in cross-entropy ------------------------------------------------------------------
+    def drift_manifests(self) -> tuple[list[str], dict[str, list[int]]]:
+        """Each source test set with the base's own transcripts as its text, written once beside the base's
+        evaluation (same audio, absolute paths, same set names), and per set the original lines kept: a line the
+        base left empty has no transcript to score and is left out."""
+        folder = self.base_cache.with_name(self.base_cache.stem + "-drift")
+        manifests, kept = [], {}
+        from lightning_asr.data.manifest import read_manifest
+
+        for manifest, name in zip(self.source_tests, self.source_names):
+            by_line = {row["line"]: row["prediction"] for row in self.base_rows[name]}
+            utterances = [u for u in read_manifest(manifest) if by_line.get(u.line, "").strip()]
+            kept[name] = [u.line for u in utterances]
+            path = folder / f"{name}.jsonl"  # <set folder>/<split>.jsonl: the set keeps its name
+            if not path.exists():
+                write_text_atomic(path, "".join(replace(u, text=by_line[u.line]).to_json() + "\n" for u in utterances))
+            manifests.append(str(path))
+        return manifests, kept
+
+    def drift_cross_entropy(self, module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per source set, per utterance of the set (in line order): the model's summed cross-entropy (nats) on
+        the base's own transcript and its label units; zero for lines the base left empty."""
+        from lightning_asr.study.interpolation import cross_entropy_by_set
+
+        manifests, kept = self.drift_manifests()
+        scored = cross_entropy_by_set(module, manifests)
+        out = {}
+        for name in self.source_names:
+            nats, units = np.zeros(len(self.base_rows[name])), np.zeros(len(self.base_rows[name]))
+            positions = [row["line"] for row in self.base_rows[name]]
+            index = [positions.index(line) for line in kept[name]]
+            nats[index], units[index] = scored[name]
+            out[name] = (nats, units)
+        return out
+
+    def base_drift_cross_entropy(self, config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The base's cross-entropy on its own transcripts, the zero of every cell's drift (cached)."""
+        from lightning_asr.module import ASRModule
+
+        cache = self.base_cache.with_name(self.base_cache.stem + "-drift") / "base-ce.json"
+        if cache.exists() and not self.force:
+            return {name: (np.array(v[0]), np.array(v[1])) for name, v in json.loads(cache.read_text()).items()}
+        started = time.perf_counter()
+        scored = self.drift_cross_entropy(ASRModule(config))
+        write_text_atomic(cache, json.dumps({name: [n.tolist(), u.tolist()] for name, (n, u) in scored.items()}))
+        say(f"stage 1: the base scored on its own transcripts in {time.perf_counter() - started:.0f} s")
+        return scored
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
         query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
@@ -243,13 +295,14 @@ class Benchmark:
             with tempfile.TemporaryDirectory() as tmp:
                 rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
                 artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-                interpolation = (
-                    json.loads(Path(client.download_artifacts(run.info.run_id, records.INTERPOLATION, tmp)).read_text())
-                    if records.INTERPOLATION in artifacts
+                interpolation, drift_ce = (
+                    json.loads(Path(client.download_artifacts(run.info.run_id, artifact, tmp)).read_text())
+                    if artifact in artifacts
                     else {}
+                    for artifact in (records.INTERPOLATION, DRIFT_CE)
                 )
             self.target_rows.setdefault(label, []).append(rows[self.target_name])
-            return self.cell_result(client, run.info.run_id, label, seed, rows, interpolation)
+            return self.cell_result(client, run.info.run_id, label, seed, rows, interpolation, drift_ce)
         output = Path(config.output_dir)
         resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
         if resume:
@@ -304,6 +357,14 @@ class Benchmark:
         stage = time.perf_counter()
         interpolation = self.interpolation(module, config, base_spec)
         seconds["interpolation"] = time.perf_counter() - stage
+        drift_ce = {}
+        if self.bench.statistics.drift_cross_entropy:
+            stage = time.perf_counter()
+            drift_ce = self.drift_ce_rise(module)
+            client.log_dict(run_id, drift_ce, DRIFT_CE)
+            rise = {f"drift/{name}/ce": sum(v["ce"]) / max(sum(v["units"]), 1) for name, v in drift_ce.items()}
+            tracking.log_values(client, run_id, rise)
+            seconds["drift"] = time.perf_counter() - stage
         stage = time.perf_counter()
         records.log_cell(
             client,
@@ -329,7 +390,7 @@ class Benchmark:
             + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(test_metrics.items()) if k.endswith("/error"))
         )
         self.target_rows.setdefault(label, []).append(module.predictions[self.target_name])
-        return self.cell_result(client, run_id, label, seed, module.predictions, interpolation)
+        return self.cell_result(client, run_id, label, seed, module.predictions, interpolation, drift_ce)
 
     def interpolation(self, module, config, base_spec: str) -> dict:
         """The cell's λ curve on the test sets (``study/interpolation.py``); empty where the backbone cannot
@@ -372,7 +433,7 @@ class Benchmark:
         return curve
 
     def cell_result(
-        self, client, run_id: str, label: str, seed: int, predictions: dict, interpolation: dict
+        self, client, run_id: str, label: str, seed: int, predictions: dict, interpolation: dict, drift_ce: dict
     ) -> CellResult:
         dev_curves = {}
         for name in [set_name(self.target["dev"])] + [
@@ -389,11 +450,12 @@ class Benchmark:
             interpolation,
             dev_curves,
             records.cell_stopped_step(client, run_id),
-            self.drift(predictions),
+            self.drift(predictions, drift_ce),
         )
 
-    def drift(self, predictions: dict[str, list[dict]]) -> dict[str, Scores]:
-        """Per source set, the cell's label-free drift: its transcripts scored against the base's own."""
+    def drift(self, predictions: dict[str, list[dict]], drift_ce: dict) -> dict[str, Scores]:
+        """Per source set, the cell's label-free drift: its transcripts scored against the base's own, and where
+        scored (``drift_ce``, from ``drift_ce_rise``) the rise of its cross-entropy on them over the base's."""
         drift = {}
         for name in self.source_names:
             lang = set_language(row["lang"] for row in self.base_rows[name])
@@ -401,7 +463,19 @@ class Benchmark:
             drift[name] = label_free_drift(
                 self.base_rows[name], predictions[name], lang, normalizer, self.scoring.average
             )
+            if name in drift_ce:
+                drift[name].ce = np.array(drift_ce[name]["ce"], dtype=float)
+                drift[name].ce_units = np.array(drift_ce[name]["units"], dtype=float)
         return drift
+
+    def drift_ce_rise(self, module) -> dict[str, dict[str, list[float]]]:
+        """Per source set and utterance: the model's cross-entropy (nats) on the base's own transcript minus the
+        base's, and the transcript's label units (0 where the base said nothing)."""
+        scored = self.drift_cross_entropy(module)
+        return {
+            name: {"ce": (nats - self.base_drift_ce[name][0]).tolist(), "units": units.tolist()}
+            for name, (nats, units) in scored.items()
+        }
 
     def check(self, seeds: list[int]) -> list[str]:
         """Resolve and validate everything a run would use, without data, models or training: every cell's

@@ -57,6 +57,10 @@ class StatisticsSection:
     # the λ curves (the fronts) score the first this many utterances of each test set (0: all); their bootstrap
     # weights are those utterances' weights in the test sets' draw, so fronts and end points stay paired
     front_utterances: int = 0
+    # label-free drift in likelihood: every cell's (and the base's) teacher-forced cross-entropy on the base's own
+    # transcripts of the source test audio, one pass per model; for sources whose transcripts are missing or worse
+    # than the base (a real checkpoint on synthetic English), where drift, not forgetting, measures retention
+    drift_cross_entropy: bool = False
     # a finished result with several seeds (<target>: the profile's target set) whose measured variance --check
     # turns into minimum detectable differences
     pilot: str = ""

@@ -50,17 +50,29 @@ def ratios(result: BenchmarkResult, kind: str) -> tuple[dict[str, Ratios], dict[
     return base, complete_cells(result, sets, lambda cell, name: of(cell.scores[name]))
 
 
-def drift_ratios(result: BenchmarkResult) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]] | None:
-    """The label-free drift of every complete strategy on the source sets as ``Ratios`` (edits against the
-    base's own transcripts over their tokens), beside the base's (no edits against itself); None where a cell
-    lacks it (results written before it was kept)."""
-    if not result.cells or not all(set(result.source_sets) <= set(c.drift) for c in result.cells):
+def drift_ratios(
+    result: BenchmarkResult, kind: str = "error"
+) -> tuple[dict[str, Ratios], dict[str, dict[str, Ratios]]] | None:
+    """The label-free drift of every complete strategy on the source sets as ``Ratios`` (``error``: edits against
+    the base's own transcripts over their tokens; ``ce``: the rise of cross-entropy on those transcripts over the
+    base's, nats over label units), beside the base's (zero: no drift from itself); None where a cell lacks it
+    (results written before it was kept, or a profile that does not score it)."""
+    numerator, denominator = ("edits", "tokens") if kind == "error" else ("ce", "ce_units")
+
+    def scored(cell) -> bool:
+        return set(result.source_sets) <= set(cell.drift) and all(
+            getattr(cell.drift[name], numerator) is not None for name in result.source_sets
+        )
+
+    if not result.cells or not all(scored(c) for c in result.cells):
         return None
     cells = complete_cells(
-        result, result.source_sets, lambda cell, name: (cell.drift[name].edits, cell.drift[name].tokens)
+        result,
+        result.source_sets,
+        lambda cell, name: (getattr(cell.drift[name], numerator), getattr(cell.drift[name], denominator)),
     )
-    tokens = {name: result.cells[0].drift[name].tokens for name in result.source_sets}
-    base = {name: Ratios.stack([(np.zeros_like(t), t)]) for name, t in tokens.items()}
+    units = {name: getattr(result.cells[0].drift[name], denominator) for name in result.source_sets}
+    base = {name: Ratios.stack([(np.zeros_like(u), u)]) for name, u in units.items()}
     return base, cells
 
 
@@ -79,6 +91,7 @@ class StrategyComparison:
     forgetting_by_set: dict[str, Estimate]
     forgetting_ce: Estimate | None  # CE_src(k) − CE_src(base), macro
     drift: Estimate | None = None  # error against the base's own transcripts on the source sets, macro
+    drift_ce: Estimate | None = None  # rise of cross-entropy on the base's own source transcripts, macro
     vs_reference: dict[str, Hypothesis] = field(default_factory=dict)  # forgetting, target_error, source_ce
     backward_gain: Estimate | None = None  # ratio of means, where the reference's forgetting excludes 0
     backward_gain_reason: str = ""
@@ -120,6 +133,8 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
     ce = PairedStatistics(*ratios(result, "ce"), statistics.replicates, rng_seed) if with_ce else None
     drift_data = drift_ratios(result)
     drift = PairedStatistics(*drift_data, statistics.replicates, rng_seed) if drift_data else None
+    drift_ce_data = drift_ratios(result, "ce")
+    drift_ce = PairedStatistics(*drift_ce_data, statistics.replicates, rng_seed) if drift_ce_data else None
     margins = dict(statistics.margins)
     reference_forgetting = errors.difference(reference, "base", sources)
     defined = reference_forgetting.low > 0 if not reference_forgetting.conditional else reference_forgetting.value > 0
@@ -136,6 +151,7 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
             {name: errors.difference(label, "base", [name]) for name in sources},
             ce.difference(label, "base", sources) if ce else None,
             drift.difference(label, "base", sources) if drift and label in drift.cells else None,
+            drift_ce.difference(label, "base", sources) if drift_ce and label in drift_ce.cells else None,
         )
         if label != reference and label not in result.methods:  # a sweep cell is a point of its method's front
             comparison.vs_reference = {
@@ -154,7 +170,11 @@ def compare(result: BenchmarkResult, statistics, rng_seed: int = 0) -> Compariso
                     set_resolution(result, target),
                 ),
             }
-            exploratory = {"source_ce": (ce, "source cross-entropy"), "drift": (drift, "label-free drift")}
+            exploratory = {
+                "source_ce": (ce, "source cross-entropy"),
+                "drift": (drift, "label-free drift"),
+                "drift_ce": (drift_ce, "label-free drift in cross-entropy"),
+            }
             for key, (paired, what) in exploratory.items():
                 if paired and label in paired.cells and reference in paired.cells:
                     comparison.vs_reference[key] = Hypothesis(
@@ -293,6 +313,7 @@ def table_rows(comparison: Comparison) -> list[dict]:
             "forgetting": s.forgetting,
             "forgetting_ce": s.forgetting_ce,
             "drift": s.drift,
+            "drift_ce": s.drift_ce,
         }
         estimates.update({f"forgetting/{name}": e for name, e in s.forgetting_by_set.items()})
         estimates.update({f"delta_{key}": h.estimate for key, h in s.vs_reference.items()})
@@ -383,6 +404,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
         ]
     lines += ["", "## Each strategy against the base", ""]
     base_ce = [result.base[name].cross_entropy() for name in result.source_sets]
+    with_drift_ce = any(s.drift_ce for s in comparison.strategies)
     table = [
         [
             "base",
@@ -393,6 +415,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
             f"(source CE {np.mean(base_ce):.3f})",
             *[f"({result.base[name].error():.3f})" for name in result.source_sets],
             "0",
+            *(["0"] if with_drift_ce else []),
             "",
         ]
     ]
@@ -407,6 +430,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 s.forgetting_ce.text() if s.forgetting_ce else "—",
                 *[s.forgetting_by_set[name].text() for name in result.source_sets],
                 s.drift.text() if s.drift else "—",
+                *([s.drift_ce.text() if s.drift_ce else "—"] if with_drift_ce else []),
                 ", ".join(f"{c.stopped_step:.0f}" for c in result.of(s.label)),
             ]
         )
@@ -421,6 +445,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 "forgetting (CE)",
                 *[f"forgetting {name}" for name in result.source_sets],
                 "drift (no labels)",
+                *(["drift in CE (no labels)"] if with_drift_ce else []),
                 "stopped at step",
             ],
             table,
@@ -430,7 +455,13 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
         "",
         "Drift (no labels): the strategy's source transcripts scored against the base's own transcripts of the "
         "same audio, macro-averaged; it needs no reference transcripts and counts any change, an improvement "
-        "included, so it is the retention measure where the base beats the source transcripts.",
+        "included, so it is the retention measure where the base beats the source transcripts."
+        + (
+            " Drift in CE: the rise of the strategy's teacher-forced cross-entropy (nats per token) on the base's "
+            "own source transcripts over the base's."
+            if with_drift_ce
+            else ""
+        ),
     ]
     lines += [
         "",
@@ -447,7 +478,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
         if not s.vs_reference:
             continue
         f, e = s.vs_reference["forgetting"], s.vs_reference["target_error"]
-        c, d = s.vs_reference.get("source_ce"), s.vs_reference.get("drift")
+        c, d, dc = (s.vs_reference.get(key) for key in ("source_ce", "drift", "drift_ce"))
         table.append(
             [
                 s.label,
@@ -457,6 +488,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 f"{e.verdict}: {e.reason}",
                 c.estimate.text() if c else "—",
                 d.estimate.text() if d else "—",
+                *([dc.estimate.text() if dc else "—"] if with_drift_ce else []),
                 s.backward_gain.text() if s.backward_gain else s.backward_gain_reason,
             ]
         )
@@ -470,6 +502,7 @@ def markdown(comparison: Comparison, result: BenchmarkResult, unit: str) -> str:
                 "target verdict",
                 "ΔCE source",
                 "Δdrift (no labels)",
+                *(["Δdrift in CE"] if with_drift_ce else []),
                 "backward gain",
             ],
             table,
