@@ -11,6 +11,7 @@ from lightning_asr.models import load_base_model
 
 STRATEGY_CONFIGS = {
     "full_ft": {"name": "full_ft"},
+    "l2sp": {"name": "l2sp", "alpha": 0.1},
     "lora": {"name": "lora", "rank": 4, "alpha": 8},
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
@@ -77,7 +78,7 @@ def test_every_strategy_equals_the_base_at_step_0(name, batch):
 def test_only_adapter_parameters_train(name):
     model, strategy = attached(name)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if name == "full_ft":
+    if name in ("full_ft", "l2sp"):
         assert len(trainable) == len(list(model.parameters()))
         return
     assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n or ".adapter_" in n for n in trainable)
@@ -85,6 +86,24 @@ def test_only_adapter_parameters_train(name):
     assert all(n.split(".")[-3] in wrapped or n.split(".")[-2] in wrapped for n in trainable)
     counts = strategy.parameter_counts()
     assert counts["trainable"] == sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_l2sp_penalises_the_squared_distance_to_the_pretrained_weights_in_training_only():
+    model, strategy = attached("l2sp")
+    model.train()
+    assert strategy.regularizer().item() == 0.0
+    moved = dict(model.named_parameters())["model.decoder.layers.0.fc1.weight"]
+    with torch.no_grad():
+        moved.add_(0.5)  # every entry 0.5 from its start: alpha / 2 * n * 0.25
+    expected = 0.5 * 0.1 * moved.numel() * 0.25
+    penalty = strategy.regularizer()
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
+    penalty.backward()  # the gradient pulls back: alpha * (w - w0)
+    assert torch.allclose(moved.grad, torch.full_like(moved, 0.1 * 0.5))
+    model.eval()
+    assert strategy.regularizer().item() == 0.0
+    with pytest.raises(ValueError, match="penalty weight must be >= 0"):
+        attached({"name": "l2sp", "alpha": -1.0})
 
 
 def test_full_ft_frozen_modules():
