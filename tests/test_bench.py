@@ -151,6 +151,42 @@ def test_every_cell_is_scored_on_the_base_s_own_transcripts_where_the_profile_as
     assert "drift in CE (no labels)" in text
 
 
+def test_a_cell_runs_as_a_task_in_another_process_into_its_own_run(smoke_run, tmp_path):
+    """The plan is cell specifications; a worker process given one runs that cell (stages 0-1 from their caches)
+    and its result lands in the run the cell's identity finds: here a run a killed worker left unfinished."""
+    import sys
+
+    from lightning_asr.study.benchmark import Benchmark
+    from lightning_asr.study.profile import load_bench_config
+    from lightning_asr.study.tasks import CellSpec
+
+    tmp, args = smoke_run
+    client, runs = runs_of(tmp)
+    lora = next(r for r in runs if r.data.tags.get("strategy") == "lora" and "mlflow.parentRunId" in r.data.tags)
+    parent = lora.data.tags["mlflow.parentRunId"]
+    bench, path = load_bench_config("smoke", args[2:])
+    specs = Benchmark(bench, path).plan([1], parent)
+    assert [(s.label, s.seed, s.parent_run_id) for s in specs] == [("full_ft", 1, parent), ("lora", 1, parent)]
+    spec = specs[1]
+    assert CellSpec.from_json(spec.to_json()) == spec
+    client.set_tag(lora.info.run_id, "lightning_asr.status", "running")
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_asr.study.tasks", str(tmp_path / "spec.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == lora.info.run_id
+    assert "reusing pretrained base" in done.stdout and "reusing the base evaluation" in done.stdout
+    assert f"resuming run {lora.info.run_id}" in done.stdout
+    assert client.get_run(lora.info.run_id).data.tags["lightning_asr.status"] == "finished"
+    client, runs = runs_of(tmp)
+    assert len([r for r in runs if r.data.tags.get("lightning_asr.cell") == "lora-seed1"]) == 1
+
+
 def test_disk_holds_what_resumes_and_evaluates_not_more(smoke_run):
     """A cell's best.ckpt is evaluated and exported, never resumed: no optimiser state (its last.ckpt has it);
     a base saved to the cache keeps no pretraining checkpoints."""

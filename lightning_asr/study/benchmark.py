@@ -61,6 +61,7 @@ from lightning_asr.study.plan import cost_text
 from lightning_asr.study.profile import sweep_entries
 from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
+from lightning_asr.study.tasks import CellSpec
 from lightning_asr.text import TextNormalizer, primary_unit
 
 DRIFT_CE = "drift_ce.json"  # a cell's cross-entropy on the base's own source transcripts, over the base's
@@ -261,6 +262,25 @@ class Benchmark:
         say(f"stage 1: the base scored on its own transcripts in {time.perf_counter() - started:.0f} s")
         return scored
 
+    def plan(self, seeds: list[int], parent_run_id: str = "") -> list[CellSpec]:
+        """Every cell of a run on ``seeds`` (strategies, then knob-sweep points; each over the seeds) as a
+        specification a worker can run anywhere (``study/tasks.py``)."""
+        profile = OmegaConf.to_yaml(self.bench, resolve=True)
+        return [
+            CellSpec(profile, str(self.config_path), entry["label"], seed, parent_run_id)
+            for entry in self.entries
+            for seed in seeds
+        ]
+
+    def entry(self, label: str) -> dict:
+        """The strategy (or sweep-point) entry of ``label``."""
+        for entry in self.entries:
+            if entry["label"] == label:
+                return entry
+        raise ConfigError(
+            f"{self.config_path}: no strategy labelled {label!r} (labels: {[e['label'] for e in self.entries]})"
+        )
+
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
         query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
         runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"])
@@ -291,7 +311,8 @@ class Benchmark:
         if finished and not self.force:
             run = finished[0]
             say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
-            client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
+            if parent_id:
+                client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
             with tempfile.TemporaryDirectory() as tmp:
                 rows = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", tmp)).read_text())
                 artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -308,12 +329,13 @@ class Benchmark:
         if resume:
             run_id = unfinished[0].info.run_id
             say(f"cell {cell}: resuming run {run_id} from {output / 'checkpoints' / 'last.ckpt'}")
-            client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+            if parent_id:
+                client.set_tag(run_id, "mlflow.parentRunId", parent_id)
         else:
             if output.exists():
                 shutil.rmtree(output)
             tags = {
-                "mlflow.parentRunId": parent_id,
+                **({"mlflow.parentRunId": parent_id} if parent_id else {}),
                 "mlflow.runName": cell,
                 tracking.TAG_BENCH: self.bench.name,
                 tracking.TAG_CELL: cell,
@@ -596,13 +618,12 @@ class Benchmark:
             )
             stage = time.perf_counter()
             self.cell_runs = {}
-            for entry in self.entries:
-                for seed in seeds:
-                    cell = self.run_cell(client, experiment, parent_id, entry, seed, base_spec)
-                    result.cells.append(cell)
-                    self.cell_runs[(cell.label, seed)] = cell.run_id
-                    if self.bench.curves.points > 0:
-                        self.curves.setdefault(cell.label, {})[seed] = records.cell_curve(client, cell.run_id)
+            for spec in self.plan(seeds, parent_id):  # the same cells a worker runs with tasks.run_cell_task
+                cell = self.run_cell(client, experiment, parent_id, self.entry(spec.label), spec.seed, base_spec)
+                result.cells.append(cell)
+                self.cell_runs[(cell.label, spec.seed)] = cell.run_id
+                if self.bench.curves.points > 0:
+                    self.curves.setdefault(cell.label, {})[spec.seed] = records.cell_curve(client, cell.run_id)
             seconds["cells"] = time.perf_counter() - stage
             seconds["total"] = time.perf_counter() - started
             records.log_cell_metrics(client, result)
