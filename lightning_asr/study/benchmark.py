@@ -228,8 +228,9 @@ class Benchmark:
             utterances = [u for u in read_manifest(manifest) if by_line.get(u.line, "").strip()]
             kept[name] = [u.line for u in utterances]
             path = folder / f"{name}.jsonl"  # <set folder>/<split>.jsonl: the set keeps its name
-            if not path.exists():
-                write_text_atomic(path, "".join(replace(u, text=by_line[u.line]).to_json() + "\n" for u in utterances))
+            text = "".join(replace(u, text=by_line[u.line]).to_json() + "\n" for u in utterances)
+            if not path.exists() or path.read_text(encoding="utf-8") != text:  # a base evaluated again (--force)
+                write_text_atomic(path, text)
             manifests.append(str(path))
         return manifests, kept
 
