@@ -64,8 +64,6 @@ from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.study.tasks import CellSpec
 from lightning_asr.text import TextNormalizer, primary_unit
 
-DRIFT_CE = "drift_ce.json"  # a cell's cross-entropy on the base's own source transcripts, over the base's
-
 
 class Benchmark:
     """One benchmark profile (a ``BenchConfig``) run for some seeds: ``run(seeds)`` goes through the stages and
@@ -321,7 +319,7 @@ class Benchmark:
                     json.loads(Path(client.download_artifacts(run.info.run_id, artifact, tmp)).read_text())
                     if artifact in artifacts
                     else {}
-                    for artifact in (records.INTERPOLATION, DRIFT_CE)
+                    for artifact in (records.INTERPOLATION, records.DRIFT_CE)
                 )
             self.target_rows.setdefault(label, []).append(rows[self.target_name])
             return self.cell_result(client, run.info.run_id, label, seed, rows, interpolation, drift_ce)
@@ -384,7 +382,7 @@ class Benchmark:
         if self.bench.statistics.drift_cross_entropy:
             stage = time.perf_counter()
             drift_ce = self.drift_ce_rise(module)
-            client.log_dict(run_id, drift_ce, DRIFT_CE)
+            client.log_dict(run_id, drift_ce, records.DRIFT_CE)
             rise = {f"drift/{name}/ce": sum(v["ce"]) / max(sum(v["units"]), 1) for name, v in drift_ce.items()}
             tracking.log_values(client, run_id, rise)
             seconds["drift"] = time.perf_counter() - stage

@@ -20,6 +20,7 @@ from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult
 
 INTERPOLATION = "interpolation.json"  # a cell's λ curve, beside predictions.json
+DRIFT_CE = "drift_ce.json"  # a cell's cross-entropy on the base's own source transcripts, over the base's
 
 
 def log_cell(
