@@ -434,6 +434,11 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     )
     args = ["--profile", "tiny", bench, f"report_dir={tmp_path}/reports"]
     assert main(args) == 0
+    # each experiment's benchmark runs write their comparisons under their own names, beside (never over) the
+    # benchmark's own comparison-<target>.md
+    out = tmp_path / "runs" / "forgetting-smoke"
+    assert not list(out.glob("comparison-*.md"))
+    assert (out / "reproduce-tiny-blora-vs-lora-pretrained-seeds1-comparison-ko-en.md").exists()
     report = tmp_path / "reports" / "tiny" / "REPRODUCTION.md"
     text = report.read_text()
     for claim in (

@@ -69,8 +69,17 @@ class Benchmark:
     """One benchmark profile (a ``BenchConfig``) run for some seeds: ``run(seeds)`` goes through the stages and
     returns the comparison rows; ``check(seeds)`` validates every cell without running any."""
 
-    def __init__(self, bench, config_path: Path, force: bool = False, parent_tags: dict | None = None):
+    def __init__(
+        self,
+        bench,
+        config_path: Path,
+        force: bool = False,
+        parent_tags: dict | None = None,
+        results_prefix: str = "",
+    ):
         self.bench, self.config_path, self.force = bench, config_path, force
+        # a caller that runs several benchmarks into one output folder names their comparison files apart
+        self.results_prefix = results_prefix
         # extra tags of the parent run (its name, a run to nest under): a caller that groups benchmark runs
         self.parent_tags = dict(parent_tags or {})
         self.parent_id: str | None = None
@@ -635,6 +644,7 @@ class Benchmark:
                 self.target_metric,
                 self.normalizer().id,
                 self.curves,
+                self.results_prefix,
             )
             client.set_terminated(parent_id, "FINISHED")
         except BaseException:
@@ -642,8 +652,8 @@ class Benchmark:
             raise
         say(f"benchmark finished in {time.perf_counter() - started:.0f} s")
         say(
-            f"results: {self.out / f'comparison-{bench.target_set}.md'} and "
-            f"{self.out / f'result-{bench.target_set}.json'}; MLflow parent run {parent_id} in {bench.tracking_uri} "
+            f"results: {self.out / f'{self.results_prefix}comparison-{bench.target_set}.md'} and "
+            f"{self.out / f'{self.results_prefix}result-{bench.target_set}.json'}; MLflow parent run {parent_id} in {bench.tracking_uri} "
             f"(make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id})"
         )
         return result

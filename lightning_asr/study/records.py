@@ -123,8 +123,9 @@ def log_comparison(
     target_metric: str,
     normalizer_id: str,
     curves: dict[str, dict[int, list[tuple]]],
+    prefix: str = "",
 ) -> None:
-    """The comparison (``study/summary.py``) printed, written under ``out`` and logged to the parent run with the
+    """The comparison (``study/summary.py``) printed, written under ``out`` (file names start with ``prefix``) and logged to the parent run with the
     result it was computed from, the fronts figure and the target's breakdown in ``target_metric`` (``breakdown``: its columns and,
     per strategy, the target's error rates by unit and language; ``curves``: per strategy and seed, the
     learning curve's (step, target error, source error) points)."""
@@ -147,8 +148,8 @@ def log_comparison(
         f"language's rate. Normaliser: {normalizer_id}.\n\n{breakdown_markdown}\n"
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"comparison-{bench.target_set}.md").write_text(text)
-    result.save(out / f"result-{bench.target_set}.json")
+    (out / f"{prefix}comparison-{bench.target_set}.md").write_text(text)
+    result.save(out / f"{prefix}result-{bench.target_set}.json")
     rows = summary.table_rows(comparison)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "comparison.md").write_text(text)

@@ -126,6 +126,8 @@ class Reproduction:
                     self.arm_bench(variants, arm),
                     self.bench_path,
                     force,
+                    # beside the benchmark's own comparison files (make bench-forgetting), not over them
+                    results_prefix=f"{name}-{experiment.name}-{arm}-seeds{len(seeds)}-",
                     parent_tags={
                         "mlflow.parentRunId": parent_id,
                         TAG_REPRODUCE: name,
