@@ -54,7 +54,8 @@ publish-results: setup
 	mkdir -p docs/results
 	for f in runs/bench/forgetting-embedded/comparison-*.md; do \
 		[ -e "$$f" ] && cp $$f docs/results/embedded-$${f##*comparison-}; done; true
-	[ -e reports/embedded/REPRODUCTION.md ] && cp reports/embedded/REPRODUCTION.md docs/results/reproduce-embedded.md; true
+	[ -e reports/embedded/REPRODUCTION.md ] && mkdir -p docs/results/reproduce-embedded && cp reports/embedded/REPRODUCTION.md \
+		reports/embedded/*.png reports/embedded/verdicts.json docs/results/reproduce-embedded/; true
 	for f in runs/bench/forgetting-embedded-bf16/comparison-*.md; do \
 		[ -e "$$f" ] && cp $$f docs/results/embedded-bf16-$${f##*comparison-}; done; true
 	for f in runs/bench/discriminability/forgetting-embedded/comparison-*.md; do \
