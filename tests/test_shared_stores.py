@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPEN_STORE = """
 import sys, time
+from pathlib import Path
 from lightning_asr.study import tracking
-uri, start_at = sys.argv[1], float(sys.argv[2])
-while time.time() < start_at:
+uri, barrier = sys.argv[1], Path(sys.argv[2])
+(barrier / f"ready-{sys.argv[4]}").touch()  # imports done: wait for the others, then open the store together
+while not (barrier / "go").exists():
     time.sleep(0.002)
 client = tracking.client_for(uri)
 experiment = tracking.experiment_id(client, "shared", sys.argv[3])
@@ -27,18 +29,21 @@ client.set_terminated(client.create_run(experiment).info.run_id)
 def test_processes_opening_one_fresh_sqlite_store_at_once_all_log_to_it(tmp_path):
     # MLflow migrates a fresh store's schema on first use; concurrent migrations broke the file for good
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    start_at = time.time() + 8  # after every interpreter has imported MLflow
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", OPEN_STORE, uri, str(start_at), str(tmp_path / "artifacts")],
+            [sys.executable, "-c", OPEN_STORE, uri, str(tmp_path), str(tmp_path / "artifacts"), str(index)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
-        for _ in range(4)
+        for index in range(4)
     ]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
     outputs = [process.communicate(timeout=120)[0] for process in processes]
     failed = [out[-800:] for process, out in zip(processes, outputs) if process.returncode != 0]
     assert not failed, failed
