@@ -251,8 +251,8 @@ class Benchmark:
         out = {}
         for name in self.source_names:
             nats, units = np.zeros(len(self.base_rows[name])), np.zeros(len(self.base_rows[name]))
-            positions = [row["line"] for row in self.base_rows[name]]
-            index = [positions.index(line) for line in kept[name]]
+            position = {row["line"]: i for i, row in enumerate(self.base_rows[name])}
+            index = [position[line] for line in kept[name]]
             nats[index], units[index] = scored[name]
             out[name] = (nats, units)
         return out
