@@ -332,3 +332,36 @@ def test_a_base_evaluation_is_cached_under_the_base_s_files_not_only_its_path(tm
     (base / "model.safetensors").write_bytes(b"second, longer weights")
     assert benchmark.base_evaluation_path(str(base), config) != before
     assert base_identity("whisper-toy") == "whisper-toy"  # presets and hub ids by name
+
+
+def test_a_run_left_by_a_dead_process_is_closed_and_its_cell_trained_once_more(smoke_run, capsys):
+    """A cell whose process died before its first checkpoint leaves a run with nothing to resume: the next run of
+    the cell closes it as killed (never reused as finished) and trains the cell in a new run."""
+    from lightning_asr.study.cli import forgetting_main as main
+
+    tmp, args = smoke_run
+
+    def finished_lora() -> set[str]:
+        return {
+            r.info.run_id
+            for r in runs_of(tmp)[1]
+            if r.data.tags.get("lightning_asr.cell") == "lora-seed1"
+            and r.data.tags.get("lightning_asr.status") == "finished"
+        }
+
+    client, _ = runs_of(tmp)
+    lora = max((client.get_run(run_id) for run_id in finished_lora()), key=lambda run: run.info.start_time)
+    before = finished_lora() - {lora.info.run_id}
+    client.set_tag(lora.info.run_id, "lightning_asr.status", "running")
+    client.set_terminated(lora.info.run_id, "RUNNING")
+    for checkpoint in (tmp / "runs" / "forgetting-smoke" / "cells").glob("lora-seed1-*/checkpoints/last.ckpt"):
+        checkpoint.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (
+        f"run {lora.info.run_id} was left unfinished with nothing to resume; closed as killed"
+        in capsys.readouterr().out
+    )
+    abandoned = client.get_run(lora.info.run_id)
+    assert abandoned.info.status == "KILLED" and abandoned.data.tags["lightning_asr.status"] == "abandoned"
+    assert len(finished_lora() - before) == 1 and lora.info.run_id not in finished_lora()

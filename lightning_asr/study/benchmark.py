@@ -48,6 +48,7 @@ from lightning_asr.models import backbone_for
 from lightning_asr.study import records, tracking
 from lightning_asr.study.base_model import BaseModel, say
 from lightning_asr.study.curves import LearningCurve
+from lightning_asr.study.executors import makespan_text
 from lightning_asr.study.forgetting import Scores, label_free_drift
 from lightning_asr.study.identity import (
     CELL_VERSION,
@@ -63,6 +64,8 @@ from lightning_asr.study.report import markdown_table
 from lightning_asr.study.result import BenchmarkResult, CellResult
 from lightning_asr.study.tasks import CellSpec
 from lightning_asr.text import TextNormalizer, primary_unit
+
+ABANDONED = "abandoned"  # the status tag of a cell's run whose process died before it could be resumed
 
 
 class Benchmark:
@@ -290,22 +293,43 @@ class Benchmark:
         )
 
     def find_cell_runs(self, client, experiment: str, cell: str, config_hash: str):
+        """The cell's finished runs and its unfinished ones (newest first); runs closed as abandoned are neither."""
         query = f"tags.`{tracking.TAG_CELL}` = '{cell}' and tags.`{tracking.TAG_CONFIG}` = '{config_hash}'"
         runs = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"])
         finished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) == "finished"]
-        unfinished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) != "finished"]
+        unfinished = [r for r in runs if r.data.tags.get(tracking.TAG_STATUS) not in ("finished", ABANDONED)]
         return finished, unfinished
 
-    def run_cell(
-        self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str
-    ) -> tuple[str, dict[str, Scores]]:
+    def run_cell(self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str) -> CellResult:
+        """The cell's result: reused where a run of its identity finished, resumed where one was interrupted with
+        a checkpoint, trained otherwise. One process at a time works on a cell (a lock beside its folder, which a
+        dead process no longer holds: ``<output>/locks/``), so an unfinished run found under the lock belongs to a
+        process that died."""
+        from filelock import FileLock, Timeout
+
+        config = self.cell_config(entry, seed, base_spec)
+        locks = self.out / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(locks / f"{Path(config.output_dir).name}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            say(f"cell {entry['label']}-seed{seed}: another process works on it; waiting ({lock.lock_file})")
+            lock.acquire()
+        try:
+            return self.run_cell_locked(client, experiment, parent_id, entry, seed, base_spec, config)
+        finally:
+            lock.release()
+
+    def run_cell_locked(
+        self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str, config
+    ) -> CellResult:
         from lightning.pytorch.loggers import MLFlowLogger
 
         from lightning_asr.module import ASRModule
         from lightning_asr.train import evaluate, train
 
         label = entry["label"]
-        config = self.cell_config(entry, seed, base_spec)
         config_hash = self.cell_hash(config)
         cell = f"{label}-seed{seed}"
         finished, unfinished = self.find_cell_runs(client, experiment, cell, config_hash)
@@ -334,6 +358,11 @@ class Benchmark:
             return self.cell_result(client, run.info.run_id, label, seed, rows, interpolation, drift_ce)
         output = Path(config.output_dir)
         resume = bool(unfinished) and not self.force and (output / "checkpoints" / "last.ckpt").exists()
+        for run in unfinished[1:] if resume else unfinished:
+            # left by a process that died before the cell's first checkpoint: closed, never reused as finished
+            client.set_tag(run.info.run_id, tracking.TAG_STATUS, ABANDONED)
+            client.set_terminated(run.info.run_id, "KILLED")
+            say(f"cell {cell}: run {run.info.run_id} was left unfinished with nothing to resume; closed as killed")
         if resume:
             run_id = unfinished[0].info.run_id
             say(f"cell {cell}: resuming run {run_id} from {output / 'checkpoints' / 'last.ckpt'}")
@@ -507,7 +536,7 @@ class Benchmark:
             for name, (nats, units) in scored.items()
         }
 
-    def check(self, seeds: list[int]) -> list[str]:
+    def check(self, seeds: list[int], workers: int = 1) -> list[str]:
         """Resolve and validate everything a run would use, without data, models or training: every cell's
         run config and strategy, and where each manifest is expected (missing ones are listed, not errors)."""
         from lightning_asr.adapters import build_strategy
@@ -530,6 +559,7 @@ class Benchmark:
                 )
         lines.append(
             f"{len(methods)} cells; {cost_text(methods, self.bench.cell_seconds)}"
+            + makespan_text(methods, self.bench.cell_seconds, workers)
             + ("; plus pretraining the base, unless it is cached" if self.base.pretrains else "")
         )
         for manifest in sorted({*self.test_manifests, *self.target.values(), *self.base.source_train_manifests()}):
@@ -579,9 +609,19 @@ class Benchmark:
         ]
 
     # ---- stage 4 ----------------------------------------------------------------------------------------------
-    def run(self, seeds: list[int]) -> BenchmarkResult:
+    def run(self, seeds: list[int], executor=None) -> BenchmarkResult:
         """Every stage; returns the ``BenchmarkResult`` the comparison was computed from (also logged to the
-        parent run as ``result.json`` and written as ``output_dir/<name>/result-<target set>.json``)."""
+        parent run as ``result.json`` and written as ``output_dir/<name>/result-<target set>.json``).
+
+        With an ``executor`` (``study/executors.py``), the cells run on its workers once the data, the base and
+        its evaluation are ready here (so that no worker pretrains), logging through one tracking server; then
+        every cell is read back from the store exactly as a cell finished before is, so the comparison is the
+        sequential runner's."""
+        if executor is not None and self.force:
+            raise ConfigError(
+                "--force with a parallel executor: workers that retry a cell must resume it, not start it again — "
+                "fix: run --force with the sequential runner (--executor local --workers 1)"
+            )
         started = time.perf_counter()
         bench = self.bench
         seconds = {}
@@ -626,7 +666,11 @@ class Benchmark:
             )
             stage = time.perf_counter()
             self.cell_runs = {}
-            for spec in self.plan(seeds, parent_id):  # the same cells a worker runs with tasks.run_cell_task
+            specs = self.plan(seeds, parent_id)
+            if executor is not None:
+                self.dispatch(executor, specs)
+                seconds["dispatched"] = time.perf_counter() - stage
+            for spec in specs:  # the same cells a worker runs with tasks.run_cell_task
                 cell = self.run_cell(client, experiment, parent_id, self.entry(spec.label), spec.seed, base_spec)
                 result.cells.append(cell)
                 self.cell_runs[(cell.label, spec.seed)] = cell.run_id
@@ -657,6 +701,20 @@ class Benchmark:
             f"(make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id})"
         )
         return result
+
+    def dispatch(self, executor, specs: list[CellSpec]) -> None:
+        """Run the cells on the executor's workers, logging through one store they can all write to."""
+        from lightning_asr.study.executors import for_workers, leaves_machine
+
+        started = time.perf_counter()
+        server_log = self.out / "mlflow-server.log"
+        with tracking.shared_store(self.bench.tracking_uri, leaves_machine(executor), server_log) as uri:
+            say(
+                f"cells: {len(specs)} on {executor.name} with {executor.workers} workers, {executor.threads} "
+                f"torch threads each, logging through {uri}"
+            )
+            executor.run(for_workers(specs, uri))
+        say(f"cells: {len(specs)} finished on {executor.workers} workers in {time.perf_counter() - started:.0f} s")
 
     @property
     def target_lang(self) -> str:

@@ -32,10 +32,19 @@ def forgetting_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="validate the profile and list its cells and manifests; run nothing"
     )
+    parser.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray", "submitit"],
+        help="where cells run: this process (local, 1 worker) or worker processes (local), Ray, or submitit (SLURM)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="cells run at once (default 1)")
+    parser.add_argument("--address", help="an existing Ray cluster (default: a local one of --workers workers)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
     from lightning_asr.study.benchmark import Benchmark
+    from lightning_asr.study.executors import CellFailed, make_executor
     from lightning_asr.study.profile import load_bench_config
 
     quiet()
@@ -43,13 +52,17 @@ def forgetting_main(argv: list[str] | None = None) -> int:
         bench, path = load_bench_config(args.profile, args.overrides)
         seeds = parse_seeds(args.seeds, bench.seeds)
         benchmark = Benchmark(bench, path, args.force)
+        executor = make_executor(args.executor, args.workers, bench.execution, args.address, benchmark.out / "submitit")
         if args.check:
-            print("\n".join(benchmark.check(seeds)))
+            print("\n".join(benchmark.check(seeds, args.workers)))
             return 0
-        benchmark.run(seeds)
+        benchmark.run(seeds, executor)
     except (ValueError, FileExistsError) as err:  # config, manifest, model-spec, tokenizer and adapter errors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CellFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

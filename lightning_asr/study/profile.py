@@ -69,6 +69,19 @@ class StatisticsSection:
 
 
 @dataclass
+class ExecutionSection:
+    """How cells are dispatched (engineering only: nothing here enters a cell's identity)."""
+
+    # torch threads per cell (0: this machine's cores divided by the workers, at least 1)
+    threads_per_cell: int = 0
+    gpus_per_cell: int = 0  # GPUs each cell's worker reserves (Ray: num_gpus; SLURM: gpus_per_node)
+    retries: int = 2  # how often a cell whose worker died runs again
+    # submitit: "local" forces its local executor; empty picks SLURM where sbatch is found, else local
+    cluster: str = ""
+    slurm: dict = field(default_factory=dict)  # submitit parameters, e.g. {slurm_partition: gpu, timeout_min: 240}
+
+
+@dataclass
 class BenchConfig:
     name: str = "forgetting-embedded"  # the MLflow experiment
     based_on: str | None = None  # a profile whose settings this one starts from
@@ -92,6 +105,7 @@ class BenchConfig:
     output_dir: str = "runs/bench"
     statistics: StatisticsSection = field(default_factory=StatisticsSection)
     curves: CurvesSection = field(default_factory=CurvesSection)
+    execution: ExecutionSection = field(default_factory=ExecutionSection)  # how cells are dispatched (--executor)
     # measured seconds per cell by strategy (training and evaluation) on the machine the profile is sized for;
     # --check estimates the run's cost from them
     cell_seconds: dict = field(default_factory=dict)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,14 +22,16 @@ from pathlib import Path
 @dataclass(frozen=True)
 class CellSpec:
     """One cell of a benchmark run: the resolved profile (its ``BenchConfig`` as YAML, overrides applied), the
-    file it was read from, the strategy entry's label, the seed, and the parent run the cell's run is nested
-    under (empty: none)."""
+    file it was read from, the strategy entry's label, the seed, the parent run the cell's run is nested
+    under (empty: none), and the directory the profile's relative paths are read from (empty: the worker's
+    own)."""
 
     profile: str
     config_path: str
     label: str
     seed: int
     parent_run_id: str = ""
+    directory: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -52,6 +55,8 @@ def run_cell_task(spec: CellSpec) -> str:
     from lightning_asr.study import tracking
     from lightning_asr.study.benchmark import Benchmark
 
+    if spec.directory:
+        os.chdir(spec.directory)  # a worker an engine started elsewhere reads the profile's paths from there
     benchmark = Benchmark(bench_from_spec(spec), Path(spec.config_path))
     bench = benchmark.bench
     benchmark.corpus_checksum = benchmark.prepare_data()
@@ -66,7 +71,12 @@ def run_cell_task(spec: CellSpec) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one benchmark cell from its specification (a JSON file).")
     parser.add_argument("spec", help="a CellSpec as JSON (Benchmark.plan writes them)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_id = run_cell_task(CellSpec.from_json(Path(args.spec).read_text()))
     print(run_id)
     return 0

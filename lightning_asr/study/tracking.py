@@ -7,6 +7,15 @@ MLflow has no histogram-over-time API, so sparsity histograms are logged as figu
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning_asr.adapters.sparsity import fractions
@@ -126,3 +135,84 @@ def sparsity_table(report: dict) -> dict[str, list]:
         for key, value in zip(readings, values):
             columns[key].append(value)
     return columns
+
+
+@contextmanager
+def shared_store(tracking_uri: str, workers_leave_machine: bool = False, log: Path | None = None) -> Iterator[str]:
+    """The tracking URI many writers log through at once, for as long as the block runs.
+
+    An ``http(s)://`` URI (the user's MLflow server, on any database) is used as it is. An SQLite file is opened
+    once here (its schema made or migrated under the lock, see ``client_for``), then served by one ``mlflow
+    server`` on loopback, stopped when the block ends, so that workers write through one process rather than
+    each holding the file. Workers on other machines cannot reach loopback: for them the store must be a server
+    they can reach, and anything else is refused with the fix."""
+    if tracking_uri.startswith(("http://", "https://")):
+        yield tracking_uri
+        return
+    database = sqlite_path(tracking_uri)
+    if database is None or workers_leave_machine:
+        raise ValueError(
+            f"tracking URI {tracking_uri!r}: workers "
+            + ("on other machines" if database is not None else "in other processes")
+            + " need a tracking server they can reach — fix: start one (mlflow server --backend-store-uri "
+            "postgresql://... --host 0.0.0.0 --serve-artifacts; docs/scale-out.md) and pass tracking_uri=http://HOST:PORT"
+        )
+    client_for(tracking_uri)  # the schema, before the server opens the file
+    from lightning_asr.client import free_port
+
+    port = free_port()
+    log = log or Path(tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{database.resolve()}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the MLflow server on {database} stopped at start (its log: {log}):\n" + tail(log))
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the MLflow server on {database} did not answer in {SERVER_START_SECONDS} s (log: {log})"
+                )
+            time.sleep(0.5)
+        yield uri
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+SERVER_START_SECONDS = 120  # an MLflow server takes ~15 s to answer on 2 busy cores
+
+
+def tail(path: Path, characters: int = 3000) -> str:
+    return path.read_text(errors="replace")[-characters:] if path.exists() else ""
