@@ -8,7 +8,7 @@ ENGLISH_SPELLING := .cache/whisper-assets/english.json
 PROFILE ?= embedded
 SEEDS ?=
 
-.PHONY: setup lint format test test-all bench-forgetting reproduce publish-results mlflow-ui ui-check fetch-whisper clean
+.PHONY: setup postgres lint format test test-all bench-forgetting reproduce publish-results mlflow-ui ui-check fetch-whisper clean
 
 setup: $(INSTALLED) $(TOKENIZER) $(ENGLISH_SPELLING)
 
@@ -26,6 +26,15 @@ $(TOKENIZER) $(ENGLISH_SPELLING): $(INSTALLED)
 MODEL ?= base
 fetch-whisper: setup
 	$(BIN)/python -m lightning_asr.models.fetch $(MODEL) --convert
+
+# Debian's PostgreSQL server for the test of the study's tracking store on a database (tests/test_executors.py;
+# it skips, saying why, where the server is missing); needs root or sudo for apt
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q postgresql >/dev/null; } || \
+		echo "PostgreSQL could not be installed: its test will skip"; }
 
 # ruff: lint rules and formatting in pyproject.toml; `make format` rewrites the tree to match
 lint: setup

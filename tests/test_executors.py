@@ -43,11 +43,11 @@ def sequential(tmp_path_factory):
     return tmp
 
 
-def finished_cells(tmp: Path, store: str) -> dict[str, tuple[str, dict]]:
+def finished_cells(tmp: Path, store: str, tracking_uri: str = "") -> dict[str, tuple[str, dict]]:
     """Per cell of the store: its identity (config hash) and its test metrics; exactly one finished run each."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/{store}.db")
+    client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{tmp}/{store}.db")
     experiment = client.get_experiment_by_name("forgetting-smoke")
     cells = {}
     for run in client.search_runs([experiment.experiment_id]):
@@ -121,6 +121,34 @@ def test_submitit_s_local_executor_gives_the_sequential_cells(sequential):
     assert forgetting_main(args + overrides(tmp, "submitit")) == 0
     assert list((tmp / "runs-submitit" / "forgetting-smoke" / "submitit").glob("*_result.pkl"))
     assert finished_cells(tmp, "submitit") == finished_cells(tmp, "sequential")
+
+
+def test_worker_processes_log_through_a_server_on_postgresql(sequential):
+    """The tracking store many writers share on a real database: an MLflow server on PostgreSQL with proxied
+    artifacts, written by 2 local worker processes; every cell reads back through the server as the sequential
+    runner made it, and its artifacts sit in the server's artifact store."""
+    from mlflow.tracking import MlflowClient
+    from postgres import postgres_database, server_binaries
+
+    from lightning_asr.study import tracking
+    from lightning_asr.study.cli import forgetting_main
+
+    binaries, why = server_binaries()
+    if binaries is None:
+        pytest.skip(why)
+    tmp = sequential
+    with postgres_database() as database:
+        with tracking.mlflow_server(database, tmp / "postgres-server.log", str(tmp / "served-artifacts")) as uri:
+            args = ["--profile", "smoke", "--executor", "local", "--workers", "2", *overrides(tmp, "postgres")]
+            args += [f"tracking_uri={uri}", "artifact_root=mlflow-artifacts:/"]
+            assert forgetting_main(args) == 0
+            cells = finished_cells(tmp, "postgres", uri)
+            assert cells == finished_cells(tmp, "sequential")
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name("forgetting-smoke")
+            for run in client.search_runs([experiment.experiment_id], "tags.`lightning_asr.status` = 'finished'"):
+                assert "predictions.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert len(list((tmp / "served-artifacts" / "forgetting-smoke").glob("*/artifacts/predictions.json"))) == 2
 
 
 def test_executors_refuse_what_they_cannot_do(tmp_path):

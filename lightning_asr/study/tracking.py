@@ -70,7 +70,10 @@ def experiment_id(client, name: str, artifact_root: str | Path) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None and experiment.lifecycle_stage != "deleted":
         return experiment.experiment_id
-    location = (Path(artifact_root) / name).resolve().as_uri()
+    if ":/" in str(artifact_root):  # a URI: s3://..., or mlflow-artifacts:/ where a server proxies the artifacts
+        location = f"{str(artifact_root).rstrip('/')}/{name}"
+    else:
+        location = (Path(artifact_root) / name).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:
@@ -141,55 +144,54 @@ def sparsity_table(report: dict) -> dict[str, list]:
 def shared_store(tracking_uri: str, workers_leave_machine: bool = False, log: Path | None = None) -> Iterator[str]:
     """The tracking URI many writers log through at once, for as long as the block runs.
 
-    An ``http(s)://`` URI (the user's MLflow server, on any database) is used as it is. An SQLite file is opened
-    once here (its schema made or migrated under the lock, see ``client_for``), then served by one ``mlflow
-    server`` on loopback, stopped when the block ends, so that workers write through one process rather than
-    each holding the file. Workers on other machines cannot reach loopback: for them the store must be a server
-    they can reach, and anything else is refused with the fix."""
+    An ``http(s)://`` URI (the user's MLflow server, on any database) is used as it is. A database store (an
+    SQLite file, PostgreSQL, MySQL) is served by one ``mlflow server`` on loopback, stopped when the block ends,
+    so that workers write through one process rather than each holding the database (an SQLite file's schema is
+    made or migrated first, under its lock: see ``client_for``). Workers on other machines cannot reach loopback:
+    for them the store must be a server they can reach, and anything else is refused with the fix."""
     if tracking_uri.startswith(("http://", "https://")):
         yield tracking_uri
         return
-    database = sqlite_path(tracking_uri)
-    if database is None or workers_leave_machine:
+    if workers_leave_machine:
         raise ValueError(
-            f"tracking URI {tracking_uri!r}: workers "
-            + ("on other machines" if database is not None else "in other processes")
-            + " need a tracking server they can reach — fix: start one (mlflow server --backend-store-uri "
-            "postgresql://... --host 0.0.0.0 --serve-artifacts; docs/scale-out.md) and pass tracking_uri=http://HOST:PORT"
+            f"tracking URI {tracking_uri!r}: workers on other machines cannot reach a server on this machine's "
+            "loopback — fix: start one they can reach (mlflow server --backend-store-uri postgresql://... --host "
+            "0.0.0.0 --serve-artifacts; docs/scale-out.md) and pass tracking_uri=http://HOST:PORT"
         )
-    client_for(tracking_uri)  # the schema, before the server opens the file
+    client_for(tracking_uri)  # an SQLite file's schema, before the server opens it
+    database = sqlite_path(tracking_uri)
+    backend = f"sqlite:///{database.resolve()}" if database is not None else tracking_uri
+    with mlflow_server(backend, log or Path(tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])) as uri:
+        yield uri
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, log: Path, artifacts_destination: str | None = None) -> Iterator[str]:
+    """An ``mlflow server`` on loopback over ``backend_store_uri`` (with a proxied artifact store at
+    ``artifacts_destination``, where given) while the block runs; its output goes to ``log``."""
     from lightning_asr.client import free_port
 
     port = free_port()
-    log = log or Path(tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])
     log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts_destination:
+        command += ["--serve-artifacts", "--artifacts-destination", artifacts_destination]
     with open(log, "ab") as output:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{database.resolve()}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
+            command,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     uri = f"http://127.0.0.1:{port}"
+    where = backend_store_uri.split("@")[-1]  # no password in a message
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"the MLflow server on {database} stopped at start (its log: {log}):\n" + tail(log))
+                raise RuntimeError(f"the MLflow server on {where} stopped at start (its log: {log}):\n" + tail(log))
             try:
                 if urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK":
                     break
@@ -197,7 +199,7 @@ def shared_store(tracking_uri: str, workers_leave_machine: bool = False, log: Pa
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"the MLflow server on {database} did not answer in {SERVER_START_SECONDS} s (log: {log})"
+                    f"the MLflow server on {where} did not answer in {SERVER_START_SECONDS} s (log: {log})"
                 )
             time.sleep(0.5)
         yield uri
