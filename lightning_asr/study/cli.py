@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lightning_asr.config import ConfigError
 
@@ -23,6 +24,17 @@ def parse_seeds(text: str | None, default: list[int]) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. 1,2,3") from err
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray", "submitit"],
+        help="where cells run: this process (local, 1 worker) or worker processes (local), Ray, or submitit (SLURM)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="cells run at once (default 1)")
+    parser.add_argument("--address", help="an existing Ray cluster (default: a local one of --workers workers)")
+
+
 def forgetting_main(argv: list[str] | None = None) -> int:
     """``benchmarks/forgetting.py``: the forgetting benchmark of one profile."""
     parser = argparse.ArgumentParser(prog="benchmarks/forgetting.py", description=FORGETTING)
@@ -32,14 +44,7 @@ def forgetting_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="validate the profile and list its cells and manifests; run nothing"
     )
-    parser.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "ray", "submitit"],
-        help="where cells run: this process (local, 1 worker) or worker processes (local), Ray, or submitit (SLURM)",
-    )
-    parser.add_argument("--workers", type=int, default=1, help="cells run at once (default 1)")
-    parser.add_argument("--address", help="an existing Ray cluster (default: a local one of --workers workers)")
+    add_executor_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark config")
     args = parser.parse_args(argv)
     from lightning_asr.console import quiet
@@ -79,10 +84,12 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report from MLflow")
     parser.add_argument("--check", action="store_true", help="list the planned cells and their cost; run nothing")
     parser.add_argument("--force", action="store_true", help="retrain every cell in new MLflow runs")
+    add_executor_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the reproduce profile")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded cell drowns the log
     from lightning_asr.console import quiet
+    from lightning_asr.study.executors import CellFailed, make_executor
     from lightning_asr.study.reproduction import Reproduction, say
 
     quiet()
@@ -92,7 +99,14 @@ def reproduce_main(argv: list[str] | None = None) -> int:
             print("\n".join(reproduction.check()))
             return 0
         selected = args.experiments.split(",") if args.experiments else None
-        report, failed = reproduction.run(selected, args.force, args.report_only)
+        executor = make_executor(
+            args.executor,
+            args.workers,
+            reproduction.bench.execution,
+            args.address,
+            Path(reproduction.bench.output_dir) / reproduction.bench.name / "submitit",
+        )
+        report, failed = reproduction.run(selected, args.force, args.report_only, executor)
         say(f"report: {report.path} ({len(report.missing)} missing cells)")
         for claim in report.claims:
             say(f"  {claim.id}: {claim.verdict.status} — {claim.verdict.reason[:160]}")
@@ -102,4 +116,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError) as err:  # config, manifest, model-spec and adapter errors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CellFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0

@@ -81,10 +81,11 @@ class Reproduction:
         return plan_lines(self.plan, self.config.cell_seconds)
 
     def run(
-        self, selected: list[str] | None = None, force: bool = False, report_only: bool = False
+        self, selected: list[str] | None = None, force: bool = False, report_only: bool = False, executor=None
     ) -> tuple[Report, list[str]]:
         """Run the ``selected`` experiments (all by default; none with ``report_only``), then write the report
-        for every experiment of the plan. Returns the report and the experiments that failed."""
+        for every experiment of the plan. Returns the report and the experiments that failed. An ``executor``
+        (``study/executors.py``) runs each benchmark's cells on its workers."""
         from lightning_asr.study import tracking
 
         unknown = sorted(set(selected or []) - {e.name for e in self.plan})
@@ -98,12 +99,12 @@ class Reproduction:
         if not report_only:
             for experiment in self.plan:
                 if (selected is None or experiment.name in selected) and not self.run_experiment(
-                    experiment, client, experiment_id, force
+                    experiment, client, experiment_id, force, executor
                 ):
                     failed.append(experiment.name)
         return self.write_report(client, experiment_id), failed
 
-    def run_experiment(self, experiment: Experiment, client, experiment_id: str, force: bool) -> bool:
+    def run_experiment(self, experiment: Experiment, client, experiment_id: str, force: bool, executor=None) -> bool:
         """Run one named experiment under its own parent run; record its cells in ``cells.json`` even when it
         fails part-way, so the report can list what is missing."""
         name = self.config.name
@@ -135,7 +136,7 @@ class Reproduction:
                     },
                 )
                 try:
-                    benchmark.run(seeds)
+                    benchmark.run(seeds, executor)
                 finally:
                     if benchmark.parent_id:
                         run = client.get_run(benchmark.parent_id)
