@@ -16,6 +16,7 @@ import argparse
 import glob
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def rows(result: BenchmarkResult, kind: str) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", help=f"result JSON files (default: {DEFAULT})")
+    parser.add_argument("--out", help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
+    written = []
     paths = args.results or sorted(glob.glob(DEFAULT))
     if not paths:
         print(f"no result at {DEFAULT}: run `make bench-forgetting PROFILE=crn` first", file=sys.stderr)
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {len(result.seeds)} seeds; a spread over seeds needs at least 3", file=sys.stderr)
             return 2
         table = rows(result, "error") + (rows(result, "ce") if summary.has_cross_entropy(result) else [])
-        print(f"{path} (target {result.target_set}, reference {result.reference}, seeds {result.seeds})\n")
-        print(
+        written.append(f"{path} (target {result.target_set}, reference {result.reference}, seeds {result.seeds})\n")
+        written.append(
             markdown_table(
                 [
                     "metric",
@@ -88,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 table,
             )
+            + "\n"
         )
+    print("\n".join(written))
+    if args.out:
+        Path(args.out).write_text("\n".join(written))
     return 0
 
 
