@@ -86,17 +86,26 @@ class LocalProcesses:
                 reason = ""
                 for _attempt in range(self.execution.retries + 1):
                     env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-                    done = subprocess.run(
-                        [sys.executable, "-m", "lightning_asr.study.tasks", str(path), "--threads", str(self.threads)],
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                    )
-                    sys.stdout.write(done.stdout)
-                    if done.returncode == 0:
-                        return done.stdout.strip().splitlines()[-1], ""
-                    reason = done.stderr[-2000:] or f"exit status {done.returncode}"
-                    if done.returncode > 0:  # the cell's own error: it would raise again
+                    command = [sys.executable, "-m", "lightning_asr.study.tasks", str(path)]
+                    with tempfile.TemporaryFile("w+") as errors:
+                        worker = subprocess.Popen(
+                            command + ["--threads", str(self.threads)],
+                            stdout=subprocess.PIPE,
+                            stderr=errors,
+                            text=True,
+                            env=env,
+                        )
+                        last = ""
+                        for line in worker.stdout:  # the cell's progress as it comes; its run id last
+                            sys.stdout.write(line)
+                            sys.stdout.flush()
+                            last = line.strip() or last
+                        returncode = worker.wait()
+                        errors.seek(0)
+                        reason = errors.read()[-2000:] or f"exit status {returncode}"
+                    if returncode == 0:
+                        return last, ""
+                    if returncode > 0:  # the cell's own error: it would raise again
                         break
                 return None, reason  # killed by a signal every time, or failed
 
