@@ -138,6 +138,11 @@ class ASRModule(L.LightningModule):
         for module in self.backbone.checkpointing_entries(self.model):
             module.register_forward_hook(lambda _module, _inputs, output: output.requires_grad_(True))
 
+    def setup(self, stage: str) -> None:
+        # before Lightning restores a checkpoint: a strategy's preparation sees the base's weights, also on resume
+        if stage == "fit":
+            self.strategy.prepare(self)
+
     # ---- loss -------------------------------------------------------------------------------------------------
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """The backbone's loss (token-mean cross-entropy for Whisper, CTC for wav2vec2) and its unit count."""
@@ -147,7 +152,7 @@ class ASRModule(L.LightningModule):
         cross_entropy, _ = self.backbone.loss(
             self.model, batch, self.auxiliary, input_dropout=self.config.model.decoder_input_dropout
         )
-        regularizer = self.strategy.regularizer()
+        regularizer = self.strategy.regularizer(batch)
         loss = cross_entropy + regularizer
         size = len(batch["texts"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

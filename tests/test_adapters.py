@@ -12,6 +12,7 @@ from lightning_asr.models import load_base_model
 STRATEGY_CONFIGS = {
     "full_ft": {"name": "full_ft"},
     "l2sp": {"name": "l2sp", "alpha": 0.1},
+    "ewc": {"name": "ewc", "strength": 0.1},
     "lora": {"name": "lora", "rank": 4, "alpha": 8},
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
@@ -78,7 +79,7 @@ def test_every_strategy_equals_the_base_at_step_0(name, batch):
 def test_only_adapter_parameters_train(name):
     model, strategy = attached(name)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if name in ("full_ft", "l2sp"):
+    if name in ("full_ft", "l2sp", "ewc"):
         assert len(trainable) == len(list(model.parameters()))
         return
     assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n or ".adapter_" in n for n in trainable)
@@ -104,6 +105,40 @@ def test_l2sp_penalises_the_squared_distance_to_the_pretrained_weights_in_traini
     assert strategy.regularizer().item() == 0.0
     with pytest.raises(ValueError, match="penalty weight must be >= 0"):
         attached({"name": "l2sp", "alpha": -1.0})
+
+
+def test_ewc_pulls_each_weight_back_by_the_source_data_s_fisher_information(corpus):
+    """The Fisher information is estimated on source utterances before training (mean 1 over the trained
+    entries, uneven across them); the penalty is strength / 2 · Σ F (w − w0)², zero at the start and in eval."""
+    from types import SimpleNamespace
+
+    from lightning_asr.models import WhisperBackbone, load_model_processor
+
+    values = {"name": "ewc", "strength": 0.1, "source_manifests": [f"{corpus}/en/train.jsonl"], "source_utterances": 3}
+    model, strategy = attached(values)
+    module = SimpleNamespace(
+        model=model, processor=load_model_processor("whisper-tiny-random")[1], backbone=WhisperBackbone()
+    )
+    module.config = SimpleNamespace(seed=0)
+    strategy.prepare(module)
+    fisher = torch.cat([f.flatten() for f in strategy.fisher.values()])
+    assert fisher.mean().item() == pytest.approx(1.0, rel=1e-4) and fisher.std().item() > 0.5
+    assert all(p.grad is None for p in model.parameters())  # the estimate leaves no gradient behind
+    model.train()
+    assert strategy.regularizer().item() == 0.0
+    name = "model.decoder.layers.0.fc1.weight"
+    moved = dict(model.named_parameters())[name]
+    with torch.no_grad():
+        moved.add_(0.5)
+    expected = 0.5 * 0.1 * float((strategy.fisher[name] * 0.25).sum())
+    assert strategy.regularizer().item() == pytest.approx(expected, rel=1e-5)
+    model.eval()
+    assert strategy.regularizer().item() == 0.0
+    _, bare = attached("ewc")
+    with pytest.raises(ValueError, match="source_manifests is empty"):
+        bare.prepare(module)
+    with pytest.raises(ValueError, match="penalty weight must be >= 0"):
+        attached({"name": "ewc", "strength": -1.0})
 
 
 def test_full_ft_frozen_modules():

@@ -238,3 +238,37 @@ def test_a_damaged_run_config_names_the_file_and_the_fix(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--resume"]) == 2
     error = capsys.readouterr().err
     assert f"error: {output / 'config.json'} is not readable JSON" in error and "fix:" in error, error
+
+
+def test_a_strategy_prepares_on_the_base_s_weights_also_when_a_run_resumes(corpus, tmp_path):
+    """EWC's Fisher information is estimated before training, on the base's weights: a resumed run estimates it
+    before Lightning restores the checkpoint, so it gets the uninterrupted run's, not one at the resumed weights."""
+    from conftest import config_dict
+
+    from lightning_asr.config import TrainConfig, structured
+    from lightning_asr.train import train
+
+    settings = {
+        "adapter.name": "ewc",
+        "adapter.strength": 1.0,
+        "adapter.source_manifests": f"[{corpus}/en/train.jsonl]",
+        "adapter.source_utterances": 2,
+        "optim.lr": 1e-2,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.log_every_n_steps": 1,
+        "trainer.enable_progress_bar": "false",
+        "decode.in_validation": "false",
+    }
+    first = train(structured(TrainConfig, config_dict(corpus, tmp_path, **settings)))
+    fisher = {name: f.clone() for name, f in first.module.strategy.fisher.items()}
+    assert fisher and first.module.strategy.regularizer().item() == 0.0  # eval mode after training
+    first.module.train()
+    assert first.module.strategy.regularizer().item() > 0  # two steps away from the base
+    resumed = train(
+        structured(TrainConfig, config_dict(corpus, tmp_path, **{**settings, "trainer.max_steps": 4})), resume=True
+    )
+    assert resumed.stopped_at_step == 4
+    assert all(
+        torch.allclose(resumed.module.strategy.fisher[name], f, rtol=1e-4, atol=1e-8) for name, f in fisher.items()
+    )

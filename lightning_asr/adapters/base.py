@@ -174,6 +174,9 @@ class AdapterStrategy:
     imports_plain_peft = False  # a directory PEFT wrote (no side file) holds everything this strategy needs
     target_names: list[str] | None = None  # the base modules this strategy wraps, when it wraps some
     unadapted = False  # trains nothing: evaluating it evaluates the base model itself
+    # reads the source sets' training data (``source_manifests`` in its config, which the benchmark fills with
+    # the base's source training sets where a profile leaves it empty): a rehearsal or importance baseline
+    reads_source_data = False
     # scale_adaptation(λ) scales exactly what the strategy adds to the base's layers by λ (0: the base, 1: as
     # trained): a learning–forgetting curve of a trained model for free. A strategy that overwrites base weights
     # cannot, and is interpolated in parameter space instead (W0 + λ·ΔW, with the base's weights at hand).
@@ -241,8 +244,14 @@ class AdapterStrategy:
             {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
         ]
 
-    def regularizer(self) -> torch.Tensor:
-        """Added to the training loss (BLoRA's KL term); zero for strategies without one."""
+    def prepare(self, module) -> None:
+        """Called once before training, with the ``ASRModule`` (its model still the base's weights, also when a
+        checkpoint is resumed, and its processor, backbone and run config): a strategy that needs data or a
+        frozen copy of its own (EWC's Fisher information on the source sets) makes it here. Default: nothing."""
+
+    def regularizer(self, batch: dict | None = None) -> torch.Tensor:
+        """Added to the training loss (BLoRA's KL term, L2-SP's and EWC's pull towards the base); zero for
+        strategies without one. ``batch``: the training step's batch, for a regulariser that reads the data."""
         return torch.zeros((), device=next(self.model.parameters()).device)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

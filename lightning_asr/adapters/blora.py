@@ -233,7 +233,7 @@ class BLoRA(LoRA):
             )
         return torch.stack([e.sum() for e in entries]).sum() / c[count_key]
 
-    def regularizer(self) -> torch.Tensor:
+    def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         if not self.model.training:
             return super().regularizer()
         return (self.config.kl_weight * self.kl()).float()

@@ -38,7 +38,7 @@ class L2SP(FullFineTuning):
             }
         return model
 
-    def regularizer(self) -> torch.Tensor:
+    def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         if not self.model.training or not self.start_point:
             return super().regularizer()
         current = dict(self.model.named_parameters())

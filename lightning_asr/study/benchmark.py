@@ -166,6 +166,11 @@ class Benchmark:
                 },
             },
         )
+        from lightning_asr.adapters import strategy_class
+
+        if strategy_class(merged.adapter.name).reads_source_data and not merged.adapter.get("source_manifests"):
+            # a rehearsal or importance baseline reads the data the base learned: its source training sets
+            merged.adapter.source_manifests = [self.manifest(s, "train") for s in self.bench.source_sets]
         try:
             config = structured(TrainConfig, merged)
         except ConfigError as err:
