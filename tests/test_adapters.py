@@ -13,6 +13,7 @@ STRATEGY_CONFIGS = {
     "full_ft": {"name": "full_ft"},
     "l2sp": {"name": "l2sp", "alpha": 0.1},
     "ewc": {"name": "ewc", "strength": 0.1},
+    "lwf": {"name": "lwf"},
     "lora": {"name": "lora", "rank": 4, "alpha": 8},
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
@@ -79,7 +80,7 @@ def test_every_strategy_equals_the_base_at_step_0(name, batch):
 def test_only_adapter_parameters_train(name):
     model, strategy = attached(name)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if name in ("full_ft", "l2sp", "ewc"):
+    if name in ("full_ft", "l2sp", "ewc", "lwf"):
         assert len(trainable) == len(list(model.parameters()))
         return
     assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n or ".adapter_" in n for n in trainable)
@@ -139,6 +140,50 @@ def test_ewc_pulls_each_weight_back_by_the_source_data_s_fisher_information(corp
         bare.prepare(module)
     with pytest.raises(ValueError, match="penalty weight must be >= 0"):
         attached({"name": "ewc", "strength": -1.0})
+
+
+def test_lwf_distils_the_student_s_own_logits_towards_the_base_s_on_the_same_batch(fixed_batch):
+    """The teacher is the base, frozen before training; the student's logits are the ones its loss computed.
+    KL is 0 before any step, T² · KL(teacher ‖ student) at temperature T once a weight moved, and the gradient
+    reaches the student; nothing in evaluation or without a batch."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from lightning_asr.models import WhisperBackbone
+    from lightning_asr.models.wav2vec2 import Wav2Vec2Backbone
+
+    model, strategy = attached({"name": "lwf", "weight": 0.5, "temperature": 2.0})
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    backbone = WhisperBackbone()
+    strategy.prepare(SimpleNamespace(model=model, backbone=backbone))
+    model.train()
+    backbone.loss(model, fixed_batch)
+    assert strategy.regularizer(fixed_batch).item() == pytest.approx(0.0, abs=1e-6)
+    moved = dict(model.named_parameters())["model.decoder.layers.0.fc1.weight"]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        moved.add_(torch.randn_like(moved) * 0.5)  # a KL of about 0.01 on the random tiny model
+    backbone.loss(model, fixed_batch)
+    student = strategy.student_logits.detach().clone()
+    penalty = strategy.regularizer(fixed_batch)
+    with torch.no_grad():
+        teacher = backbone.distillation_logits(strategy.teacher, fixed_batch)
+    p_teacher = F.softmax(teacher / 2.0, dim=-1)
+    expected = (
+        0.5 * 4.0 * float((p_teacher * (p_teacher.log() - F.log_softmax(student / 2.0, dim=-1))).sum() / len(student))
+    )
+    assert penalty.item() == pytest.approx(expected, rel=1e-4) and penalty.item() > 0
+    penalty.backward()
+    assert moved.grad.abs().sum() > 0
+    assert strategy.regularizer(None).item() == 0.0
+    model.eval()
+    assert strategy.regularizer(fixed_batch).item() == 0.0
+    _, other = attached("lwf")
+    with pytest.raises(ValueError, match="does not declare the positions"):
+        other.prepare(SimpleNamespace(model=other.model, backbone=Wav2Vec2Backbone()))
 
 
 def test_full_ft_frozen_modules():

@@ -242,11 +242,16 @@ def test_a_damaged_run_config_names_the_file_and_the_fix(tmp_path, capsys):
 
 def test_a_strategy_prepares_on_the_base_s_weights_also_when_a_run_resumes(corpus, tmp_path):
     """EWC's Fisher information is estimated before training, on the base's weights: a resumed run estimates it
-    before Lightning restores the checkpoint, so it gets the uninterrupted run's, not one at the resumed weights."""
+    before Lightning restores the checkpoint, so it gets the interrupted run's, not one at the resumed weights."""
+    import lightning as L
     from conftest import config_dict
 
     from lightning_asr.config import TrainConfig, structured
     from lightning_asr.train import train
+
+    class StopAfterStep2(L.Callback):  # the interruption: the run ends at its step-2 checkpoint
+        def on_train_batch_end(self, trainer, *_):
+            trainer.should_stop = trainer.global_step >= 2
 
     settings = {
         "adapter.name": "ewc",
@@ -254,20 +259,19 @@ def test_a_strategy_prepares_on_the_base_s_weights_also_when_a_run_resumes(corpu
         "adapter.source_manifests": f"[{corpus}/en/train.jsonl]",
         "adapter.source_utterances": 2,
         "optim.lr": 1e-2,
-        "trainer.max_steps": 2,
+        "trainer.max_steps": 4,
         "trainer.val_check_interval": 2,
         "trainer.log_every_n_steps": 1,
         "trainer.enable_progress_bar": "false",
         "decode.in_validation": "false",
     }
-    first = train(structured(TrainConfig, config_dict(corpus, tmp_path, **settings)))
+    config = structured(TrainConfig, config_dict(corpus, tmp_path, **settings))
+    first = train(config, extra_callbacks=[StopAfterStep2()])
+    assert first.stopped_at_step == 2
     fisher = {name: f.clone() for name, f in first.module.strategy.fisher.items()}
-    assert fisher and first.module.strategy.regularizer().item() == 0.0  # eval mode after training
     first.module.train()
-    assert first.module.strategy.regularizer().item() > 0  # two steps away from the base
-    resumed = train(
-        structured(TrainConfig, config_dict(corpus, tmp_path, **{**settings, "trainer.max_steps": 4})), resume=True
-    )
+    assert fisher and first.module.strategy.regularizer().item() > 0  # two steps away from the base
+    resumed = train(config, resume=True)
     assert resumed.stopped_at_step == 4
     assert all(
         torch.allclose(resumed.module.strategy.fisher[name], f, rtol=1e-4, atol=1e-8) for name, f in fisher.items()

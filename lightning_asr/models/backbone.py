@@ -91,6 +91,11 @@ class Backbone:
         over a set is the set's cross-entropy per unit, a continuous score beside the decoded error rates."""
         raise NotImplementedError(f"{type(self).__name__} does not score utterances by likelihood")
 
+    def distillation_logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The output layer's logits at the positions a training loss reads, as ``(positions, classes)``, in the
+        order the training loss computes them (a distillation baseline, LwF, compares two models' there)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare the positions its outputs are distilled at")
+
     def decode(
         self, model: nn.Module, tokenizer, inputs: dict, languages: list[str] | str | None, decode_config
     ) -> tuple[list[str], int]:

@@ -398,6 +398,9 @@ class WhisperBackbone(Backbone):
         mask = labels != IGNORE_INDEX
         return outputs, mask, model.proj_out(outputs.last_hidden_state[mask])
 
+    def distillation_logits(self, model, batch: dict) -> torch.Tensor:
+        return self.label_logits(model, batch)[2]  # the label positions, as the training loss reads them
+
     def utterance_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         _, mask, logits = self.label_logits(model, batch)
