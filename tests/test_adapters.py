@@ -14,6 +14,7 @@ STRATEGY_CONFIGS = {
     "l2sp": {"name": "l2sp", "alpha": 0.1},
     "ewc": {"name": "ewc", "strength": 0.1},
     "lwf": {"name": "lwf"},
+    "replay": {"name": "replay"},
     "lora": {"name": "lora", "rank": 4, "alpha": 8},
     **{f"glora{t}": {"name": "glora", "type": t, "rank": 4, "alpha": 8} for t in GLORA_TYPES},
     "blora": {"name": "blora", "rank": 4, "alpha": 8},
@@ -80,7 +81,7 @@ def test_every_strategy_equals_the_base_at_step_0(name, batch):
 def test_only_adapter_parameters_train(name):
     model, strategy = attached(name)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if name in ("full_ft", "l2sp", "ewc", "lwf"):
+    if name in ("full_ft", "l2sp", "ewc", "lwf", "replay"):
         assert len(trainable) == len(list(model.parameters()))
         return
     assert trainable and all(".lora_" in n or ".glu_" in n or "_gate" in n or ".adapter_" in n for n in trainable)
@@ -184,6 +185,44 @@ def test_lwf_distils_the_student_s_own_logits_towards_the_base_s_on_the_same_bat
     _, other = attached("lwf")
     with pytest.raises(ValueError, match="does not declare the positions"):
         other.prepare(SimpleNamespace(model=other.model, backbone=Wav2Vec2Backbone()))
+
+
+def test_replay_adds_the_loss_of_buffer_utterances_drawn_at_each_step(corpus):
+    """The buffer is the first k utterances of each source set; each step rehearses a draw of them (from the
+    global generator, which training seeds per batch), weighted; nothing in evaluation."""
+    from types import SimpleNamespace
+
+    from lightning_asr.models import WhisperBackbone, load_model_processor
+
+    values = {"name": "replay", "source_utterances": 3, "replay_per_step": 2, "weight": 0.5}
+    values["source_manifests"] = [f"{corpus}/en/train.jsonl", f"{corpus}/zh/train.jsonl"]
+    model, strategy = attached(values)
+    module = SimpleNamespace(
+        model=model,
+        processor=load_model_processor("whisper-tiny-random")[1],
+        backbone=WhisperBackbone(),
+        config=SimpleNamespace(seed=0),
+    )
+    strategy.prepare(module)
+    assert [u.line for u, _ in strategy.buffer] == [1, 2, 3, 1, 2, 3]
+    assert {u.lang for u, _ in strategy.buffer} == {"en", "zh"}
+    for dropout in model.modules():
+        if isinstance(dropout, torch.nn.Dropout):
+            dropout.p = 0.0
+    model.train()
+    torch.manual_seed(5)
+    penalty = strategy.regularizer({})
+    torch.manual_seed(5)
+    chosen = torch.randperm(6)[:2].tolist()
+    expected, _ = module.backbone.loss(model, strategy.collate([strategy.buffer[i] for i in chosen]))
+    assert penalty.item() == pytest.approx(0.5 * expected.item(), rel=1e-5) and penalty.requires_grad
+    model.eval()
+    assert strategy.regularizer({}).item() == 0.0
+    _, bare = attached("replay")
+    with pytest.raises(ValueError, match="source_manifests is empty"):
+        bare.prepare(module)
+    with pytest.raises(ValueError, match="replay_per_step=0"):
+        attached({"name": "replay", "replay_per_step": 0})
 
 
 def test_full_ft_frozen_modules():

@@ -365,3 +365,26 @@ def test_a_run_left_by_a_dead_process_is_closed_and_its_cell_trained_once_more(s
     abandoned = client.get_run(lora.info.run_id)
     assert abandoned.info.status == "KILLED" and abandoned.data.tags["lightning_asr.status"] == "abandoned"
     assert len(finished_lora() - before) == 1 and lora.info.run_id not in finished_lora()
+
+
+def test_a_strategy_that_reads_source_data_gets_the_base_s_source_training_sets(tmp_path):
+    """EWC and replay read the source sets' training data: where a profile leaves ``source_manifests`` out, the
+    benchmark fills in its base's source training sets; a list the profile gives stays."""
+    from lightning_asr.study.benchmark import Benchmark
+    from lightning_asr.study.profile import load_bench_config
+
+    profile = tmp_path / "baselines.yaml"
+    profile.write_text(
+        "based_on: smoke\nstrategies:\n  - {label: ewc, adapter: {name: ewc}}\n"
+        "  - {label: replay, adapter: {name: replay, source_manifests: [mine.jsonl]}}\n"
+        "  - {label: lora, adapter: {name: lora, rank: 4}}\nreference: lora\n"
+    )
+    bench, path = load_bench_config(str(profile), [f"corpus.root={tmp_path}/corpus"])
+    benchmark = Benchmark(bench, path)
+    benchmark.corpus_checksum = "unchecked"
+    configs = {e["label"]: benchmark.cell_config(e, 1, "whisper-tiny-random") for e in benchmark.entries}
+    assert list(configs["ewc"].adapter.source_manifests) == [
+        f"{tmp_path}/corpus/{s}/train.jsonl" for s in ("en", "ko", "zh")
+    ]
+    assert list(configs["replay"].adapter.source_manifests) == ["mine.jsonl"]
+    assert "source_manifests" not in configs["lora"].adapter

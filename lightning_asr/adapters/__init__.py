@@ -3,7 +3,17 @@
 A strategy is one file: its config dataclass and its class, registered together (``base.register``).
 """
 
-from lightning_asr.adapters import blora, bottleneck, ewc, full_ft, glora, l2sp, lora, lwf  # noqa: F401  (each registers its strategies)
+from lightning_asr.adapters import (  # noqa: F401  (each registers its strategies)
+    blora,
+    bottleneck,
+    ewc,
+    full_ft,
+    glora,
+    l2sp,
+    lora,
+    lwf,
+    replay,
+)
 from lightning_asr.adapters.base import (
     STRATEGIES,
     AdapterStrategy,
