@@ -87,6 +87,7 @@ class Benchmark:
         self.parent_tags = dict(parent_tags or {})
         self.parent_id: str | None = None
         self.cell_runs: dict[tuple[str, int], str] = {}  # (label, seed) -> run id of each finished cell
+        self.dispatched = False  # the cells ran on an executor's workers: what follows reads them back
         self.root = Path(bench.corpus.root)
         self.out = Path(bench.output_dir) / bench.name
         unknown = sorted(set(bench.manifests) - {*bench.source_sets, bench.target_set})
@@ -347,7 +348,11 @@ class Benchmark:
             finished = with_curve
         if finished and not self.force:
             run = finished[0]
-            say(f"cell {cell}: finished before (run {run.info.run_id}), reused")
+            say(
+                f"cell {cell}: finished on a worker (run {run.info.run_id})"
+                if self.dispatched
+                else f"cell {cell}: finished before (run {run.info.run_id}), reused"
+            )
             if parent_id:
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_id)
             with tempfile.TemporaryDirectory() as tmp:
@@ -674,6 +679,7 @@ class Benchmark:
             specs = self.plan(seeds, parent_id)
             if executor is not None:
                 self.dispatch(executor, specs)
+                self.dispatched = True
                 seconds["dispatched"] = time.perf_counter() - stage
             for spec in specs:  # the same cells a worker runs with tasks.run_cell_task
                 cell = self.run_cell(client, experiment, parent_id, self.entry(spec.label), spec.seed, base_spec)
