@@ -89,3 +89,14 @@ def test_two_runs_needing_one_base_pretrain_it_once(tmp_path, monkeypatch, capsy
     assert len(specs) == 2 and specs[0] == specs[1] and Path(specs[0]).name.startswith("whisper-tiny-random-")
     out = capsys.readouterr().out
     assert "another run is building the base" in out and "reusing pretrained base" in out
+
+
+def test_a_sweep_point_s_metrics_are_logged_under_names_mlflow_accepts(tmp_path):
+    """A sweep point's label (``lora@lr=0.002``) has characters MLflow refuses in a metric name; they become
+    ``_``, and names without them stay as they are."""
+    from lightning_asr.study import tracking
+
+    client = tracking.client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(tracking.experiment_id(client, "names", tmp_path / "artifacts")).info.run_id
+    tracking.log_values(client, run, {"lora@lr=0.002/target_mer": 0.1, "val/ko-en/dev/loss": 2.0})
+    assert client.get_run(run).data.metrics == {"lora_lr_0.002/target_mer": 0.1, "val/ko-en/dev/loss": 2.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,15 +89,22 @@ def finite_metrics(values: dict) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
+def metric_name(key: str) -> str:
+    """``key`` as MLflow accepts a metric name: a character it refuses (a sweep point's label has ``@`` and
+    ``=``, as in ``lora@lr=0.002``) becomes ``_``; names made only of accepted characters stay as they are."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
 def log_values(client, run_id: str, metrics: dict | None = None, params: dict | None = None, step: int = 0) -> None:
-    """Metrics (the finite ones, at ``step``) and parameters of a run in as few store writes as MLflow allows:
-    one write per value costs ~10 ms on sqlite, and a cell logs a hundred or more."""
+    """Metrics (the finite ones, at ``step``; names as ``metric_name`` makes them) and parameters of a run in as
+    few store writes as MLflow allows: one write per value costs ~10 ms on sqlite, and a cell logs a hundred or
+    more."""
     import time
 
     from mlflow.entities import Metric, Param
 
     stamp = int(time.time() * 1000)
-    metric_rows = [Metric(k, v, stamp, step) for k, v in finite_metrics(metrics or {}).items()]
+    metric_rows = [Metric(metric_name(k), v, stamp, step) for k, v in finite_metrics(metrics or {}).items()]
     param_rows = [Param(k, str(v)[:500]) for k, v in (params or {}).items()]
     for start in range(0, len(metric_rows), 1000):  # MLflow's limits per batch
         client.log_batch(run_id, metrics=metric_rows[start : start + 1000])
