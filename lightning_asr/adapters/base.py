@@ -249,6 +249,16 @@ class AdapterStrategy:
         checkpoint is resumed, and its processor, backbone and run config): a strategy that needs data or a
         frozen copy of its own (EWC's Fisher information on the source sets) makes it here. Default: nothing."""
 
+    def source_manifests(self, purpose: str) -> list[str]:
+        """The source sets' training manifests a strategy that ``reads_source_data`` reads (``purpose``: what it
+        does with them, for the error when there are none)."""
+        if not self.config.get("source_manifests"):
+            raise ValueError(
+                f"adapter.source_manifests is empty: {self.name} {purpose} — fix: list the source sets' training "
+                "manifests (the forgetting benchmark fills them in)"
+            )
+        return list(self.config.source_manifests)
+
     def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         """Added to the training loss (BLoRA's KL term, L2-SP's and EWC's pull towards the base); zero for
         strategies without one. ``batch``: the training step's batch, for a regulariser that reads the data."""

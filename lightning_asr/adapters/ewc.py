@@ -48,13 +48,9 @@ class EWC(FullFineTuning):
         return super().attach(model, for_training)
 
     def prepare(self, module) -> None:
-        if not self.config.source_manifests:
-            raise ValueError(
-                "adapter.source_manifests is empty: EWC estimates its Fisher information on the source sets' "
-                "training data — fix: list their manifests (the forgetting benchmark fills them in)"
-            )
+        manifests = self.source_manifests("estimates its Fisher information on the source sets' training data")
         self.anchor = {name: p.detach().clone() for name, p in self.trainable_parameters()}
-        self.fisher = source_fisher(module, list(self.config.source_manifests), self.config.source_utterances)
+        self.fisher = source_fisher(module, manifests, self.config.source_utterances)
 
     def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         if not self.model.training or not self.fisher:

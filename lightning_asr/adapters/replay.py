@@ -49,15 +49,11 @@ class Replay(FullFineTuning):
     def prepare(self, module) -> None:
         from lightning_asr.data.datamodule import ManifestDataModule, set_name
 
-        if not self.config.source_manifests:
-            raise ValueError(
-                "adapter.source_manifests is empty: replay rehearses the source sets' training data — fix: list "
-                "their manifests (the forgetting benchmark fills them in)"
-            )
+        manifests = self.source_manifests("rehearses the source sets' training data")
         data = ManifestDataModule(module.processor, module.backbone, {"feature_cache": False}, module.config.seed)
         self.buffer = [
             item
-            for manifest in self.config.source_manifests
+            for manifest in manifests
             for item in data.dataset(set_name(manifest), data.read(manifest)[: self.config.source_utterances])
         ]
         self.collate = data._collator(False)

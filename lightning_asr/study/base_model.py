@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 import lightning_asr
 from lightning_asr.config import ConfigError, TrainConfig, check_keys, structured, to_dict
 from lightning_asr.data.datamodule import set_name
+from lightning_asr.files import held_lock
 from lightning_asr.models import backbone_for, is_preset
 from lightning_asr.study.identity import PRETRAIN_RECIPE_VERSION, checksum, config_identity, digest
 
@@ -98,19 +98,11 @@ class BaseModel:
         config = self.training_config()
         key = self.cache_key(config)
         target = Path(base.cache_dir) / f"{base.spec}-{key}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(target.parent / f".{target.name}.lock")  # stays after use, as filelock's locks do
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            say(f"stage 0: another run is building the base {target}; waiting for it")
-            lock.acquire()
-        try:
+        waiting = f"stage 0: another run is building the base {target}; waiting for it"
+        with held_lock(target.parent / f".{target.name}.lock", lambda: say(waiting)):
             if (target / "config.json").exists():
                 return self.reuse(target)
             return self.pretrain(config, key, target)
-        finally:
-            lock.release()
 
     def reuse(self, target: Path) -> str:
         record = json.loads((target / "pretraining.json").read_text())

@@ -42,7 +42,7 @@ from lightning_asr.config import (
     to_dict,
 )
 from lightning_asr.data.datamodule import set_language, set_name
-from lightning_asr.files import write_text_atomic
+from lightning_asr.files import held_lock, write_text_atomic
 from lightning_asr.metrics import METRIC_NAMES, score_texts
 from lightning_asr.models import backbone_for
 from lightning_asr.study import records, tracking
@@ -311,21 +311,11 @@ class Benchmark:
         a checkpoint, trained otherwise. One process at a time works on a cell (a lock beside its folder, which a
         dead process no longer holds: ``<output>/locks/``), so an unfinished run found under the lock belongs to a
         process that died."""
-        from filelock import FileLock, Timeout
-
         config = self.cell_config(entry, seed, base_spec)
-        locks = self.out / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(locks / f"{Path(config.output_dir).name}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            say(f"cell {entry['label']}-seed{seed}: another process works on it; waiting ({lock.lock_file})")
-            lock.acquire()
-        try:
+        lock = self.out / "locks" / f"{Path(config.output_dir).name}.lock"
+        waiting = f"cell {entry['label']}-seed{seed}: another process works on it; waiting ({lock})"
+        with held_lock(lock, lambda: say(waiting)):
             return self.run_cell_locked(client, experiment, parent_id, entry, seed, base_spec, config)
-        finally:
-            lock.release()
 
     def run_cell_locked(
         self, client, experiment: str, parent_id: str, entry: dict, seed: int, base_spec: str, config
