@@ -259,6 +259,18 @@ class AdapterStrategy:
             )
         return list(self.config.source_manifests)
 
+    def read_source_utterances(self, module, purpose: str, count: int) -> list:
+        """The first ``count`` utterances of each of ``source_manifests`` as dataset items (utterance, audio),
+        checked as any manifest is; ``module.backbone.collator(module.processor)`` batches them."""
+        from lightning_asr.data.datamodule import ManifestDataModule, set_name
+
+        data = ManifestDataModule(module.processor, module.backbone, {"feature_cache": False}, module.config.seed)
+        return [
+            item
+            for manifest in self.source_manifests(purpose)
+            for item in data.dataset(set_name(manifest), data.read(manifest)[:count])
+        ]
+
     def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         """Added to the training loss (BLoRA's KL term, L2-SP's and EWC's pull towards the base); zero for
         strategies without one. ``batch``: the training step's batch, for a regulariser that reads the data."""

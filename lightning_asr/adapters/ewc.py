@@ -48,9 +48,10 @@ class EWC(FullFineTuning):
         return super().attach(model, for_training)
 
     def prepare(self, module) -> None:
-        manifests = self.source_manifests("estimates its Fisher information on the source sets' training data")
+        purpose = "estimates its Fisher information on the source sets' training data"
+        utterances = self.read_source_utterances(module, purpose, self.config.source_utterances)
         self.anchor = {name: p.detach().clone() for name, p in self.trainable_parameters()}
-        self.fisher = source_fisher(module, manifests, self.config.source_utterances)
+        self.fisher = source_fisher(module, utterances)
 
     def regularizer(self, batch: dict | None = None) -> torch.Tensor:
         if not self.model.training or not self.fisher:
@@ -63,14 +64,10 @@ class EWC(FullFineTuning):
         return 0.5 * self.config.strength * penalty
 
 
-def source_fisher(module, manifests: list[str], utterances: int) -> dict[str, torch.Tensor]:
-    """The diagonal empirical Fisher information of ``module``'s trainable weights on the first ``utterances``
-    of each manifest (one utterance per backward pass), scaled to mean 1 over all entries."""
-    from torch.utils.data import DataLoader
-
-    from lightning_asr.data.datamodule import ManifestDataModule, set_name
-
-    data = ManifestDataModule(module.processor, module.backbone, {"feature_cache": False}, module.config.seed)
+def source_fisher(module, utterances: list) -> dict[str, torch.Tensor]:
+    """The diagonal empirical Fisher information of ``module``'s trainable weights on ``utterances`` (dataset
+    items, one per backward pass), scaled to mean 1 over all entries."""
+    collate = module.backbone.collator(module.processor)
     model = module.model
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trained}
@@ -78,26 +75,21 @@ def source_fisher(module, manifests: list[str], utterances: int) -> dict[str, to
     was_training, count = model.training, 0
     model.eval()  # no dropout: the information of the pretrained model as it is
     try:
-        for manifest in manifests:
-            chosen = data.read(manifest)[:utterances]
-            loader = DataLoader(
-                data.dataset(set_name(manifest), chosen), batch_size=1, collate_fn=data._collator(False)
-            )
-            for batch in loader:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                model.zero_grad(set_to_none=True)
-                loss, _ = module.backbone.loss(model, batch)
-                loss.backward()
-                for name, p in trained:
-                    if p.grad is not None:
-                        sums[name] += p.grad.detach().float() ** 2
-                count += 1
+        for item in utterances:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate([item]).items()}
+            model.zero_grad(set_to_none=True)
+            loss, _ = module.backbone.loss(model, batch)
+            loss.backward()
+            for name, p in trained:
+                if p.grad is not None:
+                    sums[name] += p.grad.detach().float() ** 2
+            count += 1
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     total = sum(float(s.sum()) for s in sums.values())
     entries = sum(s.numel() for s in sums.values())
     if count == 0 or total <= 0:
-        raise ValueError(f"no source utterance gave a gradient (manifests {manifests}): the Fisher information is 0")
+        raise ValueError("no source utterance gave a gradient: the Fisher information is 0")
     scale = entries / total  # mean 1 over every trained entry (the 1/count cancels)
     return {name: s * scale for name, s in sums.items()}

@@ -47,16 +47,9 @@ class Replay(FullFineTuning):
         return super().attach(model, for_training)
 
     def prepare(self, module) -> None:
-        from lightning_asr.data.datamodule import ManifestDataModule, set_name
-
-        manifests = self.source_manifests("rehearses the source sets' training data")
-        data = ManifestDataModule(module.processor, module.backbone, {"feature_cache": False}, module.config.seed)
-        self.buffer = [
-            item
-            for manifest in manifests
-            for item in data.dataset(set_name(manifest), data.read(manifest)[: self.config.source_utterances])
-        ]
-        self.collate = data._collator(False)
+        purpose = "rehearses the source sets' training data"
+        self.buffer = self.read_source_utterances(module, purpose, self.config.source_utterances)
+        self.collate = module.backbone.collator(module.processor)
         self.backbone = module.backbone
 
     def regularizer(self, batch: dict | None = None) -> torch.Tensor:

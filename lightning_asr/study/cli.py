@@ -25,10 +25,12 @@ def parse_seeds(text: str | None, default: list[int]) -> list[int]:
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    from lightning_asr.study.executors import EXECUTORS
+
     parser.add_argument(
         "--executor",
         default="local",
-        choices=["local", "ray", "submitit"],
+        choices=EXECUTORS,
         help="where cells run: this process (local, 1 worker) or worker processes (local), Ray, or submitit (SLURM)",
     )
     parser.add_argument("--workers", type=int, default=1, help="cells run at once (default 1)")
